@@ -1,0 +1,14 @@
+"""The data package's exception type.
+
+Every problem a user can cause with data (a missing, truncated, corrupted or mislabelled file, a
+failed download, an argument that does not fit the data) raises :class:`DataError` with a
+one-line message that names the file (or URL) and says what is wrong.  It subclasses
+``ValueError`` so that generic ``except ValueError`` handlers still catch it; command-line entry
+points print it as ``error: <message>`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad data, or a data file/URL that cannot be used: the message is one line."""
