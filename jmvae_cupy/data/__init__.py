@@ -8,12 +8,14 @@ Public API::
     one_hot(labels, num_classes=10, dtype)
     iterate_batches(n, batch_size, rng, shuffle=True, drop_last=True) -> list of index arrays
     read_idx / read_idx_images / read_idx_labels / write_idx
+    download_mnist(out_dir, ...)                  # also: python -m jmvae_cupy.data download mnist --out DIR
     DataError                                     # every data problem, one-line message
 
 See docs/data.md.
 """
 
 from .batches import iterate_batches
+from .download import MNIST_MIRRORS, download_mnist, verify_file
 from .errors import DataError
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, read_idx_images, read_idx_labels, write_idx
 from .mnist import (
@@ -33,16 +35,19 @@ __all__ = [
     "IMAGES_MAGIC",
     "LABELS_MAGIC",
     "MNIST_FILES",
+    "MNIST_MIRRORS",
     "MnistData",
     "NUM_CLASSES",
     "TEST_BINARIZE_SEED",
     "binarize",
     "binarized_test_set",
+    "download_mnist",
     "iterate_batches",
     "load_mnist",
     "one_hot",
     "read_idx",
     "read_idx_images",
     "read_idx_labels",
+    "verify_file",
     "write_idx",
 ]
