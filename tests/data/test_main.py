@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 from jmvae_cupy.data import FileSpec, load_mnist
 from jmvae_cupy.data import download as download_module
@@ -59,8 +60,9 @@ def test_parser_has_room_for_more_commands():
     assert (args.command, args.dataset, args.mirror) == ("download", "mnist", ["a", "b"])
 
 
-def test_module_entry_point_runs(tmp_path):
+def test_module_entry_point_runs():
     # python -m jmvae_cupy.data, as a user runs it (a usage error: no network involved)
+    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "jmvae_cupy.data", "download", "mnist"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=repo)
     assert proc.returncode == 2 and "--out" in proc.stderr
