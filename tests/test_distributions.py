@@ -104,7 +104,8 @@ def test_variance_head(rng):
     dv = rng.standard_normal(a.shape)
     var, cache = gaussian_var_forward(a)
     assert np.all(var > 0)
-    errs = check_gradients(lambda: dot(gaussian_var_forward(a)[0], dv), {"a": a}, {"a": gaussian_var_backward(dv, cache)})
+    errs = check_gradients(lambda: dot(gaussian_var_forward(a)[0], dv), {"a": a},
+                           {"a": gaussian_var_backward(dv, cache)})
     assert errs["a"] < TOL
     v32, _ = gaussian_var_forward(np.array([-200.0], np.float32))
     assert v32[0] > 0 and np.isfinite(np.log(v32[0]))

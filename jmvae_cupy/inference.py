@@ -1,0 +1,65 @@
+"""Generating one modality from the other (the paper's bi-directional generation).
+
+* JMVAE-kl has unimodal encoders: x from w uses q(z|w) directly, w from x uses q(z|x).
+* JMVAE and JMVAE-h only have the joint encoder q(z|x,w): the missing modality is filled with
+  zeros (or noise) and refined by the paper's iterative sampling, a Markov chain with kernel
+  T(x'|x, w) = integral p(x'|z) q(z|x, w) dz:   z ~ q(z|x^, w),  x^ ~ p(x|z),  K times.
+"""
+
+from __future__ import annotations
+
+from .backend import get_array_module
+
+
+def _fill(shape, dtype, xp, rng, init):
+    if init == "zeros":
+        return xp.zeros(shape, dtype=dtype)
+    if init == "noise":
+        return rng.uniform(shape, dtype, xp)
+    raise ValueError(f"unknown init {init!r}: choose zeros or noise")
+
+
+def _sample_z(mu, var, rng, sample: bool):
+    xp = get_array_module(mu)
+    if not sample:
+        return mu
+    return mu + xp.sqrt(var) * rng.normal(mu.shape, mu.dtype, xp)
+
+
+def x_from_w(model, w, rng, iterations: int = 10, init: str = "zeros", sample_z: bool = True,
+             return_chain: bool = False):
+    """Images generated from w (N, w_dim): the mean of p(x|z), shaped (N, *x_shape).
+
+    JMVAE-kl: z ~ q(z|w) (its mean if sample_z is False), ``iterations`` is ignored.
+    JMVAE / JMVAE-h: iterative sampling for ``iterations`` steps from an x filled with ``init``.
+    return_chain: also return the list of means after 0..K iterations (the paper's Fig. 4).
+    """
+    a, xp = model.arch, model.xp
+    lik = a.x_lik
+    if hasattr(model, "encode_w"):
+        z = _sample_z(*model.encode_w(w), rng, sample_z)
+        mean = lik.mean(model.decode_x(z)).reshape((w.shape[0],) + tuple(a.x_shape))
+        return (mean, [mean]) if return_chain else mean
+    x = _fill((w.shape[0],) + tuple(a.x_shape), model.dtype, xp, rng, init)
+    chain = []
+    for k in range(iterations + 1):
+        z = _sample_z(*model.encode(x, w), rng, sample_z)
+        out = model.decode_x(z)
+        mean = lik.mean(out.reshape(out.shape[0], -1)).reshape(x.shape)
+        chain.append(mean)
+        if k < iterations:
+            x = lik.sample(out.reshape(out.shape[0], -1), rng).reshape(x.shape)  # x^ ~ p(x|z)
+    return (chain[-1], chain) if return_chain else chain[-1]
+
+
+def w_from_x(model, x, rng, iterations: int = 10, init: str = "zeros", sample_z: bool = True):
+    """The mean of p(w|z) (class probabilities for MNIST) given x, (N, w_dim); as :func:`x_from_w`."""
+    a, xp = model.arch, model.xp
+    if hasattr(model, "encode_x"):
+        return a.w_lik.mean(model.decode_w(_sample_z(*model.encode_x(x), rng, sample_z)))
+    w = _fill((x.shape[0], a.w_dim), model.dtype, xp, rng, init)
+    for k in range(iterations + 1):
+        out = model.decode_w(_sample_z(*model.encode(x, w), rng, sample_z))
+        if k < iterations:
+            w = a.w_lik.sample(out, rng)
+    return a.w_lik.mean(out)

@@ -1,0 +1,40 @@
+"""The JMVAE family (and, later, the CVAE / CMMA baselines).
+
+    >>> from jmvae_cupy.models import build_model
+    >>> model = build_model("mnist", "kl", seed=0, dtype="float64")
+    >>> loss, terms, grads = model.loss_and_grads(x, w, Rng(0), beta=1.0)
+"""
+
+from __future__ import annotations
+
+from ..backend import select_device
+from .architectures import ARCHS, Arch, mnist_arch
+from .base import ModelError
+from .jmvae import JMVAE, JMVAEH, JMVAEKL
+
+VARIANTS = {"jmvae": JMVAE, "kl": JMVAEKL, "h": JMVAEH}
+
+__all__ = ["build_model", "VARIANTS", "ARCHS", "Arch", "mnist_arch", "ModelError", "JMVAE", "JMVAEKL", "JMVAEH"]
+
+
+def build_model(dataset, variant: str, seed: int = 0, dtype="float32", device: str | None = None,
+                latent: int | None = None, alpha: float = 1.0, xp=None):
+    """A model of ``variant`` (jmvae | kl | h) for ``dataset`` ("mnist", "celeba", or an Arch).
+
+    seed: initialisation seed; dtype: "float32" | "float64"; device: "cpu" | "gpu" | "auto"
+    (or pass ``xp`` directly); latent: override the size of z; alpha: weight of JMVAE-kl's
+    extra KL terms.  Parameters: ``model.params`` (name -> array, read and set freely).
+    """
+    if variant not in VARIANTS:
+        raise ModelError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    if isinstance(dataset, Arch):
+        arch = dataset
+    elif dataset in ARCHS:
+        arch = ARCHS[dataset]
+    else:
+        raise ModelError(f"unknown dataset {dataset!r}: choose one of {', '.join(ARCHS)}")
+    if latent is not None:
+        arch = arch.with_latent(latent)
+    if xp is None:
+        xp = select_device(device)
+    return VARIANTS[variant](arch, seed=seed, dtype=dtype, xp=xp, alpha=alpha)

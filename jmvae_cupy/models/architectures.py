@@ -1,0 +1,88 @@
+"""The appendix architectures, written in the paper's notation (see jmvae_cupy/nets.py).
+
+One :class:`Arch` per dataset: the shapes of the two modalities, their likelihoods, and one
+network string per component.  ``mnist_arch(hidden=8, ...)`` shrinks widths for tests.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from ..distributions import Bernoulli, Categorical, FixedVarGaussian
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Everything that differs between datasets.
+
+    x_shape: shape of one image without N ((784,) or (3, 64, 64)); w_dim: label/attribute size.
+    Network strings: ``enc_x``/``enc_w`` the two branches of q(z|x,w), concatenated and then
+    ``enc_joint`` (may be empty); ``enc_x_uni``/``enc_w_uni`` the trunks of q(z|x), q(z|w);
+    ``dec_x``/``dec_w`` the decoders including their output layer; ``prior_z1`` the trunk of
+    p(z1|z2) and ``h_chain`` the deterministic chain of q(z2|x,w) on top of the joint trunk
+    (JMVAE-h).  ``latent``: size of z (z1 and z2 in JMVAE-h).
+    """
+
+    name: str
+    x_shape: tuple
+    w_dim: int
+    x_lik: object
+    w_lik: object
+    enc_x: str
+    enc_w: str
+    enc_joint: str
+    enc_x_uni: str
+    enc_w_uni: str
+    dec_x: str
+    dec_w: str
+    prior_z1: str
+    h_chain: str
+    latent: int
+
+    @property
+    def x_dim(self) -> int:
+        n = 1
+        for s in self.x_shape:
+            n *= s
+        return n
+
+    def with_latent(self, latent: int) -> Arch:
+        if latent < 1:
+            raise ValueError(f"latent size must be >= 1, got {latent}")
+        return replace(self, latent=int(latent))
+
+
+def _scale_widths(spec: str, width: int) -> str:
+    """Replace the hidden width 512 of every dense token by ``width`` (tests use tiny nets)."""
+    return re.sub(r"\bD512", f"D{width}", spec)
+
+
+MNIST = Arch(
+    name="mnist", x_shape=(784,), w_dim=10, x_lik=Bernoulli(), w_lik=Categorical(),
+    enc_x="D512R-D512R", enc_w="D512R-D512R", enc_joint="",
+    enc_x_uni="D512R-D512R", enc_w_uni="D512R-D512R",
+    dec_x="D512R-D512R-D784", dec_w="D512R-D512R-D10",
+    prior_z1="D512R-D512R", h_chain="D64-D512R-D512R", latent=64,
+)
+
+CELEBA = Arch(
+    name="celeba", x_shape=(3, 64, 64), w_dim=40, x_lik=FixedVarGaussian(1.0), w_lik=FixedVarGaussian(1.0),
+    enc_x="C64R-C128BR-C256BR-C256BR-F", enc_w="D512R-D512BR", enc_joint="D1024R",
+    enc_x_uni="C64R-C128BR-C256BR-C256BR-F-D1024R", enc_w_uni="D512R-D512BR-D1024R",
+    dec_x="D4096R-DC256BR-DC128BR-DC64BR-DC3", dec_w="D512R-D4096R-D40",
+    prior_z1="D512R-D512R", h_chain="D64-D512R-D512R", latent=128,
+)
+
+ARCHS = {"mnist": MNIST, "celeba": CELEBA}
+
+
+def mnist_arch(hidden: int = 512, latent: int = 64, x_dim: int = 784, w_dim: int = 10, chain: int = 64) -> Arch:
+    """The MNIST architecture, optionally shrunk (hidden width, input sizes) for gradient checks."""
+    s = lambda spec: _scale_widths(spec, hidden)  # noqa: E731
+    return replace(
+        MNIST, x_shape=(x_dim,), w_dim=w_dim, latent=latent,
+        enc_x=s(MNIST.enc_x), enc_w=s(MNIST.enc_w), enc_x_uni=s(MNIST.enc_x_uni), enc_w_uni=s(MNIST.enc_w_uni),
+        dec_x=f"D{hidden}R-D{hidden}R-D{x_dim}", dec_w=f"D{hidden}R-D{hidden}R-D{w_dim}",
+        prior_z1=s(MNIST.prior_z1), h_chain=f"D{chain}-D{hidden}R-D{hidden}R",
+    )

@@ -1,0 +1,325 @@
+"""JMVAE (Eq. 2), JMVAE-kl (Eq. 4) and JMVAE-h (Eq. 3) of Suzuki, Nakayama & Matsuo: objectives and
+their gradients by explicit backward passes.  Derivations: docs/derivations/objectives.md.
+
+Every model computes, for a batch of N pairs (x, w), the per-sample terms of its bound, their
+batch means ``terms``, and ``loss = -sum_t c_t * terms[t]`` with coefficients ``c_t`` set by the
+warm-up weight beta (and alpha for JMVAE-kl):
+
+* JMVAE     L = E_q[log p(x|z)] + E_q[log p(w|z)] - beta KL(q(z|x,w) || N(0, I))
+* JMVAE-kl  L = L_JMVAE - beta alpha [KL(q(z|x,w) || q(z|x)) + KL(q(z|x,w) || q(z|w))]
+* JMVAE-h   L = E_q[log p(x|z1)] + E_q[log p(w|z1)] - beta KL(q(z2|x,w) || N(0, I))
+                - beta E_q(z2)[KL(q(z1|x,w) || p(z1|z2))]
+
+Expectations are one-sample reparameterised estimates: z = mu + sqrt(var) * eps with eps drawn
+from the ``rng`` argument, so the same generator state gives the same numbers.  ``loss`` is to be
+minimised (Adam descends); ``terms["elbo"]`` is the proper lower bound of log p(x, w) (beta = 1).
+"""
+
+from __future__ import annotations
+
+from ..backend import get_dtype
+from ..kernels.gauss_kl import gauss_kl_backward, gauss_kl_forward
+from ..kernels.reparam import reparam_backward, reparam_forward
+from .base import ModelError, Params, zeros_like_or
+
+
+class JMVAE(Params):
+    """JMVAE: one joint encoder q(z|x,w), two decoders p(x|z), p(w|z), prior N(0, I).
+
+    Components (parameter-name prefixes): ``qxw.x``, ``qxw.w`` (the two input branches),
+    ``qxw.joint`` (after concatenation, if the architecture has one), ``qxw.head`` (mu, var),
+    ``px`` (x decoder, outputs logits or mean), ``pw`` (w decoder).
+    """
+
+    variant = "jmvae"
+    term_names = ("rec_x", "rec_w", "kl")
+
+    def __init__(self, arch, seed: int = 0, dtype="float32", xp=None, alpha: float = 1.0):
+        import numpy as np  # noqa: PLC0415  (host default only)
+
+        from ..rng import Rng  # noqa: PLC0415
+
+        self.arch = arch
+        self.dtype = get_dtype(dtype)
+        self.xp = np if xp is None else xp
+        self.alpha = float(alpha)
+        self.seed = int(seed)
+        self.params, self.state, self.components = {}, {}, {}
+        self.init_rng = Rng(seed)
+        self._build()
+        del self.init_rng
+
+    # ------------------------------------------------------------------ construction
+    def _build_trunk(self):
+        a = self.arch
+        bx = self._register_net("qxw.x", a.enc_x, a.x_shape)
+        bw = self._register_net("qxw.w", a.enc_w, (a.w_dim,))
+        d = bx.out_shape[0] + bw.out_shape[0]
+        if a.enc_joint:
+            d = self._register_net("qxw.joint", a.enc_joint, (d,)).out_shape[0]
+        return d
+
+    def _build_decoders(self):
+        a = self.arch
+        px = self._register_net("px", a.dec_x, (a.latent,))
+        pw = self._register_net("pw", a.dec_w, (a.latent,))
+        if px.out_shape != tuple(a.x_shape) and px.out_shape != (a.x_dim,):
+            raise ModelError(f"x decoder {a.dec_x!r} outputs {px.out_shape}, expected {a.x_shape}")
+        if pw.out_shape != (a.w_dim,):
+            raise ModelError(f"w decoder {a.dec_w!r} outputs {pw.out_shape}, expected ({a.w_dim},)")
+
+    def _build(self):
+        d = self._build_trunk()
+        self._register_head("qxw.head", d, self.arch.latent)
+        self._build_decoders()
+
+    # ------------------------------------------------------------------ pieces of the forward pass
+    def coefficients(self, beta: float = 1.0) -> dict:
+        """objective = sum_t c_t * terms[t]."""
+        return {"rec_x": 1.0, "rec_w": 1.0, "kl": -beta}
+
+    def _check_batch(self, x, w):
+        a = self.arch
+        if x.shape[1:] != tuple(a.x_shape) or w.shape[1:] != (a.w_dim,) or x.shape[0] != w.shape[0]:
+            raise ModelError(f"batch shapes x {x.shape}, w {w.shape} do not match the model's "
+                             f"x (N, {', '.join(map(str, a.x_shape))}) and w (N, {a.w_dim})")
+        if x.dtype != self.dtype or w.dtype != self.dtype:
+            raise ModelError(f"batch dtype {x.dtype}/{w.dtype} differs from the model's {self.dtype}")
+
+    def trunk_forward(self, x, w, train=True):
+        """h(x, w): both branches, concatenated (N, D_x + D_w), then the joint layers if any."""
+        hx, cx = self.run("qxw.x", x, train)
+        hw, cw = self.run("qxw.w", w, train)
+        h = self.xp.concatenate([hx, hw], axis=1)
+        cj = None
+        if "qxw.joint" in self.components:
+            h, cj = self.run("qxw.joint", h, train)
+        return h, (cx, cw, cj, hx.shape[1])
+
+    def trunk_backward(self, dh, cache, grads):
+        cx, cw, cj, dx_width = cache
+        if cj is not None:
+            dh = self.run_back("qxw.joint", dh, cj, grads)
+        self.run_back("qxw.x", dh[:, :dx_width], cx, grads)
+        self.run_back("qxw.w", dh[:, dx_width:], cw, grads)
+
+    def reconstruct_forward(self, z, x, w, train=True):
+        """log p(x|z) and log p(w|z), each (N,), with the caches of both decoders."""
+        a = self.arch
+        ox, cx = self.run("px", z, train)
+        lx, lcx = a.x_lik.loglik(x.reshape(x.shape[0], -1), ox.reshape(ox.shape[0], -1))
+        ow, cw = self.run("pw", z, train)
+        lw, lcw = a.w_lik.loglik(w, ow)
+        return lx, lw, (cx, lcx, ox.shape, cw, lcw)
+
+    def reconstruct_backward(self, s_x, s_w, cache, grads):
+        """Upstream d loss / d log p(x|z)_n = s_x (a scalar for every n), likewise s_w; returns dz."""
+        cx, lcx, ox_shape, cw, lcw = cache
+        xp, a = self.xp, self.arch
+        N = ox_shape[0]
+        dz = None
+        if s_x != 0.0:
+            dox = a.x_lik.loglik_backward(xp.full((N,), s_x, dtype=self.dtype), lcx).reshape(ox_shape)
+            dz = self.run_back("px", dox, cx, grads)
+        if s_w != 0.0:
+            dzw = self.run_back("pw", a.w_lik.loglik_backward(xp.full((N,), s_w, dtype=self.dtype), lcw), cw, grads)
+            dz = dzw if dz is None else dz + dzw
+        return dz
+
+    def _finish(self, terms_n: dict, c: dict, grads: dict):
+        """Batch means of the per-sample terms, the loss, and zero gradients for untouched params."""
+        terms = {k: v.mean() for k, v in terms_n.items()}
+        loss = -sum(c[k] * terms[k] for k in c)
+        terms["elbo"] = self.elbo_from_terms(terms)
+        for k, p in self.params.items():
+            if k not in grads:
+                grads[k] = self.xp.zeros_like(p)
+        return loss, terms, grads
+
+    @staticmethod
+    def elbo_from_terms(terms):
+        return terms["rec_x"] + terms["rec_w"] - terms["kl"]
+
+    # ------------------------------------------------------------------ the objective
+    def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
+        """The training loss on a batch and the gradient of every parameter.
+
+        x: (N, *x_shape), w: (N, w_dim), both of the model's dtype and device; rng: an Rng.
+        beta: warm-up weight of the KL terms.  coef: override of the term coefficients
+        (``{"kl": -1.0}`` alone checks that term's gradient on its own).
+        Returns (loss 0-d array, terms {name: 0-d array}, grads {param name: array}).
+        """
+        self._check_batch(x, w)
+        xp, N = self.xp, x.shape[0]
+        c = self.coefficients(beta) if coef is None else {k: coef.get(k, 0.0) for k in self.term_names}
+        grads = {}
+        # ---- forward
+        h, trunk_c = self.trunk_forward(x, w, train)                  # h(x, w)      (N, D_h)
+        (mu, var), head_c = self.run("qxw.head", h, train)            # q(z|x,w)     (N, D_z) each
+        eps = rng.normal(mu.shape, self.dtype, xp)
+        z = reparam_forward(mu, var, eps)                             # z = mu + sqrt(var) eps
+        lx, lw, rec_c = self.reconstruct_forward(z, x, w, train)      # log p(x|z), log p(w|z)  (N,)
+        terms_n = {"rec_x": lx, "rec_w": lw, "kl": gauss_kl_forward(mu, var)}  # KL(q(z|x,w)||N(0,I))
+        extra_c = self._extra_forward(x, w, mu, var, terms_n, train)
+        # ---- backward: loss = -sum_t c_t mean_n term_t[n], so d loss / d term_t[n] = -c_t / N
+        s = {k: -c[k] / N for k in c}
+        dz = self.reconstruct_backward(s["rec_x"], s["rec_w"], rec_c, grads)   # terms 1, 2: reconstruction
+        dmu, dvar = reparam_backward(zeros_like_or(dz, mu), var, eps)         # through z = mu + sqrt(var) eps
+        if s["kl"] != 0.0:                                                     # term 3: KL to the prior
+            dmu_k, dvar_k, _, _ = gauss_kl_backward(xp.full((N,), s["kl"], dtype=self.dtype), mu, var)
+            dmu, dvar = dmu + dmu_k, dvar + dvar_k
+        dmu, dvar = self._extra_backward(s, mu, var, extra_c, dmu, dvar, grads)  # JMVAE-kl terms 4, 5
+        dh = self.run_back("qxw.head", (dmu, dvar), head_c, grads)
+        self.trunk_backward(dh, trunk_c, grads)
+        return self._finish(terms_n, c, grads)
+
+    def _extra_forward(self, x, w, mu, var, terms_n, train):
+        return None
+
+    def _extra_backward(self, s, mu, var, cache, dmu, dvar, grads):
+        return dmu, dvar
+
+    # ------------------------------------------------------------------ inference
+    def encode(self, x, w, train=False):
+        """q(z|x,w): (mu, var), each (N, latent)."""
+        h, _ = self.trunk_forward(x, w, train)
+        return self.run("qxw.head", h, train)[0]
+
+    def decode_x(self, z, train=False):
+        """The x decoder's output for z: logits (Bernoulli) or mean (Gaussian), (N, *x_shape)."""
+        return self.run("px", z, train)[0]
+
+    def decode_w(self, z, train=False):
+        """The w decoder's output for z: logits (Categorical) or mean (Gaussian), (N, w_dim)."""
+        return self.run("pw", z, train)[0]
+
+
+class JMVAEKL(JMVAE):
+    """JMVAE-kl: JMVAE plus unimodal encoders q(z|x), q(z|w) pulled towards q(z|x,w) (Eq. 4).
+
+    Extra components: ``qx.net``, ``qx.head``, ``qw.net``, ``qw.head``.  The two extra KLs carry
+    the weight alpha (the paper: 1) and the warm-up weight beta like every KL term.
+    """
+
+    variant = "kl"
+    term_names = ("rec_x", "rec_w", "kl", "kl_x", "kl_w")
+
+    def _build(self):
+        super()._build()
+        a = self.arch
+        dx = self._register_net("qx.net", a.enc_x_uni, a.x_shape).out_shape[0]
+        self._register_head("qx.head", dx, a.latent)
+        dw = self._register_net("qw.net", a.enc_w_uni, (a.w_dim,)).out_shape[0]
+        self._register_head("qw.head", dw, a.latent)
+
+    def coefficients(self, beta: float = 1.0) -> dict:
+        return {"rec_x": 1.0, "rec_w": 1.0, "kl": -beta, "kl_x": -beta * self.alpha, "kl_w": -beta * self.alpha}
+
+    def _extra_forward(self, x, w, mu, var, terms_n, train):
+        hx, cx = self.run("qx.net", x, train)
+        (mux, varx), chx = self.run("qx.head", hx, train)            # q(z|x)
+        hw, cw = self.run("qw.net", w, train)
+        (muw, varw), chw = self.run("qw.head", hw, train)            # q(z|w)
+        terms_n["kl_x"] = gauss_kl_forward(mu, var, mux, varx)      # KL(q(z|x,w) || q(z|x))
+        terms_n["kl_w"] = gauss_kl_forward(mu, var, muw, varw)      # KL(q(z|x,w) || q(z|w))
+        return (mux, varx, cx, chx), (muw, varw, cw, chw)
+
+    def _extra_backward(self, s, mu, var, cache, dmu, dvar, grads):
+        N = mu.shape[0]
+        for name, key, (m2, v2, cnet, chead) in (("qx", "kl_x", cache[0]), ("qw", "kl_w", cache[1])):
+            if s[key] == 0.0:
+                continue
+            d1m, d1v, d2m, d2v = gauss_kl_backward(self.xp.full((N,), s[key], dtype=self.dtype), mu, var, m2, v2)
+            dmu, dvar = dmu + d1m, dvar + d1v                         # both sides are learned
+            dh = self.run_back(f"{name}.head", (d2m, d2v), chead, grads)
+            self.run_back(f"{name}.net", dh, cnet, grads)
+        return dmu, dvar
+
+    @staticmethod
+    def elbo_from_terms(terms):
+        return terms["rec_x"] + terms["rec_w"] - terms["kl"]
+
+    def encode_x(self, x, train=False):
+        """q(z|x): (mu, var)."""
+        return self.run("qx.head", self.run("qx.net", x, train)[0], train)[0]
+
+    def encode_w(self, w, train=False):
+        """q(z|w): (mu, var)."""
+        return self.run("qw.head", self.run("qw.net", w, train)[0], train)[0]
+
+
+class JMVAEH(JMVAE):
+    """JMVAE-h with L = 2 stochastic layers (Eq. 3).
+
+    q(z1|x,w) reads the joint trunk h; q(z2|x,w) reads the deterministic chain ``qz2.net`` on h;
+    the prior is p(z2) = N(0, I) and p(z1|z2) a Gaussian MLP (``pz1.net``, ``pz1.head``); both
+    decoders read z1.  Components: ``qxw.*`` (trunk), ``qz1.head``, ``qz2.net``, ``qz2.head``,
+    ``pz1.net``, ``pz1.head``, ``px``, ``pw``.
+    """
+
+    variant = "h"
+    term_names = ("rec_x", "rec_w", "kl_z2", "kl_z1")
+
+    def _build(self):
+        a = self.arch
+        d = self._build_trunk()
+        self._register_head("qz1.head", d, a.latent)
+        dc = self._register_net("qz2.net", a.h_chain, (d,)).out_shape[0]
+        self._register_head("qz2.head", dc, a.latent)
+        dp = self._register_net("pz1.net", a.prior_z1, (a.latent,)).out_shape[0]
+        self._register_head("pz1.head", dp, a.latent)
+        self._build_decoders()
+
+    def coefficients(self, beta: float = 1.0) -> dict:
+        return {"rec_x": 1.0, "rec_w": 1.0, "kl_z2": -beta, "kl_z1": -beta}
+
+    @staticmethod
+    def elbo_from_terms(terms):
+        return terms["rec_x"] + terms["rec_w"] - terms["kl_z2"] - terms["kl_z1"]
+
+    def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
+        """As :meth:`JMVAE.loss_and_grads`; terms rec_x, rec_w, kl_z2, kl_z1 (one-sample estimate of
+        E_q(z2)[KL(q(z1|x,w) || p(z1|z2))])."""
+        self._check_batch(x, w)
+        xp, N = self.xp, x.shape[0]
+        c = self.coefficients(beta) if coef is None else {k: coef.get(k, 0.0) for k in self.term_names}
+        grads = {}
+        # ---- forward
+        h, trunk_c = self.trunk_forward(x, w, train)                  # h(x, w)
+        (mu1, var1), hc1 = self.run("qz1.head", h, train)             # q(z1|x,w)
+        g, gc = self.run("qz2.net", h, train)                         # deterministic chain on h
+        (mu2, var2), hc2 = self.run("qz2.head", g, train)             # q(z2|x,w)
+        eps1 = rng.normal(mu1.shape, self.dtype, xp)
+        eps2 = rng.normal(mu2.shape, self.dtype, xp)
+        z1 = reparam_forward(mu1, var1, eps1)                         # z1 ~ q(z1|x,w)
+        z2 = reparam_forward(mu2, var2, eps2)                         # z2 ~ q(z2|x,w)
+        p, pc = self.run("pz1.net", z2, train)
+        (pm, pv), phc = self.run("pz1.head", p, train)                # p(z1|z2)
+        lx, lw, rec_c = self.reconstruct_forward(z1, x, w, train)
+        terms_n = {"rec_x": lx, "rec_w": lw,
+                   "kl_z2": gauss_kl_forward(mu2, var2),               # KL(q(z2|x,w) || N(0, I))
+                   "kl_z1": gauss_kl_forward(mu1, var1, pm, pv)}       # KL(q(z1|x,w) || p(z1|z2))
+        # ---- backward
+        s = {k: -c[k] / N for k in c}
+        dz1 = self.reconstruct_backward(s["rec_x"], s["rec_w"], rec_c, grads)     # terms 1, 2
+        dmu1, dvar1 = reparam_backward(zeros_like_or(dz1, mu1), var1, eps1)
+        dmu2, dvar2 = xp.zeros_like(mu2), xp.zeros_like(var2)
+        if s["kl_z1"] != 0.0:                                                    # term 4: KL(q(z1)||p(z1|z2))
+            a1m, a1v, dpm, dpv = gauss_kl_backward(xp.full((N,), s["kl_z1"], dtype=self.dtype), mu1, var1, pm, pv)
+            dmu1, dvar1 = dmu1 + a1m, dvar1 + a1v
+            dp = self.run_back("pz1.head", (dpm, dpv), phc, grads)
+            dz2 = self.run_back("pz1.net", dp, pc, grads)                        # through p(z1|z2) to z2
+            dmu2, dvar2 = reparam_backward(dz2, var2, eps2)
+        if s["kl_z2"] != 0.0:                                                    # term 3: KL(q(z2)||N(0,I))
+            a2m, a2v, _, _ = gauss_kl_backward(xp.full((N,), s["kl_z2"], dtype=self.dtype), mu2, var2)
+            dmu2, dvar2 = dmu2 + a2m, dvar2 + a2v
+        dh = self.run_back("qz1.head", (dmu1, dvar1), hc1, grads)
+        dg = self.run_back("qz2.head", (dmu2, dvar2), hc2, grads)
+        dh = dh + self.run_back("qz2.net", dg, gc, grads)
+        self.trunk_backward(dh, trunk_c, grads)
+        return self._finish(terms_n, c, grads)
+
+    def encode(self, x, w, train=False):
+        """q(z1|x,w): (mu, var) — the representation the decoders read."""
+        h, _ = self.trunk_forward(x, w, train)
+        return self.run("qz1.head", h, train)[0]

@@ -1,0 +1,348 @@
+"""Train a JMVAE model:  python -m jmvae_cupy.train mnist --variant kl
+
+Writes into the run directory (``--out``, default ``runs/<dataset>-<variant>``):
+
+* ``config.json``       the configuration of the run;
+* ``metrics.jsonl``     one JSON line per epoch: train and test terms, beta, seconds;
+* ``ckpt-EEEEEE-SSSSSS.h5``  checkpoints (the newest two; format in docs/checkpoint.md);
+* ``samples-eEEEE.png`` images generated from each label 0-9 (a column per label).
+
+``--resume`` continues from the newest good checkpoint; on the CPU the result is bit-identical
+to an uninterrupted run (the data order, the binarisation and the noise all come from RNG
+streams whose states are checkpointed).  Ctrl-C / SIGTERM save a checkpoint at the next step
+boundary and exit with code 130.  Every error a user can cause is one line on stderr, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from .backend import BackendError, device_name, get_dtype, select_device, to_device
+from .checkpoint import CheckpointError, list_checkpoints, load_latest, restore_arrays
+from .checkpoint import save as save_checkpoint
+from .data import DataError, binarize, binarized_test_set, iterate_batches, load_mnist, one_hot
+from .inference import x_from_w
+from .models import ModelError, build_model
+from .optim import Adam
+from .rng import Rng
+from .viz import save_grid
+
+# Settings that must agree between a run and the checkpoint it resumes from.
+RESUME_KEYS = ("dataset", "variant", "batch_size", "lr", "warmup", "latent", "alpha", "seed", "dtype", "data_dir",
+               "train_subset")
+
+
+class TrainError(RuntimeError):
+    """A problem with the run's configuration or directory (one-line message)."""
+
+
+class NonFiniteError(RuntimeError):
+    """The objective or a gradient became NaN or infinite."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jmvae_cupy.train", description=__doc__.split("\n")[0])
+    p.add_argument("dataset", choices=["mnist"], help="which dataset to train on")
+    p.add_argument("--variant", default="kl", help="jmvae | kl | h (default: kl)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs to train in total (default 30; paper: 2000)")
+    p.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--warmup", type=float, default=3,
+                   help="epochs over which the KL weight beta rises linearly from 0 to 1 (default 3; paper: 200)")
+    p.add_argument("--latent", type=int, default=64, help="size of z (default 64; 2 for latent-space plots)")
+    p.add_argument("--alpha", type=float, default=1.0, help="JMVAE-kl weight of the two extra KL terms (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
+    p.add_argument("--device", default=None, help="cpu | gpu | auto (default: $JMVAE_DEVICE or auto)")
+    p.add_argument("--dtype", default="float32", help="float32 | float64")
+    p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<variant>)")
+    p.add_argument("--data-dir", default=None, help="directory with the four full-MNIST IDX files "
+                   "(default: the embedded 10,000-digit subset)")
+    p.add_argument("--train-subset", type=int, default=0,
+                   help="train on the first N training digits only (quick smoke runs; 0: all)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    p.add_argument("--sample-every", type=int, default=5, help="write a PNG of generated digits every N epochs")
+    p.add_argument("--checkpoint-steps", type=int, default=0,
+                   help="also checkpoint every N steps inside an epoch (0: at epoch ends only)")
+    p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
+                   help="a NaN/Inf objective or gradient stops the run (default) or skips the step")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args) -> dict:
+    if args.variant not in ("jmvae", "kl", "h"):
+        raise TrainError(f"unknown variant {args.variant!r}: choose jmvae, kl or h")
+    for name, val, lo in (("epochs", args.epochs, 1), ("batch-size", args.batch_size, 1),
+                          ("latent", args.latent, 1), ("sample-every", args.sample_every, 1),
+                          ("checkpoint-steps", args.checkpoint_steps, 0), ("train-subset", args.train_subset, 0)):
+        if val < lo:
+            raise TrainError(f"--{name} must be >= {lo}, got {val}")
+    if not (args.lr > 0 and np.isfinite(args.lr)):
+        raise TrainError(f"--lr must be a positive number, got {args.lr}")
+    if not (args.warmup >= 0 and np.isfinite(args.warmup)):
+        raise TrainError(f"--warmup must be >= 0, got {args.warmup}")
+    get_dtype(args.dtype)
+    return {
+        "dataset": args.dataset, "variant": args.variant, "epochs": args.epochs, "batch_size": args.batch_size,
+        "lr": args.lr, "warmup": args.warmup, "latent": args.latent, "alpha": args.alpha, "seed": args.seed,
+        "dtype": args.dtype, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
+        "train_subset": args.train_subset,
+    }
+
+
+def beta_at(epoch_float: float, warmup: float) -> float:
+    """Warm-up: beta rises linearly from 0 to 1 over the first ``warmup`` epochs (per step)."""
+    return 1.0 if warmup <= 0 else min(1.0, epoch_float / warmup)
+
+
+def prepare_run_dir(out: str, resume: bool) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"cannot create output directory {out}: {e.strerror}") from None
+    probe = os.path.join(out, ".write-test")
+    try:
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as e:
+        raise TrainError(f"output directory {out} is not writable: {e.strerror}") from None
+    has_run = bool(list_checkpoints(out)) or os.path.exists(os.path.join(out, "metrics.jsonl"))
+    if has_run and not resume:
+        raise TrainError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if resume and not list_checkpoints(out):
+        raise TrainError(f"--resume: no checkpoint in {out}")
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _append_line(path: str, obj: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Trainer:
+    """The training loop, its state, and its checkpoints (one object so that resume is exact)."""
+
+    def __init__(self, config: dict, out: str, device=None, progress=True, on_nonfinite="stop",
+                 sample_every=5, checkpoint_steps=0, log=print):
+        self.config, self.out, self.log = config, out, log
+        self.progress, self.on_nonfinite = progress, on_nonfinite
+        self.sample_every, self.checkpoint_steps = sample_every, checkpoint_steps
+        self.xp = select_device(device)
+        self.dtype = get_dtype(config["dtype"])
+        self.data = load_mnist(config["data_dir"])
+        if config["train_subset"]:
+            if config["train_subset"] < config["batch_size"]:
+                raise TrainError(f"--train-subset {config['train_subset']} is smaller than one batch")
+            self.data.train_x = self.data.train_x[: config["train_subset"]]
+            self.data.train_y = self.data.train_y[: config["train_subset"]]
+        self.test_x = binarized_test_set(self.data, dtype=self.dtype)
+        self.test_w = one_hot(self.data.test_y, 10, self.dtype)
+        self.model = build_model(config["dataset"], config["variant"], seed=config["seed"], dtype=config["dtype"],
+                                 xp=self.xp, latent=config["latent"], alpha=config["alpha"])
+        self.opt = Adam(lr=config["lr"])
+        self.data_rng = Rng([config["seed"], 1])   # data order and binarisation
+        self.noise_rng = Rng([config["seed"], 2])  # reparameterisation noise
+        self.epoch, self.step = 0, 0
+        self.epoch_data_state = None
+        self.sums: dict = {}
+        self.stop_requested = None
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self) -> str:
+        meta = {"config": self.config, "data_rng_epoch_start": self.epoch_data_state,
+                "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
+                "adam": {k: v for k, v in self.opt.state_dict().items() if k not in ("m", "v")},
+                "partial_sums": {k: float(v) for k, v in self.sums.items()}}
+        return save_checkpoint(self.out, self.epoch, self.step, meta, self.model.params, self.model.state,
+                               self.opt.m, self.opt.v)
+
+    def restore(self) -> None:
+        ck = load_latest(self.out, warn=self.log)
+        meta = ck["meta"]
+        conflicts = [f"{k}: checkpoint {meta['config'].get(k)!r} vs now {self.config[k]!r}"
+                     for k in RESUME_KEYS if meta["config"].get(k) != self.config[k]]
+        if conflicts:
+            raise TrainError(f"--resume: the run in {self.out} was made with other settings ({'; '.join(conflicts)})")
+        restore_arrays(self.model.params, ck["params"], self.xp, "parameters")
+        restore_arrays(self.model.state, ck["state"], self.xp, "state")
+        adam = dict(meta["adam"])
+        adam["m"] = {k: to_device(v, self.xp) for k, v in ck["adam_m"].items()}
+        adam["v"] = {k: to_device(v, self.xp) for k, v in ck["adam_v"].items()}
+        self.opt.load_state_dict(adam)
+        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        self.data_rng.set_state(meta["data_rng"])
+        self.noise_rng.set_state(meta["noise_rng"])
+        self.epoch_data_state = meta["data_rng_epoch_start"]
+        self.sums = {k: v for k, v in meta["partial_sums"].items()}
+        # keep the metrics of completed epochs only: the lines after the checkpoint are redone
+        mpath = os.path.join(self.out, "metrics.jsonl")
+        if os.path.exists(mpath):
+            with open(mpath) as f:
+                lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
+            _atomic_write_text(mpath, "".join(lines))
+        self.log(f"resumed from {os.path.basename(ck['path'])} (epoch {self.epoch}, step {self.step})")
+
+    # ---------------------------------------------------------------- one epoch
+    def _epoch_batches(self):
+        """Binarise the training set and order it for this epoch, from the epoch's data-RNG state."""
+        if self.step == 0 or self.epoch_data_state is None:
+            self.epoch_data_state = self.data_rng.get_state()
+        else:  # resuming mid-epoch: redraw this epoch's data exactly as it was drawn
+            self.data_rng.set_state(self.epoch_data_state)
+        x = binarize(self.data.train_x, self.data_rng, self.dtype)
+        w = one_hot(self.data.train_y, 10, self.dtype)
+        batches = iterate_batches(len(x), self.config["batch_size"], self.data_rng)
+        return x, w, batches
+
+    def _check_finite(self, loss, terms, grads):
+        xp = self.xp
+        if not bool(xp.isfinite(loss)):
+            bad = [k for k, v in terms.items() if not bool(xp.isfinite(v))]
+            raise NonFiniteError(f"non-finite objective at epoch {self.epoch + 1}, step {self.step + 1} "
+                                 f"(terms: {', '.join(bad) or 'loss'})")
+        total = sum(g.sum() for g in grads.values())
+        if not bool(xp.isfinite(total)):
+            bad = [k for k, g in grads.items() if not bool(xp.isfinite(g.sum()))]
+            raise NonFiniteError(f"non-finite gradient at epoch {self.epoch + 1}, step {self.step + 1} "
+                                 f"(parameters: {', '.join(bad[:5])})")
+
+    def train_epoch(self):
+        xp, cfg = self.xp, self.config
+        x_all, w_all, batches = self._epoch_batches()
+        steps = len(batches)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            bar = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
+                       leave=False, file=sys.stderr, dynamic_ncols=True)
+        while self.step < steps:
+            idx = batches[self.step]
+            x, w = to_device(x_all[idx], xp), to_device(w_all[idx], xp)
+            beta = beta_at(self.epoch + self.step / steps, cfg["warmup"])
+            loss, terms, grads = self.model.loss_and_grads(x, w, self.noise_rng, beta=beta)
+            try:
+                self._check_finite(loss, terms, grads)
+                self.opt.step(self.model.params, grads)
+                for k, v in terms.items():
+                    self.sums[k] = self.sums.get(k, 0.0) + v
+                self.sums["loss"] = self.sums.get("loss", 0.0) + loss
+            except NonFiniteError as e:
+                if self.on_nonfinite == "stop":
+                    raise
+                self.log(f"warning: {e}; step skipped")
+                self.sums["skipped"] = self.sums.get("skipped", 0.0) + 1
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+                if self.step % 10 == 0:
+                    bar.set_postfix(loss=f"{float(loss):.2f}", beta=f"{beta:.2f}")
+            if self.stop_requested is not None:
+                break
+            if self.checkpoint_steps and self.step % self.checkpoint_steps == 0 and self.step < steps:
+                self.save()
+        if bar is not None:
+            bar.close()
+        return steps
+
+    def evaluate(self, batch_size=500):
+        """Test-set terms with beta = 1 (the bound), eval mode, noise from a fixed per-epoch stream."""
+        xp = self.xp
+        rng = Rng([self.config["seed"], 3, self.epoch])
+        sums, n = {}, len(self.test_x)
+        for i in range(0, n, batch_size):
+            x = to_device(self.test_x[i:i + batch_size], xp)
+            w = to_device(self.test_w[i:i + batch_size], xp)
+            loss, terms, _ = self.model.loss_and_grads(x, w, rng, beta=1.0, train=False)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss) * len(x)
+        return {k: v / n for k, v in sums.items()}
+
+    def write_samples(self, path):
+        """A grid of images generated from the labels: column = label 0..9, row 0 = mean of q(z|w)
+        (or the iterative sampling from zeros, K = 10), rows 1.. = samples."""
+        xp = self.xp
+        rows = 8
+        w = to_device(one_hot(np.tile(np.arange(10), rows), 10, self.dtype), xp)
+        rng = Rng([self.config["seed"], 4])
+        imgs = x_from_w(self.model, w, rng, iterations=10, sample_z=True)
+        imgs = np.asarray(to_device(imgs, np)).reshape(rows, 10, 28, 28)
+        save_grid(imgs, path)
+
+    def run(self):
+        cfg = self.config
+        mpath = os.path.join(self.out, "metrics.jsonl")
+        self.log(f"training {cfg['variant']} on {self.data.source} | device {device_name(self.xp)} | "
+                 f"{sum(int(p.size) for p in self.model.params.values()):,} parameters | run dir {self.out}")
+        while self.epoch < cfg["epochs"]:
+            t0 = time.perf_counter()
+            steps = self.train_epoch()
+            if self.stop_requested is not None:
+                path = self.save()
+                self.log(f"{self.stop_requested}: saved {os.path.basename(path)} at epoch {self.epoch + 1}, "
+                         f"step {self.step}; continue with the same command and --resume")
+                return 130
+            train = {k: float(v) / steps for k, v in self.sums.items()}
+            self.epoch, self.step, self.sums = self.epoch + 1, 0, {}
+            test = self.evaluate()
+            record = {"epoch": self.epoch, "beta": beta_at(self.epoch, cfg["warmup"]), "train": train,
+                      "test": test, "seconds": round(time.perf_counter() - t0, 3)}
+            _append_line(mpath, record)
+            self.save()
+            if self.epoch % self.sample_every == 0 or self.epoch == cfg["epochs"]:
+                self.write_samples(os.path.join(self.out, f"samples-e{self.epoch:04d}.png"))
+            self.log(f"epoch {self.epoch}/{cfg['epochs']}  train loss {train['loss']:.2f}  "
+                     f"test elbo {test['elbo']:.2f}  (rec_x {test['rec_x']:.1f}, rec_w {test['rec_w']:.3f})  "
+                     f"{record['seconds']:.1f}s")
+        return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        out = args.out or os.path.join("runs", f"{config['dataset']}-{config['variant']}")
+        prepare_run_dir(out, args.resume)
+        trainer = Trainer(config, out, device=args.device, progress=not args.no_progress,
+                          on_nonfinite=args.on_nonfinite, sample_every=args.sample_every,
+                          checkpoint_steps=args.checkpoint_steps)
+        if args.resume:
+            trainer.restore()
+        else:
+            _atomic_write_text(os.path.join(out, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+        def request_stop(signum, frame):
+            trainer.stop_requested = signal.Signals(signum).name
+
+        old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return trainer.run()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    except (TrainError, DataError, ModelError, CheckpointError, BackendError, NonFiniteError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
