@@ -9,6 +9,8 @@ import numpy as np
 
 from .errors import DataError
 
+_CHUNK = 1 << 20  # pixels per draw in binarize (8 MiB of float64 uniforms)
+
 
 def binarize(grey, rng, dtype=np.float32) -> np.ndarray:
     """Sample binary images: x_ij ~ Bernoulli(grey_ij / 255), independently per pixel.
@@ -20,7 +22,8 @@ def binarize(grey, rng, dtype=np.float32) -> np.ndarray:
 
     Args:
         grey: uint8 array of any shape, e.g. (N, 784) grey levels 0..255.
-        rng: a :class:`jmvae_cupy.rng.Rng`; consumes ``grey.size`` uniform draws.
+        rng: a :class:`jmvae_cupy.rng.Rng`; consumes ``grey.size`` uniform draws (C order), so
+            binarising a whole array or its consecutive row blocks gives the same result.
         dtype: dtype of the result (float32 for training, float64 for checks).
 
     Returns:
@@ -32,8 +35,15 @@ def binarize(grey, rng, dtype=np.float32) -> np.ndarray:
     grey = np.asarray(grey)
     if grey.dtype != np.uint8:
         raise DataError(f"binarize expects uint8 grey levels 0..255, got dtype {grey.dtype}")
-    u = rng.uniform(grey.shape, dtype=np.float64)
-    return (u * 255.0 < grey).astype(dtype)
+    # Draw in pieces of at most _CHUNK pixels: the float64 uniforms of a whole training set
+    # (50,000 x 784 x 8 bytes = 314 MB) are never alive at once.  Consecutive draws from one
+    # stream give the same numbers as a single draw, so the result does not depend on _CHUNK.
+    flat = grey.reshape(-1)
+    out = np.empty(flat.shape, dtype=dtype)
+    for start in range(0, flat.size, _CHUNK):
+        g = flat[start : start + _CHUNK]
+        out[start : start + g.size] = rng.uniform(g.shape, dtype=np.float64) * 255.0 < g
+    return out.reshape(grey.shape)
 
 
 def one_hot(labels, num_classes: int = 10, dtype=np.float32) -> np.ndarray:

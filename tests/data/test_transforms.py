@@ -36,6 +36,18 @@ def test_binarize_probability_is_grey_over_255():
     np.testing.assert_allclose(freq, levels / 255.0, atol=0.015)
 
 
+def test_binarize_draws_in_c_order_independently_of_chunking(monkeypatch):
+    from jmvae_cupy.data import transforms
+
+    grey = np.random.default_rng(0).integers(0, 256, (40, 784), dtype=np.uint8)
+    whole = binarize(grey, Rng(5))
+    monkeypatch.setattr(transforms, "_CHUNK", 1000)  # 1000 does not divide 784 * 40
+    np.testing.assert_array_equal(binarize(grey, Rng(5)), whole)
+    r = Rng(5)
+    blocks = np.concatenate([binarize(grey[:13], r), binarize(grey[13:], r)])
+    np.testing.assert_array_equal(blocks, whole)
+
+
 def test_binarize_rejects_non_uint8():
     with pytest.raises(DataError, match="uint8"):
         binarize(np.zeros((2, 3), np.float32), Rng(0))
