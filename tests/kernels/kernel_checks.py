@@ -11,6 +11,8 @@ the very same (possibly float32) inputs: the closest thing to the exact answer.
 from __future__ import annotations
 
 import numpy as np
+from jmvae_cupy.kernels.gauss_kl import gauss_kl_backward_ref, gauss_kl_forward_ref
+from jmvae_cupy.kernels.reparam import reparam_backward_ref, reparam_forward_ref
 
 DTYPES = (np.float32, np.float64)
 VAR_MIN, VAR_MAX = 1e-6, 1e4  # the variance range the kernels promise to handle
@@ -59,3 +61,73 @@ def assert_within(actual, expected, scale, tol, what=""):
         f"{what}: error {err[worst]:.3e} at {worst} exceeds {tol:.1e} * scale {scale[worst]:.3e} "
         f"(actual {actual[worst]!r}, expected {expected[worst]!r})"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Reparameterisation
+# --------------------------------------------------------------------------------------------
+
+
+def reparam_inputs(rng, n, d, dtype, lo=VAR_MIN, hi=VAR_MAX):
+    """mu, var (log-uniform in [lo, hi], extremes included), eps and dz, all (n, d) of dtype."""
+    mu = (rng.standard_normal((n, d)) * 3 + 1).astype(dtype)
+    var = log_uniform(rng, (n, d), lo, hi, dtype)
+    noise = rng.standard_normal((n, d)).astype(dtype)
+    dz = rng.standard_normal((n, d)).astype(dtype)
+    return mu, var, noise, dz
+
+
+def check_reparam_forward(z, mu, var, noise):
+    """z = mu + sqrt(var)*eps takes 3 roundings (sqrt, *, +):
+    |err| <= 4 eps (|mu| + sqrt(var) |eps|)."""
+    mu64, var64, noise64 = f64(mu, var, noise)
+    assert z.dtype == mu.dtype
+    scale = np.abs(mu64) + np.sqrt(var64) * np.abs(noise64)
+    assert_within(z, reparam_forward_ref(mu64, var64, noise64), scale, 4 * eps(mu.dtype), "z")
+
+
+def check_reparam_backward(dmu, dvar, dz, var, noise):
+    """dmu = dz exactly; dvar = dz*eps/(2 sqrt(var)) is products and quotients only:
+    |err| <= 4 eps |dvar|."""
+    assert dmu.dtype == dvar.dtype == dz.dtype
+    np.testing.assert_array_equal(dmu, dz)
+    _, expected = reparam_backward_ref(*f64(dz, var, noise))
+    assert_within(dvar, expected, np.abs(expected), 4 * eps(dz.dtype), "dvar")
+
+
+# --------------------------------------------------------------------------------------------
+# Gaussian KL
+# --------------------------------------------------------------------------------------------
+
+
+def kl_args(g, prior):
+    """(mu1, var1) for the N(0, I) prior, else (mu1, var1, mu2, var2), from a gaussians() dict."""
+    return (g["mu1"], g["var1"]) if prior else (g["mu1"], g["var1"], g["mu2"], g["var2"])
+
+
+def check_kl_forward(kl, args):
+    """kl against the float64 reference.  Every dimension adds two non-negative parts, each with
+    an absolute error of a few eps * (part + 1), and the sum over D adds at most D eps relative:
+    |err| <= D eps (kl + 1)."""
+    expected = gauss_kl_forward_ref(*f64(*args))
+    assert kl.dtype == args[0].dtype
+    assert_within(kl, expected, expected + 1.0, args[0].shape[1] * eps(kl.dtype), "kl")
+
+
+def check_kl_backward(grads, dkl, args):
+    """Each gradient against the float64 reference, with the scale of the terms it combines:
+    dmu1 is a product (scale |dmu1|); dvar1 = g/2 (1/var2 - 1/var1) and dvar2 = g/2 (1/var2)
+    (1 - (var1 + u^2)/var2) subtract, so their scale is the sum of the magnitudes.  8 eps."""
+    expected = gauss_kl_backward_ref(*f64(dkl, *args))
+    mu1, var1, mu2, var2 = f64(*args) if len(args) == 4 else (*f64(*args), 0.0, 1.0)
+    g = np.abs(f64(dkl)[0])[:, None]
+    inv2 = 1.0 / var2 * np.ones_like(var1)
+    s = (var1 + (mu1 - mu2) ** 2) * inv2
+    scales = [np.abs(expected[0]), g * (inv2 + 1 / var1), np.abs(expected[0]), g * inv2 * (1 + s)]
+    names = ["dmu1", "dvar1", "dmu2", "dvar2"]
+    for got, want, scale, name in zip(grads, expected, scales, names):
+        if want is None:
+            assert got is None, f"{name} must be None for the prior"
+            continue
+        assert got.dtype == dkl.dtype, f"{name}: dtype {got.dtype}"
+        assert_within(got, want, scale, 8 * eps(dkl.dtype), name)

@@ -1,0 +1,84 @@
+"""The CUDA kernels against the plain-xp reference under the Numba CUDA simulator.
+
+Not collected by a plain ``pytest`` run (the name does not start with ``test_``): the simulator
+must be switched on before numba.cuda is first imported, so test_cuda_kernels.py runs this
+file in a fresh process,
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/kernels/cuda_sim_cases.py
+
+The launchers get NumPy host arrays, which the simulator accepts as device arrays.  Outputs
+start as NaN, so an element a kernel forgets to write fails the test.  The simulator runs every
+thread as a Python thread: the sizes are small, but chosen to cover several blocks along both
+grid axes (2-D block 32 x 8) and rows longer than the 128 threads of the KL reduction.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported", allow_module_level=True)
+
+from jmvae_cupy.kernels import gauss_kl, reparam
+
+from .kernel_checks import (
+    DTYPES,
+    check_kl_backward,
+    check_kl_forward,
+    check_reparam_backward,
+    check_reparam_forward,
+    gaussians,
+    kl_args,
+    reparam_inputs,
+)
+
+
+def nans_like(a, shape=None):
+    return np.full(a.shape if shape is None else shape, np.nan, dtype=a.dtype)
+
+
+def test_kernels_are_simulated():
+    from numba.cuda import config
+
+    assert config.ENABLE_CUDASIM
+    for module in (reparam, gauss_kl):
+        for kernel in vars(module._cuda_kernels()).values():
+            assert type(kernel).__module__.startswith("numba.cuda.simulator"), type(kernel)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (9, 40)])  # (9, 40): 2 x 2 blocks of 32 x 8
+def test_reparam_kernels(rng, dtype, shape):
+    mu, var, noise, dz = reparam_inputs(rng, *shape, dtype)
+    z = reparam._reparam_forward_cuda(mu, var, noise, nans_like(mu))
+    check_reparam_forward(z, mu, var, noise)
+    dmu, dvar = reparam._reparam_backward_cuda(dz, var, noise, nans_like(dz), nans_like(dz))
+    check_reparam_backward(dmu, dvar, dz, var, noise)
+
+
+@pytest.mark.parametrize("prior", [False, True], ids=["general", "prior"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 5), (2, 300)])  # D < 128 threads, D > 2 x 128 threads
+def test_gauss_kl_forward_kernel(rng, shape, dtype, prior):
+    g = gaussians(rng, *shape, dtype)
+    mu2, var2 = (g["mu1"], g["var1"]) if prior else (g["mu2"], g["var2"])  # placeholders for the prior
+    kl = nans_like(g["mu1"], shape[:1])
+    gauss_kl._gauss_kl_forward_cuda(g["mu1"], g["var1"], mu2, var2, kl, prior=prior)
+    check_kl_forward(kl, kl_args(g, prior))
+
+
+@pytest.mark.parametrize("prior", [False, True], ids=["general", "prior"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gauss_kl_backward_kernels(rng, dtype, prior):
+    g = gaussians(rng, 9, 40, dtype)
+    dkl = rng.standard_normal(9).astype(dtype)
+    args = kl_args(g, prior)
+    outs = [nans_like(g["mu1"]) for _ in args]  # dmu1, dvar1 (, dmu2, dvar2)
+    if prior:
+        grads = (*gauss_kl._gauss_kl_prior_backward_cuda(dkl, *args, *outs), None, None)
+    else:
+        grads = gauss_kl._gauss_kl_backward_cuda(dkl, *args, *outs)
+    check_kl_backward(grads, dkl, args)
