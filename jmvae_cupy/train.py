@@ -16,6 +16,7 @@ boundary and exit with code 130.  Every error a user can cause is one line on st
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import signal
@@ -36,7 +37,7 @@ from .viz import save_grid
 
 # Settings that must agree between a run and the checkpoint it resumes from.
 RESUME_KEYS = ("dataset", "variant", "batch_size", "lr", "warmup", "latent", "alpha", "seed", "dtype", "data_dir",
-               "train_subset")
+               "train_subset", "direction")
 
 
 class TrainError(RuntimeError):
@@ -50,7 +51,9 @@ class NonFiniteError(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jmvae_cupy.train", description=__doc__.split("\n")[0])
     p.add_argument("dataset", choices=["mnist"], help="which dataset to train on")
-    p.add_argument("--variant", default="kl", help="jmvae | kl | h (default: kl)")
+    p.add_argument("--variant", default="kl", help="jmvae | kl | h | cvae | cmma (default: kl)")
+    p.add_argument("--direction", default=None, choices=["label2image", "image2label"],
+                   help="the conditional direction of a cvae / cmma baseline (default label2image)")
     p.add_argument("--epochs", type=int, default=30, help="epochs to train in total (default 30; paper: 2000)")
     p.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
@@ -77,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> dict:
-    if args.variant not in ("jmvae", "kl", "h"):
-        raise TrainError(f"unknown variant {args.variant!r}: choose jmvae, kl or h")
+    if args.variant not in ("jmvae", "kl", "h", "cvae", "cmma"):
+        raise TrainError(f"unknown variant {args.variant!r}: choose jmvae, kl, h, cvae or cmma")
+    if args.direction is not None and args.variant not in ("cvae", "cmma"):
+        raise TrainError(f"--direction applies to cvae and cmma only, not {args.variant!r}")
+    direction = (args.direction or "label2image") if args.variant in ("cvae", "cmma") else None
     for name, val, lo in (("epochs", args.epochs, 1), ("batch-size", args.batch_size, 1),
                           ("latent", args.latent, 1), ("sample-every", args.sample_every, 1),
                           ("checkpoint-steps", args.checkpoint_steps, 0), ("train-subset", args.train_subset, 0)):
@@ -93,7 +99,7 @@ def config_from_args(args) -> dict:
         "dataset": args.dataset, "variant": args.variant, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "warmup": args.warmup, "latent": args.latent, "alpha": args.alpha, "seed": args.seed,
         "dtype": args.dtype, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
-        "train_subset": args.train_subset,
+        "train_subset": args.train_subset, "direction": direction,
     }
 
 
@@ -117,8 +123,8 @@ def prepare_run_dir(out: str, resume: bool) -> None:
     has_run = bool(list_checkpoints(out)) or os.path.exists(os.path.join(out, "metrics.jsonl"))
     if has_run and not resume:
         raise TrainError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    if resume and not list_checkpoints(out):
-        raise TrainError(f"--resume: no checkpoint in {out}")
+    for stale in glob.glob(os.path.join(out, ".ckpt-*.tmp")) + glob.glob(os.path.join(out, "*.json*.tmp")):
+        os.unlink(stale)  # left by a process killed while writing; never a complete file
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -135,6 +141,20 @@ def _append_line(path: str, obj: dict) -> None:
         f.write(json.dumps(obj, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _metrics_lines_up_to(path: str, epoch: int) -> list:
+    """The lines of metrics.jsonl for epochs <= ``epoch``; a line cut short by a crash is dropped."""
+    kept = []
+    with open(path) as f:
+        for ln in f:
+            try:
+                rec = json.loads(ln)
+            except ValueError:
+                continue
+            if rec.get("epoch", 0) <= epoch:
+                kept.append(ln if ln.endswith("\n") else ln + "\n")
+    return kept
 
 
 class Trainer:
@@ -156,7 +176,8 @@ class Trainer:
         self.test_x = binarized_test_set(self.data, dtype=self.dtype)
         self.test_w = one_hot(self.data.test_y, 10, self.dtype)
         self.model = build_model(config["dataset"], config["variant"], seed=config["seed"], dtype=config["dtype"],
-                                 xp=self.xp, latent=config["latent"], alpha=config["alpha"])
+                                 xp=self.xp, latent=config["latent"], alpha=config["alpha"],
+                                 direction=config.get("direction"))
         self.opt = Adam(lr=config["lr"])
         self.data_rng = Rng([config["seed"], 1])   # data order and binarisation
         self.noise_rng = Rng([config["seed"], 2])  # reparameterisation noise
@@ -195,9 +216,7 @@ class Trainer:
         # keep the metrics of completed epochs only: the lines after the checkpoint are redone
         mpath = os.path.join(self.out, "metrics.jsonl")
         if os.path.exists(mpath):
-            with open(mpath) as f:
-                lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
-            _atomic_write_text(mpath, "".join(lines))
+            _atomic_write_text(mpath, "".join(_metrics_lines_up_to(mpath, self.epoch)))
         self.log(f"resumed from {os.path.basename(ck['path'])} (epoch {self.epoch}, step {self.step})")
 
     # ---------------------------------------------------------------- one epoch
@@ -284,7 +303,12 @@ class Trainer:
         rows = 8
         w = to_device(one_hot(np.tile(np.arange(10), rows), 10, self.dtype), xp)
         rng = Rng([self.config["seed"], 4])
-        imgs = x_from_w(self.model, w, rng, iterations=10, sample_z=True)
+        if getattr(self.model, "direction", None) == "image2label":
+            return  # a label model: no images to show
+        if hasattr(self.model, "generate"):  # cvae / cmma: z from the prior p(z) or p(z|w)
+            imgs = self.model.generate(w, rng)
+        else:
+            imgs = x_from_w(self.model, w, rng, iterations=10, sample_z=True)
         imgs = np.asarray(to_device(imgs, np)).reshape(rows, 10, 28, 28)
         save_grid(imgs, path)
 
@@ -301,7 +325,9 @@ class Trainer:
                 self.log(f"{self.stop_requested}: saved {os.path.basename(path)} at epoch {self.epoch + 1}, "
                          f"step {self.step}; continue with the same command and --resume")
                 return 130
-            train = {k: float(v) / steps for k, v in self.sums.items()}
+            skipped = int(self.sums.pop("skipped", 0))
+            train = {k: float(v) / max(steps - skipped, 1) for k, v in self.sums.items()}  # means over taken steps
+            train["skipped_steps"] = skipped
             self.epoch, self.step, self.sums = self.epoch + 1, 0, {}
             test = self.evaluate()
             record = {"epoch": self.epoch, "beta": beta_at(self.epoch, cfg["warmup"]), "train": train,
@@ -311,7 +337,8 @@ class Trainer:
             if self.epoch % self.sample_every == 0 or self.epoch == cfg["epochs"]:
                 self.write_samples(os.path.join(self.out, f"samples-e{self.epoch:04d}.png"))
             self.log(f"epoch {self.epoch}/{cfg['epochs']}  train loss {train['loss']:.2f}  "
-                     f"test elbo {test['elbo']:.2f}  (rec_x {test['rec_x']:.1f}, rec_w {test['rec_w']:.3f})  "
+                     f"test elbo {test['elbo']:.2f}  (rec_x {test.get('rec_x', float('nan')):.1f}, "
+                     f"rec_w {test.get('rec_w', float('nan')):.3f})  "
                      f"{record['seconds']:.1f}s")
         return 0
 
@@ -320,14 +347,17 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        out = args.out or os.path.join("runs", f"{config['dataset']}-{config['variant']}")
+        out = args.out or os.path.join("runs", "-".join(
+            [config["dataset"], config["variant"]] + ([config["direction"]] if config["direction"] else [])))
         prepare_run_dir(out, args.resume)
         trainer = Trainer(config, out, device=args.device, progress=not args.no_progress,
                           on_nonfinite=args.on_nonfinite, sample_every=args.sample_every,
                           checkpoint_steps=args.checkpoint_steps)
-        if args.resume:
+        if args.resume and list_checkpoints(out):
             trainer.restore()
         else:
+            if args.resume:
+                print(f"no checkpoint in {out} yet: starting a new run", file=sys.stderr)
             _atomic_write_text(os.path.join(out, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
 
         def request_stop(signum, frame):

@@ -96,8 +96,6 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["mnist", "--out", str(blocker / "sub")] + FAST) == 1
     assert "output directory" in _err(capsys)
-    assert main(["mnist", "--out", str(tmp_path / "empty"), "--resume"] + FAST) == 1
-    assert "no checkpoint" in _err(capsys)
 
 
 def test_existing_run_is_not_overwritten_and_conflicts_are_caught(tmp_path, capsys):
