@@ -1,0 +1,224 @@
+"""2-D convolution (cross-correlation, as in every deep-learning library), NCHW.
+
+    y[n, o, oh, ow] = b[o] + sum_{c, i, j} W[o, c, i, j] * xpad[n, c, sy*oh + i, sx*ow + j]
+
+Shapes: x (N, C_in, H, W); W (C_out, C_in, KH, KW); b (C_out,) or None;
+y (N, C_out, OH, OW) with OH = (H + 2ph - KH) // sy + 1, OW = (W + 2pw - KW) // sx + 1.
+The paper's CkBR layers use KH = KW = 4, stride 2, pad 1: 64 -> 32 -> 16 -> 8 -> 4.
+
+How it is computed: im2col gathers every window into a row of ``col`` (M = N*OH*OW rows,
+K = KH*KW*C_in columns), after which the convolution is one GEMM, y = col @ Wm^T, run by BLAS
+on a CPU and by cuBLAS on a GPU.  The backward pass is two more GEMMs and a col2im; conv
+backward-data *is* a transposed convolution (deconv.py) and the two layers share the two
+primitives below, :func:`correlate` and its adjoint :func:`correlate_transpose`.
+
+Memory layout: the arithmetic runs channels-last (N, H, W, C), reached from NCHW by
+``transpose(0, 2, 3, 1)``.  The outputs (y, dx) are NCHW-shaped *views of channels-last memory*:
+correct NCHW arrays for every xp operation (elementwise ops keep that layout, and the next conv
+then reads it without a copy); call ``xp.ascontiguousarray`` where C order is needed (a raw
+kernel, a file).  :class:`jmvae_cupy.nets.Net` returns C-ordered arrays.
+
+Derivation: docs/derivations/conv.md.  Checked by tests/layers/test_conv.py.
+"""
+
+from __future__ import annotations
+
+from ..backend import get_array_module
+from .im2col import col2im, conv_outsize, im2col, pair
+
+
+class ConvShapeError(ValueError):
+    """Shapes that a (transposed) convolution cannot combine."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def to_nhwc(x):
+    """(N, C, H, W) -> (N, H, W, C): a view, free."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def to_nchw(x):
+    """(N, H, W, C) -> (N, C, H, W): a view, free."""
+    return x.transpose(0, 3, 1, 2)
+
+
+def to_rows(x):
+    """(N, C, H, W) -> (N*H*W, C): one row per pixel. Free when x is channels-last in memory."""
+    return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def weight_matrix(W):
+    """A kernel (A, B, KH, KW) as the GEMM matrix Wm (A, KH*KW*B), row a = W[a] in (kh, kw, b) order.
+
+    For a conv W (C_out, C_in, KH, KW): Wm is (C_out, K); for a transposed conv W
+    (C_in, C_out, KH, KW): Wm is (C_in, K).  A small copy (the weights, not the activations).
+    """
+    A, B, KH, KW = W.shape
+    return W.transpose(0, 2, 3, 1).reshape(A, KH * KW * B)
+
+
+def weight_from_matrix(Wm, shape):
+    """Inverse of :func:`weight_matrix`: Wm (A, KH*KW*B) -> a C-ordered kernel (A, B, KH, KW)."""
+    xp = get_array_module(Wm)
+    A, B, KH, KW = shape
+    return xp.ascontiguousarray(Wm.reshape(A, KH, KW, B).transpose(0, 3, 1, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# The two primitives shared by conv and deconv
+# ---------------------------------------------------------------------------------------------
+
+
+def correlate(x, Wm, kh, kw, stride, pad):
+    """The convolution as im2col + one GEMM, channels-last.
+
+    x: (N, H, W, B) (a view is fine); Wm: (A, KH*KW*B) from :func:`weight_matrix`.
+    Returns y_rows (N*OH*OW, A) with y_rows = col @ Wm^T, col (N*OH*OW, KH*KW*B) (kept by callers
+    for the weight gradient), and (N, OH, OW).
+    """
+    sy, sx = stride
+    ph, pw = pad
+    col = im2col(x, kh, kw, sy, sx, ph, pw)  # (N, OH, OW, KH, KW, B)
+    N, OH, OW = col.shape[:3]
+    col = col.reshape(N * OH * OW, -1)  # (M, K), a view
+    y_rows = col @ Wm.T  # (M, A): the GEMM
+    return y_rows, col, (N, OH, OW)
+
+
+def correlate_transpose(y_rows, Wm, n_hw, out_hw, kh, kw, stride, pad):
+    """The adjoint of :func:`correlate` with respect to x: one GEMM + col2im, channels-last.
+
+    y_rows: (N*OH*OW, A); Wm: (A, KH*KW*B); n_hw = (N, OH, OW); out_hw = (H, W).
+    Returns x (N, H, W, B) = col2im(y_rows @ Wm).
+    """
+    sy, sx = stride
+    ph, pw = pad
+    N, OH, OW = n_hw
+    col = y_rows @ Wm  # (M, KH*KW*B): the GEMM
+    col = col.reshape(N, OH, OW, kh, kw, -1)  # (N, OH, OW, KH, KW, B), a view
+    return col2im(col, out_hw[0], out_hw[1], sy, sx, ph, pw)  # (N, H, W, B)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------------------------
+
+
+def _check(x, W, b, stride, pad):
+    if x.ndim != 4 or W.ndim != 4:
+        raise ConvShapeError(f"conv2d needs x (N, C, H, W) and W (C_out, C_in, KH, KW), got {x.shape}, {W.shape}")
+    if x.shape[1] != W.shape[1]:
+        raise ConvShapeError(f"conv2d: x has {x.shape[1]} channels but W expects C_in = {W.shape[1]}")
+    if b is not None and b.shape != (W.shape[0],):
+        raise ConvShapeError(f"conv2d: b must have shape ({W.shape[0]},), got {b.shape}")
+    (sy, sx), (ph, pw) = stride, pad
+    KH, KW = W.shape[2:]
+    if conv_outsize(x.shape[2], KH, sy, ph) < 1 or conv_outsize(x.shape[3], KW, sx, pw) < 1:
+        raise ConvShapeError(f"conv2d: a {KH}x{KW} kernel does not fit a {x.shape[2]}x{x.shape[3]} input")
+
+
+def conv2d_forward(x, W, b=None, stride=1, pad=0):
+    """y = conv(x, W) + b.
+
+    x: (N, C_in, H, W); W: (C_out, C_in, KH, KW); b: (C_out,) or None (no bias);
+    stride, pad: int or (sy, sx), (ph, pw) (zero padding).
+    Returns y (N, C_out, OH, OW) -- a view of channels-last memory -- and the cache
+    (col, Wm, x.shape, W.shape, stride, pad, has_bias) that backward needs.
+    """
+    stride, pad = pair(stride), pair(pad)
+    _check(x, W, b, stride, pad)
+    C_out, _, KH, KW = W.shape
+    Wm = weight_matrix(W)  # (C_out, KH*KW*C_in)
+    y_rows, col, (N, OH, OW) = correlate(to_nhwc(x), Wm, KH, KW, stride, pad)  # (M, C_out)
+    if b is not None:
+        y_rows += b
+    y = to_nchw(y_rows.reshape(N, OH, OW, C_out))  # (N, C_out, OH, OW)
+    return y, (col, Wm, x.shape, W.shape, stride, pad, b is not None)
+
+
+def conv2d_backward(dy, cache):
+    """Closed form, with M = N*OH*OW rows dY (M, C_out) and col (M, KH*KW*C_in) = im2col(x):
+    dW = dY^T col (C_out, C_in, KH, KW after reshaping); db = sum_rows dY (C_out,);
+    dx = col2im(dY Wm) (N, C_in, H, W) -- a transposed convolution of dy with W.
+
+    Returns (dx, {"W": dW, "b": db}) ("b" only when the forward had a bias).
+    """
+    col, Wm, x_shape, W_shape, stride, pad, has_bias = cache
+    N, _, H, W = x_shape
+    _, _, KH, KW = W_shape
+    OH, OW = dy.shape[2:]
+    dy_rows = to_rows(dy)  # (M, C_out)
+    grads = {"W": weight_from_matrix(dy_rows.T @ col, W_shape)}  # (C_out, C_in, KH, KW)
+    if has_bias:
+        grads["b"] = dy_rows.sum(axis=0)  # (C_out,)
+    dx = correlate_transpose(dy_rows, Wm, (N, OH, OW), (H, W), KH, KW, stride, pad)  # (N, H, W, C_in)
+    return to_nchw(dx), grads
+
+
+def conv2d_init(rng, c_in: int, c_out: int, kh: int, kw: int, dtype, xp, bias: bool = True):
+    """Glorot-uniform W (C_out, C_in, KH, KW) and zero b (C_out,), as Lasagne does:
+    limit = sqrt(6 / ((C_in + C_out) * KH * KW)). ``bias=False``: no "b" (a conv before batch norm).
+    """
+    limit = (6.0 / ((c_in + c_out) * kh * kw)) ** 0.5
+    W = (rng.uniform((c_out, c_in, kh, kw), dtype, xp) * 2.0 - 1.0) * limit
+    params = {"W": W.astype(dtype, copy=False)}
+    if bias:
+        params["b"] = xp.zeros((c_out,), dtype=dtype)
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# The oracle: slow, obviously correct, NCHW, written straight from the formula
+# ---------------------------------------------------------------------------------------------
+
+
+def _pad_nchw(x, ph, pw):
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    out = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    out[:, :, ph : ph + H, pw : pw + W] = x
+    return out
+
+
+def conv2d_forward_naive(x, W, b=None, stride=1, pad=0):
+    """The test oracle of :func:`conv2d_forward`: a loop over output pixels. Returns y only."""
+    xp = get_array_module(x)
+    (sy, sx), (ph, pw) = pair(stride), pair(pad)
+    N, _, H, Wd = x.shape
+    C_out, _, KH, KW = W.shape
+    OH, OW = conv_outsize(H, KH, sy, ph), conv_outsize(Wd, KW, sx, pw)
+    xpad = _pad_nchw(x, ph, pw)
+    y = xp.zeros((N, C_out, OH, OW), dtype=x.dtype)
+    for oh in range(OH):
+        for ow in range(OW):
+            patch = xpad[:, :, sy * oh : sy * oh + KH, sx * ow : sx * ow + KW]  # (N, C_in, KH, KW)
+            y[:, :, oh, ow] = xp.tensordot(patch, W, axes=([1, 2, 3], [1, 2, 3]))  # (N, C_out)
+    if b is not None:
+        y += b.reshape(1, C_out, 1, 1)
+    return y
+
+
+def conv2d_backward_naive(dy, x, W, stride=1, pad=0):
+    """The test oracle of :func:`conv2d_backward`: every output pixel sends its gradient back to
+    its window. Returns (dx, {"W": dW, "b": db})."""
+    xp = get_array_module(x)
+    (sy, sx), (ph, pw) = pair(stride), pair(pad)
+    N, _, H, Wd = x.shape
+    _, _, KH, KW = W.shape
+    OH, OW = dy.shape[2:]
+    xpad = _pad_nchw(x, ph, pw)
+    dxpad = xp.zeros_like(xpad)
+    dW = xp.zeros_like(W)
+    for oh in range(OH):
+        for ow in range(OW):
+            rows = slice(sy * oh, sy * oh + KH)
+            cols = slice(sx * ow, sx * ow + KW)
+            g = dy[:, :, oh, ow]  # (N, C_out)
+            dW += xp.tensordot(g, xpad[:, :, rows, cols], axes=([0], [0]))  # (C_out, C_in, KH, KW)
+            dxpad[:, :, rows, cols] += xp.tensordot(g, W, axes=([1], [0]))  # (N, C_in, KH, KW)
+    dx = dxpad[:, :, ph : ph + H, pw : pw + Wd]
+    return dx, {"W": dW, "b": dy.sum(axis=(0, 2, 3))}

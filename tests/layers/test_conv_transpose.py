@@ -1,0 +1,106 @@
+"""Transposed convolution: against the loop oracle, by finite differences, and as conv's adjoint.
+
+Tolerances as in test_conv.py: oracle 1e-12, finite differences 1e-8 (linear layer), exact
+equality where the two layers run the very same primitive.
+"""
+
+import numpy as np
+import pytest
+
+from jmvae_cupy.gradcheck import check_gradients, dot, rel_error
+from jmvae_cupy.layers.conv import ConvShapeError, conv2d_forward
+from jmvae_cupy.layers.deconv import (
+    deconv2d_backward,
+    deconv2d_backward_naive,
+    deconv2d_forward,
+    deconv2d_forward_naive,
+    deconv2d_init,
+)
+from jmvae_cupy.rng import Rng
+
+TOL_ORACLE = 1e-12
+TOL_FD = 1e-8
+
+# (N, C_in, H, W, C_out, K, stride, pad)
+CASES = [
+    (2, 3, 4, 5, 2, 4, 2, 1),  # the paper's geometry on a non-square input: 4x5 -> 8x10
+    (2, 3, 3, 4, 4, 3, 2, 1),
+    (1, 2, 5, 3, 3, 2, 1, 0),
+    (2, 2, 3, 4, 2, 3, (2, 1), (1, 0)),
+    (2, 2, 3, 3, 3, 4, 3, 2),
+]
+
+
+def _inputs(rng, N, C, H, W, Co, K):
+    x = rng.standard_normal((N, C, H, W)) * 1.5 - 0.6
+    Wt = rng.standard_normal((C, Co, K, K)) * 0.5
+    b = rng.standard_normal(Co) + 0.3
+    return x, Wt, b
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_backward_match_the_loop_oracle(rng, case):
+    N, C, H, W, Co, K, s, p = case
+    x, Wt, b = _inputs(rng, N, C, H, W, Co, K)
+    y, cache = deconv2d_forward(x, Wt, b, s, p)
+    assert rel_error(y, deconv2d_forward_naive(x, Wt, b, s, p)) < TOL_ORACLE
+    dy = rng.standard_normal(y.shape)
+    dx, g = deconv2d_backward(dy, cache)
+    dx_n, g_n = deconv2d_backward_naive(dy, x, Wt, s, p)
+    assert dx.shape == x.shape and g["W"].shape == Wt.shape and g["b"].shape == b.shape
+    for a, n in ((dx, dx_n), (g["W"], g_n["W"]), (g["b"], g_n["b"])):
+        assert rel_error(a, n) < TOL_ORACLE
+
+
+@pytest.mark.parametrize("case", CASES[:4])
+def test_gradients_by_finite_differences(rng, case):
+    N, C, H, W, Co, K, s, p = case
+    x, Wt, b = _inputs(rng, N, C, H, W, Co, K)
+    y, cache = deconv2d_forward(x, Wt, b, s, p)
+    dy = rng.standard_normal(y.shape)
+    dx, g = deconv2d_backward(dy, cache)
+    errs = check_gradients(
+        lambda: dot(deconv2d_forward(x, Wt, b, s, p)[0], dy), {"x": x, "W": Wt, "b": b}, {"x": dx, **g}
+    )
+    assert max(errs.values()) < TOL_FD, errs
+
+
+def test_the_oracle_itself_by_finite_differences(rng):
+    x, Wt, b = _inputs(rng, 1, 2, 3, 4, 2, 3)
+    dy = rng.standard_normal(deconv2d_forward_naive(x, Wt, b, 2, 1).shape)
+    dx, g = deconv2d_backward_naive(dy, x, Wt, 2, 1)
+    errs = check_gradients(
+        lambda: dot(deconv2d_forward_naive(x, Wt, b, 2, 1), dy), {"x": x, "W": Wt, "b": b}, {"x": dx, **g}
+    )
+    assert max(errs.values()) < TOL_FD, errs
+
+
+def test_backward_data_is_the_convolution(rng):
+    """deconv backward-data == conv forward with the same W (read as (C_out', C_in', K, K))."""
+    x, Wt, b = _inputs(rng, 2, 3, 4, 5, 2, 4)
+    y, cache = deconv2d_forward(x, Wt, b, 2, 1)
+    dy = rng.standard_normal(y.shape)
+    dx, _ = deconv2d_backward(dy, cache)
+    np.testing.assert_array_equal(dx, conv2d_forward(dy, Wt, None, 2, 1)[0])
+
+
+def test_decoder_sizes_double_in_float32():
+    """4x4 stride 2 crop 1: 4 -> 8 -> 16 -> 32 -> 64, float32 throughout."""
+    rng, x = Rng(0), np.ones((2, 6, 4, 4), np.float32)
+    for c_in, c_out, size in ((6, 5, 8), (5, 4, 16), (4, 3, 32), (3, 3, 64)):
+        p = deconv2d_init(rng, c_in, c_out, 4, 4, np.float32, np)
+        x, cache = deconv2d_forward(x, p["W"], p["b"], 2, 1)
+        assert x.shape == (2, c_out, size, size) and x.dtype == np.float32
+    dx, g = deconv2d_backward(np.ones(x.shape, np.float32) * 0.5, cache)
+    assert dx.dtype == g["W"].dtype == g["b"].dtype == np.float32
+    assert p["W"].shape == (3, 3, 4, 4) and g["W"].flags.c_contiguous
+
+
+def test_shape_errors(rng):
+    x = rng.standard_normal((2, 3, 4, 4))
+    with pytest.raises(ConvShapeError, match="channels"):
+        deconv2d_forward(x, rng.standard_normal((2, 4, 4, 4)))
+    with pytest.raises(ConvShapeError, match="crops away"):
+        deconv2d_forward(x[:, :, :1, :1], rng.standard_normal((3, 4, 2, 2)), None, 1, 1)
+    with pytest.raises(ConvShapeError, match="b must"):
+        deconv2d_forward(x, rng.standard_normal((3, 4, 4, 4)), np.zeros(3))
