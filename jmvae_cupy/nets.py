@@ -2,13 +2,26 @@
 
 Tokens (joined by '-'), after the appendix of the paper:
 
-=========  ================================================================
-``DkR``    dense, k units, then ReLU          (``Dk``: no activation)
-``DkBR``   dense, batch norm, ReLU
-``CkBR``   conv 4x4 stride 2 pad 1, k channels, batch norm, ReLU
-``DCkBR``  transposed conv 4x4 stride 2 crop 1, k channels, batch norm, ReLU
-``F``      flatten (N, C, H, W) -> (N, C*H*W)
-=========  ================================================================
+===========  ==================================================================================
+``DkR``      dense, k units, then ReLU          (``Dk``: no activation)
+``DkBR``     dense, batch norm, ReLU            (``DkB``: no activation)
+``CkBR``     conv 4x4 stride 2 pad 1, k channels, batch norm, ReLU   (``CkR``, ``Ck``, ``CkB``)
+``DCkBR``    transposed conv 4x4 stride 2 crop 1, k channels, batch norm, ReLU   (``DCk``, ...)
+``F``        flatten (N, C, H, W) -> (N, C*H*W)
+``CxHxW``    reshape (N, C*H*W) -> (N, C, H, W), e.g. ``256x4x4``
+===========  ==================================================================================
+
+Rules that make the appendix's strings build exactly as printed:
+
+* **Implicit reshape.** A ``DC`` token that follows a flat layer of n units (a ``D`` or ``F``
+  token, or a flat network input) reshapes to (n/16, 4, 4) first, the paper's
+  "D4096R, reshape 256x4x4, DC256BR...": 4096 -> (256, 4, 4).  n not divisible by 16 is a
+  :class:`NetSpecError`; write the shape token (e.g. ``"D4608R-512x3x3-DC256BR"``) for any other
+  start.  A ``DC`` first in the string with an image-shaped input (C, H, W) needs no reshape.
+* **No bias before batch norm.** In ``CkBR``, ``DCkBR`` and ``DkBR`` the conv / dense layer has
+  no bias: batch norm subtracts the batch mean, so a bias there has zero gradient and no effect
+  (Lasagne's ``batch_norm`` helper, which the paper's code used, removes it the same way).
+  Layers not followed by ``B`` keep their bias.
 
 A :class:`Net` is a list of layers; every layer is a forward/backward pair:
 
@@ -16,41 +29,67 @@ A :class:`Net` is a list of layers; every layer is a forward/backward pair:
 * ``layer.forward(params, state, x, train) -> (y, cache)``
 * ``layer.backward(dy, cache) -> (dx, grads)``  (grads has the keys of params)
 
-``params`` are learned (Adam updates them); ``state`` is not (batch-norm running statistics).
-A Net stores neither: it names them ``"{index}.{key}"`` in flat dicts owned by the model.
+``params`` are learned (Adam updates them); ``state`` is not (batch-norm running statistics,
+updated in place during ``forward(..., train=True)``).  A Net stores neither: it names them
+``"{index}.{key}"`` in flat dicts owned by the model.
+
+Examples (the CelebA networks of the appendix)::
+
+    Net("C64R-C128BR-C256BR-C256BR-F-D1024R", (3, 64, 64))     # q(z|x) trunk -> (1024,)
+    Net("D4096R-DC256BR-DC128BR-DC64BR-DC3", 128)              # p(x|z): z -> (3, 64, 64)
+    Net("C64R-C128BR-C256BR-C256BR-F-D1024R-D1", (3, 64, 64))  # GAN discriminator -> (1,)
 """
 
 from __future__ import annotations
 
 import re
+from math import prod
 
+from .backend import get_array_module
 from .layers.activations import relu_backward, relu_forward
+from .layers.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_init
+from .layers.conv import conv2d_backward, conv2d_forward, conv2d_init
+from .layers.deconv import deconv2d_backward, deconv2d_forward, deconv2d_init
 from .layers.dense import dense_backward, dense_forward, dense_init
+from .layers.im2col import conv_outsize, deconv_outsize
+from .layers.reshape import flatten_backward, flatten_forward, reshape_backward, reshape_forward
+
+# The paper's conv / transposed-conv geometry: 4x4 kernels, stride 2, padding (crop) 1.
+KSIZE, STRIDE, PAD = 4, 2, 1
 
 
 class NetSpecError(ValueError):
-    """A network string that does not parse."""
+    """A network string that does not parse, or does not fit its input shape."""
 
 
 class Dense:
-    """y = x W + b on (N, D_in) -> (N, D_out)."""
+    """y = x W + b on (N, D_in) -> (N, D_out); ``bias=False``: y = x W (before batch norm)."""
 
-    def __init__(self, units: int):
+    def __init__(self, units: int, bias: bool = True):
         self.units = units
+        self.bias = bias
 
     def init(self, rng, in_shape, dtype, xp):
         if len(in_shape) != 1:
             raise NetSpecError(f"D{self.units} needs a flat input, got shape {in_shape} (insert F)")
-        return dense_init(rng, in_shape[0], self.units, dtype, xp), {}, (self.units,)
+        params = dense_init(rng, in_shape[0], self.units, dtype, xp)
+        if not self.bias:
+            del params["b"]
+        return params, {}, (self.units,)
 
     def forward(self, params, state, x, train):
-        return dense_forward(x, params["W"], params["b"])
+        if self.bias:
+            return dense_forward(x, params["W"], params["b"])
+        return x @ params["W"], (x, params["W"])  # dense_forward without "+ b"
 
     def backward(self, dy, cache):
-        return dense_backward(dy, cache)
+        dx, grads = dense_backward(dy, cache)
+        if not self.bias:
+            del grads["b"]
+        return dx, grads
 
     def __repr__(self):
-        return f"Dense({self.units})"
+        return f"Dense({self.units})" if self.bias else f"Dense({self.units}, bias=False)"
 
 
 class ReLU:
@@ -69,21 +108,178 @@ class ReLU:
         return "ReLU()"
 
 
+class Conv2D:
+    """(N, C_in, H, W) -> (N, channels, OH, OW); W (channels, C_in, KH, KW), b (channels,)."""
+
+    def __init__(self, channels: int, ksize: int = KSIZE, stride: int = STRIDE, pad: int = PAD, bias=True):
+        self.channels, self.ksize, self.stride, self.pad, self.bias = channels, ksize, stride, pad, bias
+
+    def init(self, rng, in_shape, dtype, xp):
+        if len(in_shape) != 3:
+            raise NetSpecError(f"C{self.channels} needs an image input (C, H, W), got shape {in_shape}")
+        c, h, w = in_shape
+        k, s, p = self.ksize, self.stride, self.pad
+        oh, ow = conv_outsize(h, k, s, p), conv_outsize(w, k, s, p)
+        if oh < 1 or ow < 1:
+            raise NetSpecError(f"C{self.channels}: a {k}x{k} kernel does not fit a {h}x{w} input")
+        params = conv2d_init(rng, c, self.channels, k, k, dtype, xp, bias=self.bias)
+        return params, {}, (self.channels, oh, ow)
+
+    def forward(self, params, state, x, train):
+        return conv2d_forward(x, params["W"], params.get("b"), self.stride, self.pad)
+
+    def backward(self, dy, cache):
+        return conv2d_backward(dy, cache)
+
+    def __repr__(self):
+        return f"Conv2D({self.channels}, ksize={self.ksize}, stride={self.stride}, pad={self.pad}, bias={self.bias})"
+
+
+class Deconv2D:
+    """(N, C_in, H, W) -> (N, channels, OH, OW); W (C_in, channels, KH, KW), b (channels,)."""
+
+    def __init__(self, channels: int, ksize: int = KSIZE, stride: int = STRIDE, pad: int = PAD, bias=True):
+        self.channels, self.ksize, self.stride, self.pad, self.bias = channels, ksize, stride, pad, bias
+
+    def init(self, rng, in_shape, dtype, xp):
+        if len(in_shape) != 3:
+            raise NetSpecError(f"DC{self.channels} needs an image input (C, H, W), got shape {in_shape}")
+        c, h, w = in_shape
+        k, s, p = self.ksize, self.stride, self.pad
+        oh, ow = deconv_outsize(h, k, s, p), deconv_outsize(w, k, s, p)
+        if oh < 1 or ow < 1:
+            raise NetSpecError(f"DC{self.channels}: crop {p} leaves nothing of a {h}x{w} input")
+        params = deconv2d_init(rng, c, self.channels, k, k, dtype, xp, bias=self.bias)
+        return params, {}, (self.channels, oh, ow)
+
+    def forward(self, params, state, x, train):
+        return deconv2d_forward(x, params["W"], params.get("b"), self.stride, self.pad)
+
+    def backward(self, dy, cache):
+        return deconv2d_backward(dy, cache)
+
+    def __repr__(self):
+        return (
+            f"Deconv2D({self.channels}, ksize={self.ksize}, stride={self.stride}, pad={self.pad}, "
+            f"bias={self.bias})"
+        )
+
+
+class BatchNorm:
+    """Batch norm over (N, C) or (N, C, H, W); params gamma, beta (C,); state mean, var (C,)."""
+
+    def init(self, rng, in_shape, dtype, xp):
+        if len(in_shape) not in (1, 3):
+            raise NetSpecError(f"batch norm needs (C,) or (C, H, W) inputs, got shape {in_shape}")
+        params, state = batchnorm_init(in_shape[0], dtype, xp)
+        return params, state, tuple(in_shape)
+
+    def forward(self, params, state, x, train):
+        return batchnorm_forward(x, params["gamma"], params["beta"], state, train)
+
+    def backward(self, dy, cache):
+        return batchnorm_backward(dy, cache)
+
+    def __repr__(self):
+        return "BatchNorm()"
+
+
+class Flatten:
+    """(N, C, H, W) -> (N, C*H*W), C order."""
+
+    def init(self, rng, in_shape, dtype, xp):
+        return {}, {}, (prod(in_shape),)
+
+    def forward(self, params, state, x, train):
+        return flatten_forward(x)
+
+    def backward(self, dy, cache):
+        return flatten_backward(dy, cache), {}
+
+    def __repr__(self):
+        return "Flatten()"
+
+
+class Reshape:
+    """(N, D) -> (N, *shape).  ``shape=None`` is the implicit reshape before a DC token:
+    (n,) -> (n/16, 4, 4), and an image-shaped input (C, H, W) passes through unchanged."""
+
+    def __init__(self, shape=None, before: str = "DC"):
+        self.shape = None if shape is None else tuple(shape)
+        self.before = before  # the token that asked for it, for error messages
+        self.out_shape = self.shape
+
+    def init(self, rng, in_shape, dtype, xp):
+        in_shape = tuple(in_shape)
+        if self.shape is not None:
+            out = self.shape
+            if prod(out) != prod(in_shape):
+                raise NetSpecError(
+                    f"reshape {'x'.join(map(str, out))} needs {prod(out)} inputs, got shape {in_shape}"
+                )
+        elif len(in_shape) == 3:
+            out = in_shape
+        elif len(in_shape) == 1 and in_shape[0] % 16 == 0:
+            out = (in_shape[0] // 16, 4, 4)
+        else:
+            raise NetSpecError(
+                f"{self.before} follows a flat layer of size {prod(in_shape)}, which is not a multiple of "
+                f"16 = 4x4: write the shape explicitly, e.g. 'D4096R-256x4x4-{self.before}'"
+            )
+        self.out_shape = out
+        return {}, {}, out
+
+    def forward(self, params, state, x, train):
+        return reshape_forward(x, self.out_shape)
+
+    def backward(self, dy, cache):
+        return reshape_backward(dy, cache), {}
+
+    def __repr__(self):
+        return f"Reshape({self.shape})"
+
+
 _TOKEN = re.compile(r"^(DC|C|D)(\d+)(B?)(R?)$")
+_SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
 
 def parse(spec: str) -> list:
     """The layers of a network string (see the module docstring)."""
     layers = []
+    flat = None  # is the current output flat? True / False / None (the input's shape decides)
     for tok in spec.split("-"):
         tok = tok.strip()
+        if tok == "F":
+            layers.append(Flatten())
+            flat = True
+            continue
+        m = _SHAPE.match(tok)
+        if m is not None:
+            shape = tuple(int(g) for g in m.groups())
+            if min(shape) < 1:
+                raise NetSpecError(f"token {tok!r} of network {spec!r}: sizes must be positive")
+            layers.append(Reshape(shape))
+            flat = False
+            continue
         m = _TOKEN.match(tok)
         if m is None:
             raise NetSpecError(f"cannot parse token {tok!r} of network {spec!r}")
-        kind, k, bn, relu = m.group(1), int(m.group(2)), m.group(3), m.group(4)
-        if kind != "D" or bn:
-            raise NetSpecError(f"token {tok!r}: convolution and batch norm are not available yet")
-        layers.append(Dense(k))
+        kind, k, bn, relu = m.group(1), int(m.group(2)), bool(m.group(3)), bool(m.group(4))
+        if k < 1:
+            raise NetSpecError(f"token {tok!r} of network {spec!r}: sizes must be positive")
+        if kind == "D":
+            layers.append(Dense(k, bias=not bn))
+            flat = True
+        elif kind == "C":
+            layers.append(Conv2D(k, bias=not bn))
+            flat = False
+        else:  # "DC"
+            if flat is not False:
+                layers.append(Reshape(None, before=tok))  # implicit (n,) -> (n/16, 4, 4)
+            layers.append(Deconv2D(k, bias=not bn))
+            flat = False
+        if bn:
+            layers.append(BatchNorm())
         if relu:
             layers.append(ReLU())
     return layers
@@ -115,17 +311,25 @@ class Net:
         return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
 
     def forward(self, params, state, x, train=True):
-        """x (N, *in_shape) -> y (N, *out_shape); caches for backward."""
+        """x (N, *in_shape) -> y (N, *out_shape), C-ordered; caches for backward.
+
+        train=True: batch norm uses batch statistics and updates ``state`` in place;
+        train=False: batch norm uses the running statistics in ``state``.
+        """
         caches = []
         for i, layer in enumerate(self.layers):
             x, c = layer.forward(self._sub(params, i), self._sub(state, i), x, train)
             caches.append(c)
-        return x, caches
+        # conv layers hand on channels-last views; give the caller plain C-ordered arrays
+        return get_array_module(x).ascontiguousarray(x), caches
 
     def backward(self, dy, caches):
-        """dy (N, *out_shape) -> dx (N, *in_shape), grads keyed like params."""
+        """dy (N, *out_shape) -> dx (N, *in_shape) (C-ordered), grads keyed like params."""
         grads = {}
         for i in range(len(self.layers) - 1, -1, -1):
             dy, g = self.layers[i].backward(dy, caches[i])
             grads.update({f"{i}.{k}": v for k, v in g.items()})
-        return dy, grads
+        return get_array_module(dy).ascontiguousarray(dy), grads
+
+    def __repr__(self):
+        return f"Net({self.spec!r}, in_shape={self.in_shape})"
