@@ -74,3 +74,14 @@ def dot(a, b) -> float:
     """<a, b> as a Python float (the scalar L = <f(x), dy>)."""
     xp = get_array_module(a, b)
     return float(xp.sum(a * b))
+
+
+def main(argv=None) -> int:
+    """``python -m jmvae_cupy.gradcheck [NAME ... | --all] [--list]``: see jmvae_cupy/gradcheck_cli.py."""
+    from .gradcheck_cli import main as cli_main  # noqa: PLC0415  (the registry imports the whole library)
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,580 @@
+"""``python -m jmvae_cupy.gradcheck``: every backward pass of the library against central differences.
+
+    python -m jmvae_cupy.gradcheck --list             # the registered checks
+    python -m jmvae_cupy.gradcheck dense relu         # some of them (shell-style patterns work: 'jmvae_kl*')
+    python -m jmvae_cupy.gradcheck --all              # all of them; exit code 1 if any fails
+
+Each check builds float64 inputs (off zero mean, ReLU inputs away from the kink, odd non-square
+sizes), a *random* upstream gradient dy (never all ones), and compares the analytic gradient of
+L = <f(inputs), dy> from the backward pass under test with central differences
+(:func:`jmvae_cupy.gradcheck.numerical_gradient`, h = 1e-5), input by input, by
+:func:`jmvae_cupy.gradcheck.rel_error` = max|a - n| / max(|a| + |n|).  It reports the largest error
+over the inputs and the input it came from.
+
+Every forward and backward is looked up *through its module at call time*
+(``dense.dense_backward``, never a name bound by ``from ... import`` when this file was imported),
+so a backward monkeypatched in its module is the one that gets checked.
+
+``BACKWARDS`` maps every backward function of the library to the checks that exercise it and
+``DERIVATIONS`` to the page of docs/derivations/ that derives it; tests/test_gradcheck_cli.py
+holds both to the library (nothing undiscovered, nothing unchecked, no page missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import distributions, gradcheck, optim
+from .layers import activations, dense, reshape
+from .models import architectures, base
+from .models import baselines as baselines_mod
+from .models import jmvae as jmvae_mod
+from .rng import Rng
+
+
+def _optional(name: str):
+    """The module ``name`` or None when it does not exist (yet): its checks are then not registered."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+reparam = importlib.import_module("jmvae_cupy.kernels.reparam")
+gauss_kl = importlib.import_module("jmvae_cupy.kernels.gauss_kl")
+conv = _optional("jmvae_cupy.layers.conv")
+deconv = _optional("jmvae_cupy.layers.deconv")
+batchnorm = _optional("jmvae_cupy.layers.batchnorm")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One registered check: ``run()`` -> {input name: relative error}; passes if every error < tol."""
+
+    name: str
+    run: Callable[[], dict]
+    tol: float
+    what: str
+    covers: tuple = field(default=())
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def register(name: str, tol: float, what: str, covers: tuple = ()):
+    def deco(fn):
+        REGISTRY[name] = Check(name, fn, tol, what, tuple(covers))
+        return fn
+
+    return deco
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _randn(r, shape, scale=1.0, shift=0.3):
+    """Gaussian entries off zero mean: N(shift, scale^2)."""
+    return r.standard_normal(shape) * scale + shift
+
+
+def _away_from_zero(r, shape, gap=0.2):
+    """Entries with |v| >= gap and random signs (ReLU inputs away from the kink)."""
+    return (gap + r.random(shape) * 1.5) * r.choice([-1.0, 1.0], size=shape) + 0.05
+
+
+def _positive(r, shape, low=0.4):
+    """Entries in [low, low + 1.5) (variances)."""
+    return low + 1.5 * r.random(shape)
+
+
+def _compare(loss: Callable[[], float], arrays: dict, grads: dict) -> dict:
+    """{name: rel_error(grads[name], central differences of loss() w.r.t. arrays[name])}."""
+    out = {}
+    for name, x in arrays.items():
+        num = gradcheck.numerical_gradient(loss, x)
+        out[name] = gradcheck.rel_error(np.asarray(grads[name], dtype=np.float64), num)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+@register("dense", 1e-7, "y = x W + b", covers=("jmvae_cupy.layers.dense.dense_backward",))
+def _dense():
+    r = _rng(1)
+    x, W, b = _randn(r, (5, 7)), _randn(r, (7, 3), 0.5, -0.2), _randn(r, (3,))
+    dy = _randn(r, (5, 3))
+
+    def loss():
+        return gradcheck.dot(dense.dense_forward(x, W, b)[0], dy)
+
+    dx, g = dense.dense_backward(dy, dense.dense_forward(x, W, b)[1])
+    return _compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
+
+
+def _elementwise(fwd: str, bwd: str, x, seed):
+    dy = _randn(_rng(seed), x.shape)
+
+    def loss():
+        return gradcheck.dot(getattr(activations, fwd)(x)[0], dy)
+
+    dx = getattr(activations, bwd)(dy, getattr(activations, fwd)(x)[1])
+    return _compare(loss, {"x": x}, {"x": dx})
+
+
+@register("relu", 1e-7, "y = max(x, 0), inputs |x| >= 0.2",
+          covers=("jmvae_cupy.layers.activations.relu_backward",))
+def _relu():
+    return _elementwise("relu_forward", "relu_backward", _away_from_zero(_rng(2), (6, 5)), 3)
+
+
+@register("softplus", 1e-7, "y = log(1 + e^x)", covers=("jmvae_cupy.layers.activations.softplus_backward",))
+def _softplus():
+    return _elementwise("softplus_forward", "softplus_backward", _randn(_rng(4), (6, 5), 3.0), 5)
+
+
+@register("sigmoid", 1e-7, "y = 1 / (1 + e^-x)", covers=("jmvae_cupy.layers.activations.sigmoid_backward",))
+def _sigmoid():
+    return _elementwise("sigmoid_forward", "sigmoid_backward", _randn(_rng(6), (6, 5), 3.0), 7)
+
+
+@register("flatten", 1e-7, "(N, C, H, W) -> (N, C*H*W) and back (reshape)",
+          covers=("jmvae_cupy.layers.reshape.flatten_backward", "jmvae_cupy.layers.reshape.reshape_backward"))
+def _flatten():
+    r = _rng(8)
+    x, v = _randn(r, (3, 2, 3, 5)), _randn(r, (3, 10))
+    dy, dv = _randn(r, (3, 30)), _randn(r, (3, 5, 2))
+
+    def loss_f():
+        return gradcheck.dot(reshape.flatten_forward(x)[0], dy)
+
+    def loss_r():
+        return gradcheck.dot(reshape.reshape_forward(v, (5, 2))[0], dv)
+
+    out = _compare(loss_f, {"x (flatten)": x},
+                   {"x (flatten)": reshape.flatten_backward(dy, reshape.flatten_forward(x)[1])})
+    out.update(_compare(loss_r, {"x (reshape)": v},
+                        {"x (reshape)": reshape.reshape_backward(dv, reshape.reshape_forward(v, (5, 2))[1])}))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Distributions
+# --------------------------------------------------------------------------------------------
+
+
+def _loglik_check(dist, data, out, seed):
+    """Check ``dist.loglik_backward`` (looked up on the class at call time) w.r.t. the network output."""
+    dll = _randn(_rng(seed), (out.shape[0],))
+
+    def loss():
+        return gradcheck.dot(dist.loglik(data, out)[0], dll)
+
+    return _compare(loss, {"out": out}, {"out": dist.loglik_backward(dll, dist.loglik(data, out)[1])})
+
+
+@register("bernoulli", 1e-7, "sum_d x log sigmoid(l) + (1-x) log(1 - sigmoid(l)) w.r.t. logits",
+          covers=("jmvae_cupy.distributions.Bernoulli.loglik_backward",))
+def _bernoulli():
+    r = _rng(10)
+    x = (r.random((5, 7)) < 0.4).astype(np.float64)
+    return {"logits": _loglik_check(distributions.Bernoulli(), x, _randn(r, (5, 7), 2.0), 11)["out"]}
+
+
+@register("categorical", 1e-7, "sum_k w log softmax(l) w.r.t. logits, one-hot and soft w",
+          covers=("jmvae_cupy.distributions.Categorical.loglik_backward",))
+def _categorical():
+    r = _rng(12)
+    onehot = np.eye(4)[r.integers(0, 4, 5)]
+    soft = r.random((5, 4)) * 0.8  # rows do not sum to 1: the sum_k w_k factor is exercised
+    cat = distributions.Categorical()
+    return {"logits (one-hot w)": _loglik_check(cat, onehot, _randn(r, (5, 4), 2.0), 13)["out"],
+            "logits (soft w)": _loglik_check(cat, soft, _randn(r, (5, 4), 2.0), 14)["out"]}
+
+
+@register("gaussian_fixed", 1e-7, "log N(x; mu, 0.7 I) w.r.t. mu",
+          covers=("jmvae_cupy.distributions.FixedVarGaussian.loglik_backward",))
+def _gaussian_fixed():
+    r = _rng(15)
+    g = distributions.FixedVarGaussian(0.7)
+    return {"mu": _loglik_check(g, _randn(r, (5, 6)), _randn(r, (5, 6), 1.0, -0.4), 16)["out"]}
+
+
+@register("gaussian", 1e-7, "log N(x; mu, diag var) w.r.t. x, mu, var",
+          covers=("jmvae_cupy.distributions.gaussian_loglik_backward",))
+def _gaussian():
+    r = _rng(17)
+    x, mu, var = _randn(r, (5, 6)), _randn(r, (5, 6), 1.0, -0.4), _positive(r, (5, 6))
+    dll = _randn(r, (5,))
+
+    def loss():
+        return gradcheck.dot(distributions.gaussian_loglik(x, mu, var)[0], dll)
+
+    dx, dmu, dvar = distributions.gaussian_loglik_backward(dll, distributions.gaussian_loglik(x, mu, var)[1])
+    return _compare(loss, {"x": x, "mu": mu, "var": var}, {"x": dx, "mu": dmu, "var": dvar})
+
+
+@register("gaussian_var_head", 1e-7, "var = softplus(a) + floor",
+          covers=("jmvae_cupy.distributions.gaussian_var_backward",))
+def _gaussian_var_head():
+    r = _rng(18)
+    a, dvar = _randn(r, (5, 6), 2.0), _randn(r, (5, 6))
+
+    def loss():
+        return gradcheck.dot(distributions.gaussian_var_forward(a)[0], dvar)
+
+    da = distributions.gaussian_var_backward(dvar, distributions.gaussian_var_forward(a)[1])
+    return _compare(loss, {"a": a}, {"a": da})
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@register("reparam", 1e-7, "z = mu + sqrt(var) eps (Numba kernel)",
+          covers=("jmvae_cupy.kernels.reparam.reparam_backward",))
+def _reparam():
+    r = _rng(20)
+    mu, var, eps, dz = _randn(r, (5, 3)), _positive(r, (5, 3)), _randn(r, (5, 3), 1.0, 0.0), _randn(r, (5, 3))
+
+    def loss():
+        return gradcheck.dot(reparam.reparam_forward(mu, var, eps), dz)
+
+    dmu, dvar = reparam.reparam_backward(dz, var, eps)
+    return _compare(loss, {"mu": mu, "var": var}, {"mu": dmu, "var": dvar})
+
+
+@register("gauss_kl", 1e-7, "KL(N(mu1, var1) || N(mu2, var2)) (Numba kernel)",
+          covers=("jmvae_cupy.kernels.gauss_kl.gauss_kl_backward",))
+def _gauss_kl():
+    r = _rng(21)
+    mu1, var1 = _randn(r, (5, 3)), _positive(r, (5, 3))
+    mu2, var2 = _randn(r, (5, 3), 1.0, -0.5), _positive(r, (5, 3), 0.6)
+    dkl = _randn(r, (5,))
+
+    def loss():
+        return gradcheck.dot(gauss_kl.gauss_kl_forward(mu1, var1, mu2, var2), dkl)
+
+    d = gauss_kl.gauss_kl_backward(dkl, mu1, var1, mu2, var2)
+    return _compare(loss, {"mu1": mu1, "var1": var1, "mu2": mu2, "var2": var2},
+                    {"mu1": d[0], "var1": d[1], "mu2": d[2], "var2": d[3]})
+
+
+@register("gauss_kl_prior", 1e-7, "KL(N(mu, var) || N(0, I)) (Numba kernel)",
+          covers=("jmvae_cupy.kernels.gauss_kl.gauss_kl_backward",))
+def _gauss_kl_prior():
+    r = _rng(22)
+    mu1, var1, dkl = _randn(r, (5, 3)), _positive(r, (5, 3)), _randn(r, (5,))
+
+    def loss():
+        return gradcheck.dot(gauss_kl.gauss_kl_forward(mu1, var1), dkl)
+
+    dmu1, dvar1, _, _ = gauss_kl.gauss_kl_backward(dkl, mu1, var1)
+    return _compare(loss, {"mu1": mu1, "var1": var1}, {"mu1": dmu1, "var1": dvar1})
+
+
+# --------------------------------------------------------------------------------------------
+# Adam: not a backward pass.  Three steps of optim.Adam against Algorithm 1 written out.
+# --------------------------------------------------------------------------------------------
+
+
+@register("adam", 1e-10, "3 steps of optim.Adam vs the 4-line Algorithm 1 (no finite differences)")
+def _adam():
+    r = _rng(23)
+    shapes = {"W": (4, 3), "b": (3,)}
+    p0 = {k: _randn(r, s) for k, s in shapes.items()}
+    gs = [{k: _randn(r, s, 1e-2 if i == 1 else 1.0) for k, s in shapes.items()} for i in range(3)]
+    lr, b1, b2, eps = 3e-2, 0.8, 0.95, 1e-3  # off the defaults, eps large enough to matter
+    opt = optim.Adam(lr=lr, beta1=b1, beta2=b2, eps=eps)
+    params = {k: v.copy() for k, v in p0.items()}
+    for g in gs:
+        opt.step(params, g)
+    out = {}
+    for k in shapes:
+        p, m, v = p0[k].copy(), np.zeros(shapes[k]), np.zeros(shapes[k])
+        for t, g in enumerate(gs, start=1):
+            m = b1 * m + (1 - b1) * g[k]
+            v = b2 * v + (1 - b2) * g[k] ** 2
+            m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+            p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+        # compare the update (p - p0), not p: the error relative to what the step moved
+        out[k] = gradcheck.rel_error(params[k] - p0[k], p - p0[k])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution stack (registered only when the modules exist)
+# --------------------------------------------------------------------------------------------
+
+if conv is not None:
+
+    @register("conv2d", 1e-7, "x (2,3,7,6) * W (4,3,3,2), stride (2,1), pad (1,0), bias",
+              covers=("jmvae_cupy.layers.conv.conv2d_backward",))
+    def _conv2d():
+        r = _rng(30)
+        x, W, b = _randn(r, (2, 3, 7, 6)), _randn(r, (4, 3, 3, 2), 0.5), _randn(r, (4,))
+        stride, pad = (2, 1), (1, 0)
+        dy = _randn(r, conv.conv2d_forward(x, W, b, stride, pad)[0].shape)
+
+        def loss():
+            return gradcheck.dot(conv.conv2d_forward(x, W, b, stride, pad)[0], dy)
+
+        dx, g = conv.conv2d_backward(dy, conv.conv2d_forward(x, W, b, stride, pad)[1])
+        return _compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
+
+
+if deconv is not None:
+
+    @register("deconv2d", 1e-7, "x (2,3,4,5) transposed-conv W (3,2,3,4), stride 2, pad (1,2), bias",
+              covers=("jmvae_cupy.layers.deconv.deconv2d_backward",))
+    def _deconv2d():
+        r = _rng(31)
+        x, W, b = _randn(r, (2, 3, 4, 5)), _randn(r, (3, 2, 3, 4), 0.5), _randn(r, (2,))
+        stride, pad = 2, (1, 2)
+        dy = _randn(r, deconv.deconv2d_forward(x, W, b, stride, pad)[0].shape)
+
+        def loss():
+            return gradcheck.dot(deconv.deconv2d_forward(x, W, b, stride, pad)[0], dy)
+
+        dx, g = deconv.deconv2d_backward(dy, deconv.deconv2d_forward(x, W, b, stride, pad)[1])
+        return _compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
+
+
+def _batchnorm_check(x, train, seed):
+    r = _rng(seed)
+    C = x.shape[1]
+    gamma, beta = _randn(r, (C,), 0.5, 1.0), _randn(r, (C,))
+    state0 = {"mean": _randn(r, (C,)), "var": _positive(r, (C,))}
+    dy = _randn(r, x.shape)
+
+    def fwd():
+        state = {k: v.copy() for k, v in state0.items()}  # train mode updates it in place
+        return batchnorm.batchnorm_forward(x, gamma, beta, state, train)
+
+    def loss():
+        return gradcheck.dot(fwd()[0], dy)
+
+    dx, g = batchnorm.batchnorm_backward(dy, fwd()[1])
+    return _compare(loss, {"x": x, "gamma": gamma, "beta": beta}, {"x": dx, "gamma": g["gamma"], "beta": g["beta"]})
+
+
+if batchnorm is not None:
+    _BN = ("jmvae_cupy.layers.batchnorm.batchnorm_backward",)
+
+    @register("batchnorm_train_dense", 1e-6, "batch statistics, x (7, 5) off zero mean", covers=_BN)
+    def _bn_train_dense():
+        return _batchnorm_check(_randn(_rng(32), (7, 5), 2.0, 1.5), True, 33)
+
+    @register("batchnorm_train_spatial", 1e-6, "batch statistics per channel, x (3, 4, 5, 3)", covers=_BN)
+    def _bn_train_spatial():
+        return _batchnorm_check(_randn(_rng(34), (3, 4, 5, 3), 2.0, -1.0), True, 35)
+
+    @register("batchnorm_eval", 1e-7, "running statistics (a fixed affine map), x (3, 4, 5, 3)", covers=_BN)
+    def _bn_eval():
+        return _batchnorm_check(_randn(_rng(36), (3, 4, 5, 3), 2.0, 0.7), False, 37)
+
+
+# --------------------------------------------------------------------------------------------
+# Model pieces and whole objectives
+# --------------------------------------------------------------------------------------------
+
+
+@register("gaussian_head", 1e-7, "mu = h W_mu + b_mu, var = softplus(h W_v + b_v) (fused dense)",
+          covers=("jmvae_cupy.models.base.GaussianHead.backward",))
+def _gaussian_head():
+    r = _rng(40)
+    head = base.GaussianHead(5, 3)
+    h = _randn(r, (4, 5))
+    params = {"W": _randn(r, (5, 6), 0.7), "b": _randn(r, (6,))}
+    dmu, dvar = _randn(r, (4, 3)), _randn(r, (4, 3))
+
+    def loss():
+        (mu, var), _ = head.forward(params, {}, h)
+        return gradcheck.dot(mu, dmu) + gradcheck.dot(var, dvar)
+
+    dh, g = head.backward((dmu, dvar), head.forward(params, {}, h)[1])
+    return _compare(loss, {"h": h, "W": params["W"], "b": params["b"]}, {"h": dh, "W": g["W"], "b": g["b"]})
+
+
+ARCH_KW = dict(hidden=5, latent=3, x_dim=7, w_dim=4, chain=4)  # as tests/models/test_objectives.py
+NOISE_SEED = 99
+BETA, ALPHA = 0.6, 0.7  # a warm-up weight and a JMVAE-kl alpha off 1
+
+
+def _model_check(variant: str, coef: dict | None, direction: str | None = None) -> dict:
+    """Finite differences of model.loss_and_grads w.r.t. every parameter tensor, fixed noise."""
+    arch = architectures.mnist_arch(**ARCH_KW)
+    if variant in ("cvae", "cmma"):
+        cls = getattr(baselines_mod, variant.upper())
+        model = cls(arch, seed=3, dtype="float64", alpha=ALPHA, direction=direction)
+    else:
+        cls = {"jmvae": jmvae_mod.JMVAE, "kl": jmvae_mod.JMVAEKL, "h": jmvae_mod.JMVAEH}[variant]
+        model = cls(arch, seed=3, dtype="float64", alpha=ALPHA)
+    r = _rng(0)
+    for k, p in model.params.items():  # zero biases put ReLU inputs on the kink: move them off
+        if k.endswith(".b"):
+            p[...] = 0.3 * r.standard_normal(p.shape)
+    x = (r.random((4, arch.x_dim)) < 0.5).astype(np.float64)
+    w = np.eye(arch.w_dim)[r.integers(0, arch.w_dim, 4)]
+
+    def loss():
+        return float(model.loss_and_grads(x, w, Rng(NOISE_SEED), beta=BETA, coef=coef)[0])
+
+    _, _, grads = model.loss_and_grads(x, w, Rng(NOISE_SEED), beta=BETA, coef=coef)
+    return _compare(loss, dict(model.params), grads)
+
+
+def _register_model(name, variant, terms, covers, direction=None, what=""):
+    def total():
+        return _model_check(variant, None, direction)
+
+    register(name, 1e-6, f"{what}: the whole loss (beta {BETA})", covers)(total)
+    for t in terms:
+        coef = {t: 1.0 if t.startswith("rec") else -1.0}
+
+        def one(coef=coef):
+            return _model_check(variant, coef, direction)
+
+        register(f"{name}:{t}", 1e-6, f"{what}: term {t} alone", covers)(one)
+
+
+_M = "jmvae_cupy.models."
+_register_model("jmvae", "jmvae", ("rec_x", "rec_w", "kl"), (_M + "jmvae.JMVAE.loss_and_grads",),
+                what="JMVAE Eq. 2")
+_register_model("jmvae_kl", "kl", ("rec_x", "rec_w", "kl", "kl_x", "kl_w"), (_M + "jmvae.JMVAEKL.loss_and_grads",),
+                what="JMVAE-kl Eq. 4")
+_register_model("jmvae_h", "h", ("rec_x", "rec_w", "kl_z2", "kl_z1"), (_M + "jmvae.JMVAEH.loss_and_grads",),
+                what="JMVAE-h Eq. 3")
+for _v in ("cvae", "cmma"):
+    for _d, _short, _rec in (("label2image", "l2i", "rec_x"), ("image2label", "i2l", "rec_w")):
+        _register_model(f"{_v}_{_short}", _v, (_rec, "kl"), (f"{_M}baselines.{_v.upper()}.loss_and_grads",),
+                        direction=_d, what=f"{_v.upper()} {_d}")
+
+
+# --------------------------------------------------------------------------------------------
+# Coverage: backward function -> checks, backward function -> derivation page
+# --------------------------------------------------------------------------------------------
+
+
+def _backwards_from_registry() -> dict:
+    out: dict[str, list] = {}
+    for c in REGISTRY.values():
+        for b in c.covers:
+            out.setdefault(b, []).append(c.name)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+BACKWARDS: dict[str, tuple] = _backwards_from_registry()
+"""Qualified name of every backward function of the library -> the names of the checks covering it."""
+
+_L, _D = "jmvae_cupy.layers.", "jmvae_cupy.distributions."
+DERIVATIONS: dict[str, str] = {
+    _L + "dense.dense_backward": "dense.md",
+    _L + "reshape.flatten_backward": "dense.md",
+    _L + "reshape.reshape_backward": "dense.md",
+    _L + "activations.relu_backward": "activations.md",
+    _L + "activations.softplus_backward": "activations.md",
+    _L + "activations.sigmoid_backward": "activations.md",
+    _D + "Bernoulli.loglik_backward": "distributions.md",
+    _D + "Categorical.loglik_backward": "distributions.md",
+    _D + "FixedVarGaussian.loglik_backward": "distributions.md",
+    _D + "gaussian_loglik_backward": "distributions.md",
+    _D + "gaussian_var_backward": "distributions.md",
+    "jmvae_cupy.kernels.reparam.reparam_backward": "reparameterisation.md",
+    "jmvae_cupy.kernels.gauss_kl.gauss_kl_backward": "gaussian_kl.md",
+    _L + "conv.conv2d_backward": "conv.md",
+    _L + "deconv.deconv2d_backward": "deconv.md",
+    _L + "batchnorm.batchnorm_backward": "batchnorm.md",
+    "jmvae_cupy.models.base.GaussianHead.backward": "distributions.md",
+    _M + "jmvae.JMVAE.loss_and_grads": "objectives.md",
+    _M + "jmvae.JMVAEKL.loss_and_grads": "objectives.md",
+    _M + "jmvae.JMVAEH.loss_and_grads": "objectives.md",
+    _M + "baselines.CVAE.loss_and_grads": "objectives.md",
+    _M + "baselines.CMMA.loss_and_grads": "objectives.md",
+}
+"""Qualified name of every backward function -> its page under docs/derivations/."""
+
+
+# --------------------------------------------------------------------------------------------
+# Running and reporting
+# --------------------------------------------------------------------------------------------
+
+
+def run_check(check: Check) -> tuple[float, str, str]:
+    """(max relative error, worst input, error message or '') of one check; an exception is a failure."""
+    try:
+        errs = check.run()
+    except Exception as e:  # a broken backward may raise (wrong shape...): report it as the culprit
+        return float("inf"), f"raised {type(e).__name__}: {e}".splitlines()[0][:80], "error"
+    if not errs:
+        return float("inf"), "(no inputs)", "error"
+    worst = max(errs, key=lambda k: (errs[k] != errs[k], errs[k]))  # NaN counts as worst
+    err = errs[worst]
+    return (float("inf") if err != err else err), worst, ""
+
+
+def select(patterns: list[str]) -> list[Check]:
+    """The checks matching the names or shell-style patterns, in registry order; ValueError on a miss."""
+    chosen = []
+    for p in patterns:
+        hits = [n for n in REGISTRY if fnmatch.fnmatchcase(n, p)]
+        if not hits:
+            raise ValueError(f"unknown check {p!r} (python -m jmvae_cupy.gradcheck --list names them)")
+        chosen += [n for n in hits if n not in chosen]
+    return [REGISTRY[n] for n in REGISTRY if n in chosen]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m jmvae_cupy.gradcheck",
+        description="Check backward passes against central differences in float64 (see docs/derivations/).")
+    ap.add_argument("names", nargs="*", help="checks to run (shell patterns allowed, e.g. 'jmvae_kl*')")
+    ap.add_argument("--all", action="store_true", help="run every registered check")
+    ap.add_argument("--list", action="store_true", help="list the checks and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        width = max(map(len, REGISTRY))
+        for c in REGISTRY.values():
+            print(f"{c.name:<{width}}  tol {c.tol:.0e}  {c.what}")
+        return 0
+    if not args.all and not args.names:
+        print("gradcheck: name checks to run, or --all (--list names them)", file=sys.stderr)
+        return 2
+    try:
+        checks = list(REGISTRY.values()) if args.all else select(args.names)
+    except ValueError as e:
+        print(f"gradcheck: {e}", file=sys.stderr)
+        return 2
+    width = max(len(c.name) for c in checks)
+    print(f"{'check':<{width}}  {'max rel err':>11}  {'tol':>7}  result  worst input")
+    failed = []
+    t0 = time.perf_counter()
+    for c in checks:
+        err, worst, status = run_check(c)
+        ok = not status and err < c.tol
+        if not ok:
+            failed.append(c.name)
+        print(f"{c.name:<{width}}  {err:11.2e}  {c.tol:7.0e}  {'PASS' if ok else 'FAIL'}    {worst}", flush=True)
+    dt = time.perf_counter() - t0
+    if failed:
+        print(f"FAILED {len(failed)} of {len(checks)} checks ({dt:.1f} s): {', '.join(failed)}")
+        return 1
+    print(f"all {len(checks)} checks passed ({dt:.1f} s)")
+    return 0
