@@ -7,3 +7,7 @@ plain-xp reference (installed from kernels/ via setup.py package_dir).
 Importing this package (or its modules) never imports ``numba.cuda``: that happens on the first
 CUDA launch, see ``_dispatch.numba_cuda``.
 """
+
+from ._dispatch import KernelArgumentError
+
+__all__ = ["KernelArgumentError"]

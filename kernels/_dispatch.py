@@ -5,8 +5,9 @@ Each kernel file (``reparam.py``, ``gauss_kl.py``) holds three versions of every
 
 * ``*_ref``   plain xp code, obviously correct: the oracle the tests compare against;
 * ``*_cpu``   a Numba CPU twin (``@numba.njit``), run on NumPy arrays;
-* ``*_cuda``  a Numba CUDA kernel, run on CuPy arrays on CuPy's current stream (and, in the
-  tests, on NumPy host arrays under the CUDA simulator).
+* ``*_cuda``  the launcher of a Numba CUDA kernel (its body is the plain function ``_*_kernel``),
+  run on CuPy arrays on CuPy's current stream (and, in the tests, on NumPy host arrays under
+  the CUDA simulator).
 
 The public functions check their arguments with :func:`checked_arrays`, allocate the outputs with
 ``xp.empty_like`` / ``xp.empty(..., dtype=)`` (same dtype, same device) and call :func:`launch`,
@@ -56,6 +57,8 @@ def checked_arrays(where: str, named: dict, row_vectors: tuple = ()):
     shape = None
     dtype = None
     for name, a in named.items():
+        if not (hasattr(a, "dtype") and hasattr(a, "shape")):
+            raise KernelArgumentError(f"{where}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
         if get_array_module(a) is not xp:
             raise KernelArgumentError(f"{where}: {name} lives on another device than the other arguments")
         if a.dtype not in FLOAT_DTYPES:
@@ -86,17 +89,21 @@ def launch(xp, cpu_twin, cuda_launcher, arrays, scalars=()) -> None:
     """Run one kernel: ``cpu_twin(*arrays, *scalars)`` or ``cuda_launcher(*arrays, *scalars, stream=)``.
 
     arrays: the inputs, then the outputs the kernel writes in place; scalars: flags after them.
-    NumPy arrays go to the Numba CPU twin.  CuPy arrays go to the CUDA launcher, wrapped as
-    zero-copy Numba device arrays and queued on CuPy's current stream: no host round trip, no
-    synchronisation.  ``sync=False`` skips Numba's wait on the stream the arrays were exported
-    from; it is not needed because the kernel runs on that very stream, after the work that
-    produced its inputs (stream order).  Numba uses the CUDA context CuPy has made current,
-    i.e. the primary context of CuPy's current device.
+
+    NumPy arrays go to the Numba CPU twin.  CuPy arrays go to the CUDA launcher as zero-copy
+    Numba views, queued on CuPy's current stream: no host round trip, no synchronisation.
+    The stream comes through the CUDA Array Interface: CuPy (CAI v3, its default) exports its
+    current stream with every array, and Numba attaches it to the view as ``.stream``.
+    ``sync=False`` skips Numba's wait on that stream; none is needed, because the kernel runs
+    on that very stream, after the work that produced its inputs (stream order).  (With
+    CUPY_CUDA_ARRAY_INTERFACE_EXPORT_VERSION=2 no stream is exported and the kernel goes to the
+    legacy default stream, which orders it after CuPy's blocking streams only.)  Numba uses the
+    CUDA context CuPy has made current: the primary context of CuPy's current device.
     """
     if xp is np:
         cpu_twin(*arrays, *scalars)
         return
     cuda = numba_cuda()
-    stream = cuda.external_stream(xp.cuda.get_current_stream().ptr)
     device_arrays = [cuda.as_cuda_array(a, sync=False) for a in arrays]
+    stream = device_arrays[0].stream  # CuPy's current stream, as exported with the array
     cuda_launcher(*device_arrays, *scalars, stream=stream)

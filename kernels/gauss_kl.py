@@ -91,15 +91,14 @@ def gauss_kl_backward(dkl, mu1, var1, mu2=None, var2=None):
     named = {"dkl": dkl, "mu1": mu1, "var1": var1}
     if not prior:
         named.update(mu2=mu2, var2=var2)
-    xp, arrays = checked_arrays("gauss_kl_backward", named, row_vectors=("dkl",))
-    dmu1 = xp.empty_like(arrays[1])
-    dvar1 = xp.empty_like(arrays[1])
+    xp, inputs = checked_arrays("gauss_kl_backward", named, row_vectors=("dkl",))
+    mu1 = inputs[1]
+    dmu1, dvar1 = xp.empty_like(mu1), xp.empty_like(mu1)
     if prior:
-        launch(xp, _gauss_kl_prior_backward_cpu, _gauss_kl_prior_backward_cuda, (*arrays, dmu1, dvar1))
+        launch(xp, _gauss_kl_prior_backward_cpu, _gauss_kl_prior_backward_cuda, (*inputs, dmu1, dvar1))
         return dmu1, dvar1, None, None
-    dmu2 = xp.empty_like(arrays[1])
-    dvar2 = xp.empty_like(arrays[1])
-    launch(xp, _gauss_kl_backward_cpu, _gauss_kl_backward_cuda, (*arrays, dmu1, dvar1, dmu2, dvar2))
+    dmu2, dvar2 = xp.empty_like(mu1), xp.empty_like(mu1)
+    launch(xp, _gauss_kl_backward_cpu, _gauss_kl_backward_cuda, (*inputs, dmu1, dvar1, dmu2, dvar2))
     return dmu1, dvar1, dmu2, dvar2
 
 

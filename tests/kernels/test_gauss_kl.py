@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from jmvae_cupy.kernels._dispatch import KernelArgumentError
+from jmvae_cupy.kernels import KernelArgumentError
 from jmvae_cupy.kernels.gauss_kl import (
     gauss_kl_backward,
     gauss_kl_backward_ref,

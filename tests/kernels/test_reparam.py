@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from jmvae_cupy.kernels._dispatch import KernelArgumentError
+from jmvae_cupy.kernels import KernelArgumentError
 from jmvae_cupy.kernels.reparam import (
     reparam_backward,
     reparam_backward_ref,
@@ -81,6 +81,7 @@ def test_empty_batch(rng):
         ((np.zeros((2, 3)), np.ones((2, 3), np.float32), np.zeros((2, 3))), "dtype"),
         ((np.zeros((2, 3), int), np.ones((2, 3), int), np.zeros((2, 3), int)), "float32 or float64"),
         ((np.zeros(3), np.ones(3), np.zeros(3)), "2-D"),
+        (([[0.0]], np.ones((1, 1)), np.zeros((1, 1))), "must be a NumPy or CuPy array"),
     ],
 )
 def test_bad_arguments_raise(args, message):
