@@ -39,7 +39,11 @@ c the one given (the *condition*).  All estimators are Monte Carlo; what each on
     model's exact conditional and is consistent (-> log p(t|c) as S -> infinity), but it is a
     ratio of two downward-biased estimates and so *not* a bound at finite S: its bias has
     either sign (the tests bound it on a model with a closed form).  For image->label it is
-    <= 0, as a probability of a label must be.
+    <= 0, as a probability of a label must be.  Caveat, measured: for label->image the draws
+    from q(z|x,w) cover p(z|w) poorly, log p(w) comes out far too low at small S and snisS far
+    too high (tens of nats on MNIST at S = 10); trust it for image->label only, or at large S.
+    A *valid* (loose) lower bound on log p(x|w) for a discrete w is iwS-joint itself:
+    log p(x|w) = log p(x,w) - log p(w) >= log p(x,w), since p(w) <= 1 (slack -log p(w) ~ log 10).
 
 Generic pieces (:func:`eq5_bound`, :func:`eq6_bound`, :func:`iw_bound`, :func:`snis_conditional`)
 take callables, so the tests check them on a linear-Gaussian model whose likelihood is exact.

@@ -1,0 +1,182 @@
+"""Evaluate trained runs: the paper's Table 1 (test conditional log-likelihoods) and its figures.
+
+    python -m jmvae_cupy.evaluate RUN_DIR [RUN_DIR ...] [--json] [--samples N] [--iterations K]
+                                  [--importance S] [--repeats R] [--test-size M]
+    python -m jmvae_cupy.evaluate figures RUN_DIR [RUN_DIR ...] --out DIR
+
+Each run is loaded from its newest good checkpoint and its ``config.json`` and evaluated on the
+binarised test set of its data (the embedded subset: 2,000 digits, binarised once with a fixed
+seed).  JMVAE-family runs give both directions; a CVAE / CMMA run gives the direction it was
+trained for, and rows of the same model and estimator are merged.  Each cell is the mean over
+the test set, then mean +- std over R repeats of the estimator's randomness (seeds 0..R-1).
+Estimator names and what they bound: jmvae_cupy/estimators.py.  Errors: one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from .backend import BackendError, asnumpy, select_device, to_device
+from .checkpoint import CheckpointError, load_latest, restore_arrays
+from .data import DataError, binarized_test_set, load_mnist, one_hot
+from .estimators import DIRECTIONS, complete, evaluate_model, paper_estimate
+from .inference import x_from_w
+from .models import ModelError, build_model
+from .rng import Rng
+
+NAMES = {"jmvae": "JMVAE", "kl": "JMVAE-kl", "h": "JMVAE-h", "cvae": "CVAE", "cmma": "CMMA"}
+COLUMNS = {"label2image": "label->image", "image2label": "image->label"}
+
+
+class EvaluateError(RuntimeError):
+    """A run directory that cannot be evaluated (one-line message)."""
+
+
+def load_run(run_dir: str, device="cpu"):
+    """(model, config, test x, test w, epoch) of the newest good checkpoint in ``run_dir``."""
+    cpath = os.path.join(run_dir, "config.json")
+    if not os.path.isdir(run_dir):
+        raise EvaluateError(f"{run_dir}: not a directory")
+    if not os.path.exists(cpath):
+        raise EvaluateError(f"{run_dir}: no config.json (not a training run directory)")
+    try:
+        with open(cpath) as f:
+            cfg = json.load(f)
+    except ValueError as e:
+        raise EvaluateError(f"{run_dir}: config.json is not valid JSON ({e})") from None
+    try:
+        ck = load_latest(run_dir, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+        xp = select_device(device)
+        model = build_model(cfg["dataset"], cfg["variant"], seed=cfg["seed"], dtype=cfg["dtype"], xp=xp,
+                            latent=cfg["latent"], alpha=cfg["alpha"], direction=cfg.get("direction"))
+        restore_arrays(model.params, ck["params"], xp, "parameters")
+        restore_arrays(model.state, ck["state"], xp, "state")
+        data = load_mnist(cfg["data_dir"])
+    except (CheckpointError, ModelError, DataError, BackendError, KeyError) as e:
+        raise EvaluateError(f"{run_dir}: {e}") from None
+    x = to_device(binarized_test_set(data, dtype=model.dtype), xp)
+    w = to_device(one_hot(data.test_y, 10, model.dtype), xp)
+    return model, cfg, x, w, int(ck["meta"]["epoch"])
+
+
+def evaluate_run(model, x, w, samples=10, iterations=10, importance=0, repeats=1):
+    """{direction: {estimator: (mean, std, values)}} over ``repeats`` seeds."""
+    dirs = [model.direction] if hasattr(model, "direction") else list(DIRECTIONS)
+    out = {}
+    for d in dirs:
+        reps = [evaluate_model(model, x, w, d, Rng([r, 11]), samples, iterations, importance) for r in range(repeats)]
+        out[d] = {k: (float(np.mean([r[k] for r in reps])), float(np.std([r[k] for r in reps])), [r[k] for r in reps])
+                  for k in reps[0]}
+    return out
+
+
+def _fmt(cell):
+    if cell is None:
+        return "—"
+    m, s = cell
+    digits = 4 if abs(m) < 10 else 1
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def table(results: list) -> str:
+    """Markdown: one row per (model, estimator); the joint log p(x,w) in a second table."""
+    rows, joint = {}, {}
+    for r in results:
+        for d, ests in r["estimates"].items():
+            for est, v in ests.items():
+                target = joint if est.endswith("-joint") else rows
+                key = (r["model"], est)
+                target.setdefault(key, {})[d] = (v["mean"], v["std"])
+    lines = ["| model | label->image | image->label | estimator |", "|---|---|---|---|"]
+    for (m, est), cells in rows.items():
+        lines.append(f"| {m} | {_fmt(cells.get('label2image'))} | {_fmt(cells.get('image2label'))} | {est} |")
+    if joint:
+        lines += ["", "| model | log p(x, w) | estimator |", "|---|---|---|"]
+        for (m, est), cells in joint.items():
+            lines.append(f"| {m} | {_fmt(next(iter(cells.values())))} | {est} |")
+    return "\n".join(lines)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m jmvae_cupy.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
+    p.add_argument("--samples", type=int, default=10, help="N of Eq. 5 / Eq. 6 (default 10, the paper's)")
+    p.add_argument("--iterations", type=int, default=10, help="K iterative-sampling steps (default 10)")
+    p.add_argument("--importance", type=int, default=0,
+                   help="S importance samples for the iwS / snisS estimates (default 0: off)")
+    p.add_argument("--repeats", type=int, default=1, help="R repeats of the estimators' randomness (default 1)")
+    p.add_argument("--test-size", type=int, default=0, help="evaluate on the first M test digits only (0: all)")
+    p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu)")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["figures"]:
+        from .figures import main as figures_main  # noqa: PLC0415
+
+        return figures_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        for name, val, lo in (("samples", args.samples, 1), ("iterations", args.iterations, 0),
+                          ("importance", args.importance, 0), ("repeats", args.repeats, 1),
+                          ("test-size", args.test_size, 0)):
+            if val < lo:
+                raise EvaluateError(f"--{name} must be >= {lo}, got {val}")
+        loaded = [(rd, *load_run(rd, args.device)) for rd in args.runs]
+        results = []
+        for rd, model, cfg, x, w, epoch in loaded:
+            if args.test_size:
+                x, w = x[: args.test_size], w[: args.test_size]
+            est = evaluate_run(model, x, w, args.samples, args.iterations, args.importance, args.repeats)
+            results.append({
+                "run": rd, "model": NAMES[cfg["variant"]], "variant": cfg["variant"], "epoch": epoch,
+                "direction": cfg.get("direction"), "test_size": int(x.shape[0]), "samples": args.samples,
+                "iterations": args.iterations, "importance": args.importance, "repeats": args.repeats,
+                "estimates": {d: {k: {"mean": m, "std": s, "repeats": v} for k, (m, s, v) in e.items()}
+                              for d, e in est.items()}})
+    except EvaluateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(table(results))
+        print(f"\n(test digits: {results[0]['test_size']}; N = {args.samples}, K = {args.iterations}, "
+              f"S = {args.importance}, mean ± std over {args.repeats} repeat(s); estimators: jmvae_cupy/estimators.py)")
+    return 0
+
+
+# ------------------------------------------------------------------------ helpers used by figures
+def loglik_vs_iterations(model, x, w, max_iter=10, samples=10, seed=0):
+    """The paper estimator (label->image) after K = 0..max_iter iterations: (Ks, values)."""
+    ks = list(range(max_iter + 1))
+    vals = [float(np.mean(asnumpy(paper_estimate(model, x, w, "label2image", Rng([seed, k]), samples, k)[1])))
+            for k in ks]
+    return ks, vals
+
+
+def latent_means(model, x, w, iterations=10, seed=0):
+    """2-D codes: means of q(z|x,w), and of q(z|w) (JMVAE-kl) or q(z|x^_K, w) after iterative sampling."""
+    joint = asnumpy(model.encode(x, w)[0])
+    if hasattr(model, "encode_w"):
+        return joint, asnumpy(model.encode_w(w)[0]), "q(z|w)"
+    xc, wc = complete(model, x, w, "label2image", Rng([seed, 5]), iterations)
+    return joint, asnumpy(model.encode(xc, wc)[0]), f"q(z|x^_{iterations},w)"
+
+
+def generation_chain(model, iterations=10, seed=0):
+    """Images generated from labels 0..9 after 0..K iterations: (K+1, 10, 28, 28)."""
+    w = to_device(one_hot(np.arange(10), 10, model.dtype), model.xp)
+    _, chain = x_from_w(model, w, Rng([seed, 4]), iterations=iterations, return_chain=True)
+    return np.stack([asnumpy(c).reshape(10, 28, 28) for c in chain])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
