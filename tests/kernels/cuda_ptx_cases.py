@@ -21,8 +21,9 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     pytest.skip("compile_ptx needs the real numba.cuda: unset NUMBA_ENABLE_CUDASIM", allow_module_level=True)
 
-from jmvae_cupy.kernels import gauss_kl, reparam
 from numba.cuda.cudadrv import nvvm
+
+from jmvae_cupy.kernels import gauss_kl, reparam
 
 if not nvvm.is_available():
     pytest.skip(

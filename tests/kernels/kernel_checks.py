@@ -11,6 +11,7 @@ the very same (possibly float32) inputs: the closest thing to the exact answer.
 from __future__ import annotations
 
 import numpy as np
+
 from jmvae_cupy.kernels.gauss_kl import gauss_kl_backward_ref, gauss_kl_forward_ref
 from jmvae_cupy.kernels.reparam import reparam_backward_ref, reparam_forward_ref
 

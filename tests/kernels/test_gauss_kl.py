@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from jmvae_cupy.gradcheck import check_gradients, dot, random_like
 from jmvae_cupy.kernels import KernelArgumentError
 from jmvae_cupy.kernels.gauss_kl import (
     gauss_kl_backward,
@@ -14,8 +16,6 @@ from jmvae_cupy.kernels.gauss_kl import (
     gauss_kl_forward,
     gauss_kl_forward_ref,
 )
-
-from jmvae_cupy.gradcheck import check_gradients, dot, random_like
 
 from .kernel_checks import DTYPES, check_kl_backward, check_kl_forward, f64, gaussians, kl_args
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from jmvae_cupy.gradcheck import check_gradients, dot, random_like
 from jmvae_cupy.kernels import KernelArgumentError
 from jmvae_cupy.kernels.reparam import (
     reparam_backward,
@@ -13,8 +15,6 @@ from jmvae_cupy.kernels.reparam import (
     reparam_forward,
     reparam_forward_ref,
 )
-
-from jmvae_cupy.gradcheck import check_gradients, dot, random_like
 
 from .kernel_checks import DTYPES, check_reparam_backward, check_reparam_forward, reparam_inputs
 
