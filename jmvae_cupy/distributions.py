@@ -65,7 +65,9 @@ class Bernoulli:
 
     @staticmethod
     def loglik_backward(dll, cache):
-        """d ll_n / d l_nd = x_nd - sigmoid(l_nd), so dlogits = dll[:, None] * (x - sigmoid(l))  (N, D)."""
+        """d ll_n / d l_nd = x_nd - sigmoid(l_nd), so dlogits = dll[:, None] * (x - sigmoid(l))  (N, D).
+
+        dll: (N,) upstream gradient; cache: (x, logits), each (N, D)."""
         x, logits = cache
         return dll[:, None] * (x - sigmoid(logits))
 
@@ -94,7 +96,10 @@ class Categorical:
 
     @staticmethod
     def loglik_backward(dll, cache):
-        """d ll_n / d l_nj = w_nj - softmax(l_n)_j sum_k w_nk   (= w - softmax(l) for one-hot w)."""
+        """d ll_n / d l_nj = w_nj - softmax(l_n)_j sum_k w_nk   (= w - softmax(l) for one-hot w), so
+        dlogits = dll[:, None] * (w - softmax(l) * sum_k w_k)  (N, K).
+
+        dll: (N,) upstream gradient; cache: (w, logits), each (N, K)."""
         w, logits = cache
         return dll[:, None] * (w - softmax(logits) * w.sum(axis=1, keepdims=True))
 
@@ -129,7 +134,9 @@ class FixedVarGaussian:
         return ll, diff
 
     def loglik_backward(self, dll, diff):
-        """d ll_n / d mu_nd = (x_nd - mu_nd) / var."""
+        """d ll_n / d mu_nd = (x_nd - mu_nd) / var, so dmu = dll[:, None] * (x - mu) / var  (N, D).
+
+        dll: (N,) upstream gradient; diff: x - mu (N, D) from loglik."""
         return dll[:, None] * diff / self.var
 
     def mean(self, mu):
@@ -146,7 +153,9 @@ def gaussian_var_forward(a):
 
 
 def gaussian_var_backward(dvar, a):
-    """d var / d a = sigmoid(a), so da = dvar * sigmoid(a)."""
+    """d var / d a = sigmoid(a), so da = dvar * sigmoid(a)  (N, D).
+
+    dvar: (N, D) upstream gradient; a: (N, D) the pre-activation (the cache)."""
     return dvar * sigmoid(a)
 
 
@@ -164,6 +173,7 @@ def gaussian_loglik(x, mu, var):
 def gaussian_loglik_backward(dll, cache):
     """Closed form (per sample n, feature d):
     d ll/d x = -(x - mu)/var;  d ll/d mu = (x - mu)/var;  d ll/d var = 0.5 ((x - mu)^2/var - 1)/var.
+    dll: (N,) upstream gradient; cache: (x - mu, var), each (N, D).
     Returns (dx, dmu, dvar), each (N, D), scaled by dll[:, None].
     """
     diff, var = cache

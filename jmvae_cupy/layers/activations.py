@@ -15,7 +15,9 @@ def relu_forward(x):
 
 
 def relu_backward(dy, mask):
-    """dx = dy * [x > 0]."""
+    """Closed form: dx = dy * [x > 0] (the subgradient 0 at x = 0).
+
+    dy, mask: the shape of x (any); returns dx of that shape."""
     return dy * mask
 
 
@@ -42,7 +44,9 @@ def softplus_forward(x):
 
 
 def softplus_backward(dy, x):
-    """d softplus(x)/dx = sigmoid(x), so dx = dy * sigmoid(x)."""
+    """Closed form: d softplus(x)/dx = sigmoid(x), so dx = dy * sigmoid(x).
+
+    dy, x: the shape of x (any); returns dx of that shape."""
     return dy * sigmoid(x)
 
 
@@ -53,5 +57,7 @@ def sigmoid_forward(x):
 
 
 def sigmoid_backward(dy, y):
-    """d sigmoid(x)/dx = y (1 - y), so dx = dy * y * (1 - y)."""
+    """Closed form: d sigmoid(x)/dx = y (1 - y), so dx = dy * y * (1 - y).
+
+    dy, y: the shape of x (any); returns dx of that shape."""
     return dy * y * (1.0 - y)

@@ -21,6 +21,7 @@ def dense_forward(x, W, b):
 def dense_backward(dy, cache):
     """Closed form: dx = dy W^T (N, D_in); dW = x^T dy (D_in, D_out); db = sum_n dy (D_out,).
 
+    dy: (N, D_out) upstream gradient; cache: (x, W) from dense_forward.
     Returns (dx, {"W": dW, "b": db}).
     """
     x, W = cache
