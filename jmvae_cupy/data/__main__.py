@@ -6,6 +6,11 @@ Commands:
         fetch the four full-MNIST files into DIR, verifying sizes, sha256 and md5; files
         already present and correct are kept, so an interrupted run can simply be repeated.
 
+    prepare celeba SRC_DIR --out FILE.h5 [--split paper|official] [--on-error skip|stop] [--size 64|32]
+        crop (centred square) and resize (LANCZOS) the aligned CelebA images into one HDF5 file
+        (see jmvae_cupy/data/celeba.py and docs/celeba.md); an interrupted run continues from
+        FILE.h5.partial when repeated.
+
 Each command is a subparser registered by one ``_add_<command>`` function listed in
 ``_COMMANDS``; each dataset under it is a sub-subparser whose ``func`` default receives the
 parsed arguments and returns an exit status.  A new command (e.g. ``prepare celeba SRC --out
@@ -46,8 +51,34 @@ def _add_download(commands) -> None:
     mnist.set_defaults(func=_run_download_mnist)
 
 
+def _run_prepare_celeba(args: argparse.Namespace) -> int:
+    from .celeba import prepare_celeba  # noqa: PLC0415  (h5py and Pillow only when needed)
+
+    prepare_celeba(args.src, args.out, split=args.split, on_error=args.on_error, size=args.size,
+                   progress=not args.no_progress, chunk=args.chunk)
+    return 0
+
+
+def _add_prepare(commands) -> None:
+    """``prepare DATASET``: convert a data set as distributed into the library's file format."""
+    prepare = commands.add_parser("prepare", help="convert a downloaded data set into an HDF5 file")
+    datasets = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    celeba = datasets.add_parser("celeba", help="CelebA (img_align_celeba/ and the attribute lists) -> HDF5")
+    celeba.add_argument("src", type=Path, metavar="SRC_DIR",
+                        help="folder with img_align_celeba/, list_attr_celeba.txt (and list_eval_partition.txt)")
+    celeba.add_argument("--out", required=True, type=Path, metavar="FILE.h5", help="the HDF5 file to write")
+    celeba.add_argument("--split", choices=["paper", "official"], default="paper",
+                        help="paper: random 90/10 with a fixed seed (default); official: partitions 0+1 / 2")
+    celeba.add_argument("--on-error", choices=["skip", "stop"], default="skip",
+                        help="a bad image or row is skipped and counted (default) or stops the run")
+    celeba.add_argument("--size", type=int, choices=[64, 32], default=64, help="image side in pixels (default 64)")
+    celeba.add_argument("--chunk", type=int, default=256, help=argparse.SUPPRESS)
+    celeba.add_argument("--no-progress", action="store_true", help="no progress bar")
+    celeba.set_defaults(func=_run_prepare_celeba)
+
+
 #: One function per top-level command; each adds its subparser to the ``commands`` action.
-_COMMANDS = [_add_download]
+_COMMANDS = [_add_download, _add_prepare]
 
 
 def build_parser() -> argparse.ArgumentParser:
