@@ -32,6 +32,8 @@ Derivation: docs/derivations/batchnorm.md.  Checked by tests/layers/test_batchno
 
 from __future__ import annotations
 
+from ..backend import get_array_module
+
 EPS = 1e-4
 MOMENTUM = 0.1
 
@@ -64,14 +66,15 @@ def batchnorm_forward(x, gamma, beta, state, train: bool, momentum: float = MOME
     x: (N, C) or (N, C, H, W); gamma, beta: (C,); state: {"mean": (C,), "var": (C,)}.
     train=True: batch statistics (mu, biased var); state updated in place (see module docstring).
     train=False: mu, var = state["mean"], state["var"]; state untouched.
-    Returns y (shape of x) and the cache (xhat (M, C), gamma, inv_std (C,), x.shape, train).
+    Returns y (shape of x) and the cache (xc = x - mu as (M, C), inv_std (C,), gamma, x.shape, train).
     """
+    xp = get_array_module(x)
     x_rows = _rows(x)  # (M, C)
     M = x_rows.shape[0]
     if train:
         mu = x_rows.mean(axis=0)  # (C,)   pass 1
         xc = x_rows - mu  # (M, C)
-        var = (xc * xc).mean(axis=0)  # (C,)   pass 2: biased variance, no cancellation
+        var = xp.einsum("mc,mc->c", xc, xc) / M  # (C,)   pass 2: biased variance, no cancellation
         # running statistics, in place (the arrays are shared with the model's state dict)
         state["mean"] *= 1.0 - momentum
         state["mean"] += momentum * mu
@@ -81,33 +84,32 @@ def batchnorm_forward(x, gamma, beta, state, train: bool, momentum: float = MOME
         xc = x_rows - state["mean"]  # (M, C)
         var = state["var"]
     inv_std = 1.0 / (var + eps) ** 0.5  # (C,)
-    xhat = xc  # (M, C); xc is a fresh array: normalise it in place
-    xhat *= inv_std
-    y_rows = xhat * gamma  # (M, C)
+    y_rows = xc * (gamma * inv_std)  # (M, C) = gamma * xhat
     y_rows += beta
-    return _unrows(y_rows, x.shape), (xhat, gamma, inv_std, x.shape, train)
+    return _unrows(y_rows, x.shape), (xc, inv_std, gamma, x.shape, train)
 
 
 def batchnorm_backward(dy, cache):
-    """Closed form, per channel, with dbeta = sum_m dy_m and dgamma = sum_m dy_m xhat_m (C,):
+    """Closed form, per channel, with xhat = xc * inv_std, dbeta = sum_m dy_m, dgamma = sum_m dy_m xhat_m (C,):
 
     train:  dx = gamma * inv_std * (dy - dbeta / M - xhat * dgamma / M)     (shape of x)
     eval:   dx = gamma * inv_std * dy          (mu, var are constants)
 
     dy: shape of x. Returns (dx, {"gamma": dgamma, "beta": dbeta}).
     """
-    xhat, gamma, inv_std, shape, train = cache
+    xp = get_array_module(dy)
+    xc, inv_std, gamma, shape, train = cache
     dy_rows = _rows(dy)  # (M, C)
     M = dy_rows.shape[0]
     dbeta = dy_rows.sum(axis=0)  # (C,)
-    dgamma = (dy_rows * xhat).sum(axis=0)  # (C,)
+    dgamma = xp.einsum("mc,mc->c", dy_rows, xc) * inv_std  # (C,) = sum_m dy_m xhat_m
     scale = gamma * inv_std  # (C,)
     if train:
-        # the batch statistics depend on x: remove the mean of dy and its projection on xhat
-        dx_rows = xhat * (dgamma / M)  # (M, C)
-        dx_rows -= dy_rows
-        dx_rows += dbeta / M
-        dx_rows *= -scale  # = scale * (dy - dbeta/M - xhat dgamma/M)
+        # the batch statistics depend on x: remove from dy its mean and its projection on xhat
+        dx_rows = xc * (-inv_std * dgamma / M)  # (M, C) = -xhat dgamma / M
+        dx_rows += dy_rows
+        dx_rows -= dbeta / M
+        dx_rows *= scale
     else:
         dx_rows = dy_rows * scale  # (M, C)
     return _unrows(dx_rows, shape), {"gamma": dgamma, "beta": dbeta}

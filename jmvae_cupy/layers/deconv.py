@@ -84,7 +84,7 @@ def deconv2d_backward(dy, cache):
     dx_rows, dcol, _ = correlate(to_nhwc(dy), Wm, KH, KW, stride, pad)  # (N*H*W, C_in), (N*H*W, K)
     grads = {"W": weight_from_matrix(x_rows.T @ dcol, W_shape)}  # (C_in, C_out, KH, KW)
     if has_bias:
-        grads["b"] = to_rows(dy).sum(axis=0)  # (C_out,)
+        grads["b"] = dy.sum(axis=(0, 2, 3))  # (C_out,)
     return to_nchw(dx_rows.reshape(N, H, Wd, C_in)), grads
 
 
