@@ -1,0 +1,158 @@
+"""Benchmark (not a test): forward + backward of the CelebA conv encoder and decoder on the CPU.
+
+    python bench/conv.py                    # batch 64, float32, 16 timed steps per side
+    python bench/conv.py --repeat 32 --blocks 8 --threads 2
+
+Encoder  q(z|x) trunk: x (N, 3, 64, 64) -> C64R-C128BR-C256BR-C256BR-F-D1024R -> (N, 1024)
+Decoder  p(x|z):       z (N, 128)       -> D4096R-DC256BR-DC128BR-DC64BR-DC3    -> (N, 3, 64, 64)
+
+One step = Net.forward(train=True) + Net.backward with a random upstream gradient (dx to the
+input included).  Prints the median step time, and, when PyTorch is importable, the same
+networks in PyTorch (same shapes, bias dropped before batch norm as here, same thread count)
+and the ratio torch_time / our_time (>= 1: we are faster; the issue's target is >= 0.7).
+Thread counts: NumPy's BLAS reads OMP_NUM_THREADS / OPENBLAS_NUM_THREADS at import;
+``--threads`` sets both before NumPy is imported, and torch.set_num_threads to match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+ENCODER = ("C64R-C128BR-C256BR-C256BR-F-D1024R", (3, 64, 64))
+DECODER = ("D4096R-DC256BR-DC128BR-DC64BR-DC3", (128,))
+
+
+def time_steps(step, warmup: int, repeat: int) -> list[float]:
+    """Wall times of ``repeat`` calls of ``step()`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def alternate(steps: dict, warmup: int, repeat: int, blocks: int) -> dict:
+    """Median step time of each of ``steps`` ({name: step}), timed in alternating blocks.
+
+    The steps take turns, ``blocks`` times, each timing ``repeat // blocks`` steps after
+    ``warmup`` untimed ones: on a shared machine a change of load then hits both sides alike,
+    and the untimed steps let the other library's idle threads go to sleep first.
+    """
+    times = {name: [] for name in steps}
+    per_block = max(1, repeat // blocks)
+    for _ in range(blocks):
+        for name, step in steps.items():
+            times[name] += time_steps(step, warmup, per_block)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def ours(spec, in_shape, batch):
+    """One training step of our Net: forward (train=True) + backward."""
+    import numpy as np
+
+    from jmvae_cupy.nets import Net
+    from jmvae_cupy.rng import Rng
+
+    net = Net(spec, in_shape)
+    params, state = net.init(Rng(0), np.float32, np)
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((batch, *in_shape)).astype(np.float32)
+    dy = gen.standard_normal((batch, *net.out_shape)).astype(np.float32)
+
+    def step():
+        _, caches = net.forward(params, state, x, train=True)
+        net.backward(dy, caches)
+
+    return step
+
+
+def torch_nets():
+    import torch.nn as nn
+
+    def cbr(ci, co):
+        return [nn.Conv2d(ci, co, 4, 2, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU()]
+
+    def dcbr(ci, co):
+        return [nn.ConvTranspose2d(ci, co, 4, 2, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU()]
+
+    encoder = nn.Sequential(
+        nn.Conv2d(3, 64, 4, 2, 1), nn.ReLU(), *cbr(64, 128), *cbr(128, 256), *cbr(256, 256),
+        nn.Flatten(), nn.Linear(4096, 1024), nn.ReLU(),
+    )  # fmt: skip
+    decoder = nn.Sequential(
+        nn.Linear(128, 4096), nn.ReLU(), nn.Unflatten(1, (256, 4, 4)),
+        *dcbr(256, 256), *dcbr(256, 128), *dcbr(128, 64), nn.ConvTranspose2d(64, 3, 4, 2, 1),
+    )  # fmt: skip
+    return encoder, decoder
+
+
+def theirs(net, in_shape, batch):
+    """One training step of the PyTorch twin: forward + backward, dx to the input included."""
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, *in_shape)
+    with torch.no_grad():
+        dy = torch.randn_like(net(x))
+
+    def step():
+        xx = x.detach().requires_grad_(True)  # dx to the input, as ours computes
+        net.zero_grad(set_to_none=True)
+        net(xx).backward(dy)
+
+    return step
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each block (default 2)")
+    p.add_argument("--repeat", type=int, default=16, help="timed steps per network and library (default 16)")
+    p.add_argument("--blocks", type=int, default=4, help="alternating blocks the steps are split into (default 4)")
+    p.add_argument("--threads", type=int, default=None, help="BLAS / torch threads (default: as found)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    import numpy as np
+
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("torch not importable: no comparison (pip install torch)")
+    if torch is not None and args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    print(f"batch {args.batch}, float32, CPU; median of {args.repeat} steps in {args.blocks} alternating blocks, "
+          f"{args.warmup} untimed steps before each block")
+    print(f"numpy {np.__version__}; os.cpu_count() = {os.cpu_count()}; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
+    if torch is not None:
+        print(f"torch {torch.__version__}; torch.get_num_threads() = {torch.get_num_threads()}")
+        their_nets = dict(zip(("encoder", "decoder"), torch_nets()))
+    for name, (spec, in_shape) in (("encoder", ENCODER), ("decoder", DECODER)):
+        steps = {"ours": ours(spec, in_shape, args.batch)}
+        if torch is not None:
+            steps["torch"] = theirs(their_nets[name], in_shape, args.batch)
+        t = alternate(steps, args.warmup, args.repeat, args.blocks)
+        line = f"{name:8s} {spec:36s} ours {t['ours'] * 1e3:7.1f} ms"
+        if torch is not None:
+            line += f"   torch {t['torch'] * 1e3:7.1f} ms   torch/ours {t['torch'] / t['ours']:4.2f}"
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
