@@ -1,11 +1,13 @@
 """Train a JMVAE model:  python -m jmvae_cupy.train mnist --variant kl
+(or ``celeba --variant kl --data celeba.h5``, a file made by ``python -m jmvae_cupy.data prepare celeba``)
 
 Writes into the run directory (``--out``, default ``runs/<dataset>-<variant>``):
 
 * ``config.json``       the configuration of the run;
 * ``metrics.jsonl``     one JSON line per epoch: train and test terms, beta, seconds;
 * ``ckpt-EEEEEE-SSSSSS.h5``  checkpoints (the newest two; format in docs/checkpoint.md);
-* ``samples-eEEEE.png`` images generated from each label 0-9 (a column per label).
+* ``samples-eEEEE.png`` images generated from each label 0-9 (a column per label); CelebA: row 0
+  test faces, rows 1.. faces generated from their 40 attributes.
 
 ``--resume`` continues from the newest good checkpoint; on the CPU the result is bit-identical
 to an uninterrupted run (the data order, the binarisation and the noise all come from RNG
@@ -37,7 +39,13 @@ from .viz import save_grid
 
 # Settings that must agree between a run and the checkpoint it resumes from.
 RESUME_KEYS = ("dataset", "variant", "batch_size", "lr", "warmup", "latent", "alpha", "seed", "dtype", "data_dir",
-               "train_subset", "direction")
+               "train_subset", "direction", "data", "width_scale")
+
+# Defaults that differ between the datasets (the paper's CelebA setting: lr 1e-4, warm-up 20 of 50 epochs).
+DATASET_DEFAULTS = {
+    "mnist": {"epochs": 30, "batch_size": 100, "lr": 1e-3, "warmup": 3, "latent": 64},
+    "celeba": {"epochs": 50, "batch_size": 64, "lr": 1e-4, "warmup": 20, "latent": 128},
+}
 
 
 class TrainError(RuntimeError):
@@ -50,16 +58,19 @@ class NonFiniteError(RuntimeError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jmvae_cupy.train", description=__doc__.split("\n")[0])
-    p.add_argument("dataset", choices=["mnist"], help="which dataset to train on")
+    p.add_argument("dataset", choices=["mnist", "celeba"], help="which dataset to train on")
     p.add_argument("--variant", default="kl", help="jmvae | kl | h | cvae | cmma (default: kl)")
     p.add_argument("--direction", default=None, choices=["label2image", "image2label"],
                    help="the conditional direction of a cvae / cmma baseline (default label2image)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs to train in total (default 30; paper: 2000)")
-    p.add_argument("--batch-size", type=int, default=100, help="batch size (default 100)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--warmup", type=float, default=3,
-                   help="epochs over which the KL weight beta rises linearly from 0 to 1 (default 3; paper: 200)")
-    p.add_argument("--latent", type=int, default=64, help="size of z (default 64; 2 for latent-space plots)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train in total (default 30, celeba 50; paper: 2000 MNIST, 50 CelebA)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 100, celeba 64)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3, celeba 1e-4)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="epochs over which the KL weight beta rises linearly from 0 to 1 "
+                        "(default 3, celeba 20; paper: 200 MNIST, 20 CelebA)")
+    p.add_argument("--latent", type=int, default=None,
+                   help="size of z (default 64, celeba 128; 2 for latent-space plots)")
     p.add_argument("--alpha", type=float, default=1.0, help="JMVAE-kl weight of the two extra KL terms (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
     p.add_argument("--device", default=None, help="cpu | gpu | auto (default: $JMVAE_DEVICE or auto)")
@@ -67,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<variant>)")
     p.add_argument("--data-dir", default=None, help="directory with the four full-MNIST IDX files "
                    "(default: the embedded 10,000-digit subset)")
+    p.add_argument("--data", default=None, help="celeba: the HDF5 file made by "
+                   "'python -m jmvae_cupy.data prepare celeba SRC --out FILE.h5'")
+    p.add_argument("--width-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # celeba: narrower nets (tests)
     p.add_argument("--train-subset", type=int, default=0,
                    help="train on the first N training digits only (quick smoke runs; 0: all)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
@@ -80,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> dict:
+    for k, v in DATASET_DEFAULTS[args.dataset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     if args.variant not in ("jmvae", "kl", "h", "cvae", "cmma"):
         raise TrainError(f"unknown variant {args.variant!r}: choose jmvae, kl, h, cvae or cmma")
     if args.direction is not None and args.variant not in ("cvae", "cmma"):
@@ -95,7 +112,19 @@ def config_from_args(args) -> dict:
     if not (args.warmup >= 0 and np.isfinite(args.warmup)):
         raise TrainError(f"--warmup must be >= 0, got {args.warmup}")
     get_dtype(args.dtype)
-    return {
+    extra = {}
+    if args.dataset == "celeba":
+        if not args.data:
+            raise TrainError("celeba needs --data FILE.h5 (made by: python -m jmvae_cupy.data prepare celeba SRC "
+                             "--out FILE.h5)")
+        if args.data_dir:
+            raise TrainError("--data-dir is for mnist; celeba reads --data FILE.h5")
+        if not (args.width_scale > 0 and np.isfinite(args.width_scale)):
+            raise TrainError(f"--width-scale must be positive, got {args.width_scale}")
+        extra = {"data": os.path.abspath(args.data), "width_scale": args.width_scale}
+    elif args.data:
+        raise TrainError("--data is for celeba; mnist reads --data-dir DIR")
+    return {**extra,
         "dataset": args.dataset, "variant": args.variant, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "warmup": args.warmup, "latent": args.latent, "alpha": args.alpha, "seed": args.seed,
         "dtype": args.dtype, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
@@ -157,6 +186,105 @@ def _metrics_lines_up_to(path: str, epoch: int) -> list:
     return kept
 
 
+class MnistSource:
+    """MNIST for the Trainer: the training set re-binarised every epoch, the test set binarised once."""
+
+    def __init__(self, config: dict, dtype):
+        self.dtype, self.arch = dtype, config["dataset"]
+        self.data = load_mnist(config["data_dir"])
+        self.name = self.data.source
+        if config["train_subset"]:
+            if config["train_subset"] < config["batch_size"]:
+                raise TrainError(f"--train-subset {config['train_subset']} is smaller than one batch")
+            self.data.train_x = self.data.train_x[: config["train_subset"]]
+            self.data.train_y = self.data.train_y[: config["train_subset"]]
+        self.test_x = binarized_test_set(self.data, dtype=self.dtype)
+        self.test_w = one_hot(self.data.test_y, 10, self.dtype)
+
+    def epoch(self, rng, batch_size):
+        """(steps, batch(i) -> (x, w) host arrays), everything drawn from ``rng`` now."""
+        x = binarize(self.data.train_x, rng, self.dtype)
+        w = one_hot(self.data.train_y, 10, self.dtype)
+        batches = iterate_batches(len(x), batch_size, rng)
+        return len(batches), lambda i: (x[batches[i]], w[batches[i]])
+
+    def test_batches(self, batch_size=500):
+        for i in range(0, len(self.test_x), batch_size):
+            yield self.test_x[i:i + batch_size], self.test_w[i:i + batch_size]
+
+    def write_samples(self, model, path, rng):
+        """A grid of images generated from the labels: column = label 0..9, row 0 = mean of q(z|w)
+        (or the iterative sampling from zeros, K = 10), rows 1.. = samples."""
+        rows = 8
+        w = to_device(one_hot(np.tile(np.arange(10), rows), 10, self.dtype), model.xp)
+        if hasattr(model, "generate"):  # cvae / cmma: z from the prior p(z) or p(z|w)
+            imgs = model.generate(w, rng)
+        else:
+            imgs = x_from_w(model, w, rng, iterations=10, sample_z=True)
+        imgs = np.asarray(to_device(imgs, np)).reshape(rows, 10, 28, 28)
+        save_grid(imgs, path)
+
+
+class CelebASource:
+    """CelebA for the Trainer, streamed from the prepared HDF5 file (images in [0, 1], attributes -1 / 1)."""
+
+    def __init__(self, config: dict, dtype):
+        from .data.celeba import open_celeba  # noqa: PLC0415
+        from .models.architectures import celeba_arch  # noqa: PLC0415
+
+        self.dtype = dtype
+        self.data = open_celeba(config["data"])
+        self.name = f"CelebA {self.data.path.name} ({len(self.data.train_idx)} train / {len(self.data.test_idx)} test)"
+        self.train_rows = self.data.train_idx
+        if config["train_subset"]:
+            if config["train_subset"] < config["batch_size"]:
+                raise TrainError(f"--train-subset {config['train_subset']} is smaller than one batch")
+            self.train_rows = self.train_rows[: config["train_subset"]]
+        if len(self.train_rows) < config["batch_size"]:
+            raise TrainError(f"{len(self.train_rows)} training images are fewer than one batch")
+        try:
+            self.arch = celeba_arch(self.data.image_size, config["width_scale"], config["latent"])
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+
+    def _xw(self, rows):
+        return self.data.images(rows, self.dtype), self.data.attributes(rows, self.dtype)
+
+    def epoch(self, rng, batch_size):
+        batches = self.data.epoch_order(rng, batch_size, self.train_rows)
+        return len(batches), lambda i: self._xw(batches[i])
+
+    def test_batches(self, batch_size=100):
+        t = self.data.test_idx
+        for i in range(0, len(t), batch_size):
+            yield self._xw(t[i:i + batch_size])
+
+    def write_samples(self, model, path, rng, cols=8, rows=4):
+        """Row 0: the first ``cols`` test faces; rows 1..: faces generated from their attributes
+        (JMVAE-kl: z ~ q(z|w); JMVAE / JMVAE-h: iterative sampling from zeros, K = 10)."""
+        t = self.data.test_idx[:cols] if len(self.data.test_idx) else self.data.train_idx[:cols]
+        real, w = self._xw(t)
+        w = to_device(np.tile(w, (rows, 1)), model.xp)
+        if hasattr(model, "generate"):
+            imgs = model.generate(w, rng)
+        else:
+            imgs = x_from_w(model, w, rng, iterations=10, sample_z=True)
+        s = self.data.image_size
+        imgs = np.concatenate([real[None], np.asarray(to_device(imgs, np)).reshape(rows, len(t), 3, s, s)])
+        # viz.image_grid's colour branch expects 6-D input: grid each channel (grey path), then stack
+        from PIL import Image  # noqa: PLC0415
+
+        from .viz import atomic_save_png, image_grid  # noqa: PLC0415
+
+        pic = Image.fromarray(np.stack([image_grid(imgs[:, :, c]) for c in range(3)], axis=-1))
+        atomic_save_png(pic.resize((pic.width * 2, pic.height * 2), Image.NEAREST), path)
+
+
+def make_source(config: dict, dtype):
+    """The Trainer's data: ``arch``, ``name``, ``epoch(rng, batch_size)``, ``test_batches()``, ``write_samples``."""
+    return CelebASource(config, dtype) if config["dataset"] == "celeba" else MnistSource(config, dtype)
+
+
 class Trainer:
     """The training loop, its state, and its checkpoints (one object so that resume is exact)."""
 
@@ -167,15 +295,8 @@ class Trainer:
         self.sample_every, self.checkpoint_steps = sample_every, checkpoint_steps
         self.xp = select_device(device)
         self.dtype = get_dtype(config["dtype"])
-        self.data = load_mnist(config["data_dir"])
-        if config["train_subset"]:
-            if config["train_subset"] < config["batch_size"]:
-                raise TrainError(f"--train-subset {config['train_subset']} is smaller than one batch")
-            self.data.train_x = self.data.train_x[: config["train_subset"]]
-            self.data.train_y = self.data.train_y[: config["train_subset"]]
-        self.test_x = binarized_test_set(self.data, dtype=self.dtype)
-        self.test_w = one_hot(self.data.test_y, 10, self.dtype)
-        self.model = build_model(config["dataset"], config["variant"], seed=config["seed"], dtype=config["dtype"],
+        self.source = make_source(config, self.dtype)
+        self.model = build_model(self.source.arch, config["variant"], seed=config["seed"], dtype=config["dtype"],
                                  xp=self.xp, latent=config["latent"], alpha=config["alpha"],
                                  direction=config.get("direction"))
         self.opt = Adam(lr=config["lr"])
@@ -198,8 +319,8 @@ class Trainer:
     def restore(self) -> None:
         ck = load_latest(self.out, warn=self.log)
         meta = ck["meta"]
-        conflicts = [f"{k}: checkpoint {meta['config'].get(k)!r} vs now {self.config[k]!r}"
-                     for k in RESUME_KEYS if meta["config"].get(k) != self.config[k]]
+        conflicts = [f"{k}: checkpoint {meta['config'].get(k)!r} vs now {self.config.get(k)!r}"
+                     for k in RESUME_KEYS if meta["config"].get(k) != self.config.get(k)]
         if conflicts:
             raise TrainError(f"--resume: the run in {self.out} was made with other settings ({'; '.join(conflicts)})")
         restore_arrays(self.model.params, ck["params"], self.xp, "parameters")
@@ -221,15 +342,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- one epoch
     def _epoch_batches(self):
-        """Binarise the training set and order it for this epoch, from the epoch's data-RNG state."""
+        """This epoch's (steps, batch(i) -> (x, w)), drawn by the data source from the epoch's data-RNG state."""
         if self.step == 0 or self.epoch_data_state is None:
             self.epoch_data_state = self.data_rng.get_state()
         else:  # resuming mid-epoch: redraw this epoch's data exactly as it was drawn
             self.data_rng.set_state(self.epoch_data_state)
-        x = binarize(self.data.train_x, self.data_rng, self.dtype)
-        w = one_hot(self.data.train_y, 10, self.dtype)
-        batches = iterate_batches(len(x), self.config["batch_size"], self.data_rng)
-        return x, w, batches
+        return self.source.epoch(self.data_rng, self.config["batch_size"])
 
     def _check_finite(self, loss, terms, grads):
         xp = self.xp
@@ -245,8 +363,7 @@ class Trainer:
 
     def train_epoch(self):
         xp, cfg = self.xp, self.config
-        x_all, w_all, batches = self._epoch_batches()
-        steps = len(batches)
+        steps, batch = self._epoch_batches()
         bar = None
         if self.progress:
             from tqdm import tqdm  # noqa: PLC0415
@@ -254,8 +371,8 @@ class Trainer:
             bar = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
                        leave=False, file=sys.stderr, dynamic_ncols=True)
         while self.step < steps:
-            idx = batches[self.step]
-            x, w = to_device(x_all[idx], xp), to_device(w_all[idx], xp)
+            x, w = batch(self.step)
+            x, w = to_device(x, xp), to_device(w, xp)
             beta = beta_at(self.epoch + self.step / steps, cfg["warmup"])
             loss, terms, grads = self.model.loss_and_grads(x, w, self.noise_rng, beta=beta)
             try:
@@ -282,14 +399,14 @@ class Trainer:
             bar.close()
         return steps
 
-    def evaluate(self, batch_size=500):
+    def evaluate(self):
         """Test-set terms with beta = 1 (the bound), eval mode, noise from a fixed per-epoch stream."""
         xp = self.xp
         rng = Rng([self.config["seed"], 3, self.epoch])
-        sums, n = {}, len(self.test_x)
-        for i in range(0, n, batch_size):
-            x = to_device(self.test_x[i:i + batch_size], xp)
-            w = to_device(self.test_w[i:i + batch_size], xp)
+        sums, n = {}, 0
+        for x, w in self.source.test_batches():
+            x, w = to_device(x, xp), to_device(w, xp)
+            n += len(x)
             loss, terms, _ = self.model.loss_and_grads(x, w, rng, beta=1.0, train=False)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(x)
@@ -297,25 +414,15 @@ class Trainer:
         return {k: v / n for k, v in sums.items()}
 
     def write_samples(self, path):
-        """A grid of images generated from the labels: column = label 0..9, row 0 = mean of q(z|w)
-        (or the iterative sampling from zeros, K = 10), rows 1.. = samples."""
-        xp = self.xp
-        rows = 8
-        w = to_device(one_hot(np.tile(np.arange(10), rows), 10, self.dtype), xp)
-        rng = Rng([self.config["seed"], 4])
+        """The data source's grid of images generated from labels / attributes."""
         if getattr(self.model, "direction", None) == "image2label":
             return  # a label model: no images to show
-        if hasattr(self.model, "generate"):  # cvae / cmma: z from the prior p(z) or p(z|w)
-            imgs = self.model.generate(w, rng)
-        else:
-            imgs = x_from_w(self.model, w, rng, iterations=10, sample_z=True)
-        imgs = np.asarray(to_device(imgs, np)).reshape(rows, 10, 28, 28)
-        save_grid(imgs, path)
+        self.source.write_samples(self.model, path, Rng([self.config["seed"], 4]))
 
     def run(self):
         cfg = self.config
         mpath = os.path.join(self.out, "metrics.jsonl")
-        self.log(f"training {cfg['variant']} on {self.data.source} | device {device_name(self.xp)} | "
+        self.log(f"training {cfg['variant']} on {self.source.name} | device {device_name(self.xp)} | "
                  f"{sum(int(p.size) for p in self.model.params.values()):,} parameters | run dir {self.out}")
         while self.epoch < cfg["epochs"]:
             t0 = time.perf_counter()

@@ -1,7 +1,8 @@
 """The appendix architectures, written in the paper's notation (see jmvae_cupy/nets.py).
 
 One :class:`Arch` per dataset: the shapes of the two modalities, their likelihoods, and one
-network string per component.  ``mnist_arch(hidden=8, ...)`` shrinks widths for tests.
+network string per component.  ``mnist_arch(hidden=8, ...)`` shrinks widths for tests;
+``celeba_arch(size=32, width=0.25)`` gives the CelebA family at 64, 32 or 16 pixels and scaled widths.
 """
 
 from __future__ import annotations
@@ -85,4 +86,27 @@ def mnist_arch(hidden: int = 512, latent: int = 64, x_dim: int = 784, w_dim: int
         enc_x=s(MNIST.enc_x), enc_w=s(MNIST.enc_w), enc_x_uni=s(MNIST.enc_x_uni), enc_w_uni=s(MNIST.enc_w_uni),
         dec_x=f"D{hidden}R-D{hidden}R-D{x_dim}", dec_w=f"D{hidden}R-D{hidden}R-D{w_dim}",
         prior_z1=s(MNIST.prior_z1), h_chain=f"D{chain}-D{hidden}R-D{hidden}R",
+    )
+
+
+def celeba_arch(size: int = 64, width: float = 1.0, latent: int = 128, w_dim: int = 40) -> Arch:
+    """The CelebA architecture for ``size`` x ``size`` images (64: the appendix; 32: three convs
+    to 4x4 and three deconvs back, DESIGN's cheap option; 16: two and two, for gradient checks),
+    with every hidden width multiplied by ``width`` (tests).  ``celeba_arch() == CELEBA``."""
+    n = {64: 4, 32: 3, 16: 2}.get(size)
+    if n is None:
+        raise ValueError(f"CelebA image size must be 64, 32 or 16, got {size}")
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width}")
+    c = lambda k: max(1, int(round(k * width)))  # noqa: E731
+    convs = [64, 128, 256, 256][:n]
+    conv = "-".join(f"C{c(k)}{'R' if i == 0 else 'BR'}" for i, k in enumerate(convs)) + "-F"
+    deconvs = [256, 128, 64][4 - n:]
+    dec_x = f"D{c(256) * 16}R-" + "-".join(f"DC{c(k)}BR" for k in deconvs) + "-DC3"
+    return replace(
+        CELEBA, x_shape=(3, size, size), w_dim=w_dim, latent=latent,
+        enc_x=conv, enc_w=f"D{c(512)}R-D{c(512)}BR", enc_joint=f"D{c(1024)}R",
+        enc_x_uni=f"{conv}-D{c(1024)}R", enc_w_uni=f"D{c(512)}R-D{c(512)}BR-D{c(1024)}R",
+        dec_x=dec_x, dec_w=f"D{c(512)}R-D{c(4096)}R-D{w_dim}",
+        prior_z1=f"D{c(512)}R-D{c(512)}R", h_chain=f"D{c(64)}-D{c(512)}R-D{c(512)}R",
     )

@@ -1,0 +1,71 @@
+"""The training command on CelebA end to end: a synthetic folder in CelebA's format, prepared at
+32x32, trained a few steps with narrow networks (--width-scale) on the CPU."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jmvae_cupy import checkpoint
+from jmvae_cupy.data.__main__ import main as data_main
+from jmvae_cupy.models import build_model
+from jmvae_cupy.models.architectures import CELEBA, celeba_arch
+from jmvae_cupy.train import main
+from tests.data.test_celeba import make_celeba
+
+FAST = ["--no-progress", "--device", "cpu", "--sample-every", "1", "--width-scale", "0.0625",
+        "--batch-size", "8", "--latent", "8"]
+
+
+@pytest.fixture(scope="module")
+def celeba_h5(tmp_path_factory):
+    root = tmp_path_factory.mktemp("celeba")
+    make_celeba(root / "src", n=40)
+    out = root / "celeba32.h5"
+    assert data_main(["prepare", "celeba", str(root / "src"), "--out", str(out), "--size", "32",
+                      "--no-progress"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("variant", ["jmvae", "kl", "h"])
+def test_each_variant_trains_and_writes_samples(tmp_path, celeba_h5, variant):
+    out = tmp_path / variant
+    assert main(["celeba", "--variant", variant, "--epochs", "2", "--warmup", "1", "--data", str(celeba_h5),
+                 "--out", str(out)] + FAST) == 0
+    lines = [json.loads(ln) for ln in open(out / "metrics.jsonl")]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all(np.isfinite(v) for r in lines for v in list(r["train"].values()) + list(r["test"].values()))
+    assert (out / "samples-e0002.png").exists()
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["lr"] == 1e-4 and cfg["data"] == str(celeba_h5) and cfg["width_scale"] == 0.0625
+    ck = checkpoint.load(checkpoint.list_checkpoints(str(out))[0])
+    assert any("running" in k or "mean" in k or "var" in k for k in ck["state"])  # batch-norm statistics
+
+
+def test_resume_is_bit_identical(tmp_path, celeba_h5):
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["celeba", "--variant", "kl", "--warmup", "1", "--data", str(celeba_h5)] + FAST
+    assert main(args + ["--epochs", "2", "--out", str(a)]) == 0
+    assert main(args + ["--epochs", "1", "--out", str(b)]) == 0
+    assert main(args + ["--epochs", "2", "--out", str(b), "--resume"]) == 0
+    ca = checkpoint.load(checkpoint.list_checkpoints(str(a))[0])
+    cb = checkpoint.load(checkpoint.list_checkpoints(str(b))[0])
+    for k in ca["params"]:
+        assert np.array_equal(ca["params"][k], cb["params"][k]), k
+    for k in ca["state"]:
+        assert np.array_equal(ca["state"][k], cb["state"][k]), k
+
+
+def test_bad_celeba_arguments(tmp_path, capsys, celeba_h5):
+    assert main(["celeba", "--out", str(tmp_path / "r")] + FAST) == 1
+    assert "--data" in capsys.readouterr().err
+    assert main(["celeba", "--data", str(tmp_path / "none.h5"), "--out", str(tmp_path / "r2")] + FAST) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["mnist", "--data", str(celeba_h5), "--out", str(tmp_path / "r3")] + FAST) == 1
+    assert "--data is for celeba" in capsys.readouterr().err
+
+
+def test_arch_helper_reproduces_the_appendix():
+    assert celeba_arch() == CELEBA
+    m = build_model(celeba_arch(32, 0.125, 4), "kl", device="cpu")
+    assert m.arch.x_shape == (3, 32, 32)
