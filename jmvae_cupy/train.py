@@ -271,13 +271,7 @@ class CelebASource:
             imgs = x_from_w(model, w, rng, iterations=10, sample_z=True)
         s = self.data.image_size
         imgs = np.concatenate([real[None], np.asarray(to_device(imgs, np)).reshape(rows, len(t), 3, s, s)])
-        # viz.image_grid's colour branch expects 6-D input: grid each channel (grey path), then stack
-        from PIL import Image  # noqa: PLC0415
-
-        from .viz import atomic_save_png, image_grid  # noqa: PLC0415
-
-        pic = Image.fromarray(np.stack([image_grid(imgs[:, :, c]) for c in range(3)], axis=-1))
-        atomic_save_png(pic.resize((pic.width * 2, pic.height * 2), Image.NEAREST), path)
+        save_grid(imgs, path)
 
 
 def make_source(config: dict, dtype):

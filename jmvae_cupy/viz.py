@@ -25,7 +25,9 @@ def atomic_save_png(img: Image.Image, path: str) -> None:
 def image_grid(images, pad: int = 2, pad_value: float = 0.5) -> np.ndarray:
     """images (R, C, H, W) or (R, C, 3, H, W) in [0, 1] -> one uint8 picture (R*H, C*W[, 3]) with padding."""
     images = np.clip(np.asarray(images, dtype=np.float64), 0.0, 1.0)
-    color = images.ndim == 6
+    color = images.ndim == 5
+    if color and images.shape[2] != 3:
+        raise ValueError(f"colour images must be (R, C, 3, H, W), got {images.shape}")
     if color:
         images = images.transpose(0, 1, 3, 4, 2)  # (R, C, H, W, 3)
     R, C, H, W = images.shape[:4]

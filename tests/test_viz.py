@@ -1,0 +1,33 @@
+"""PNG grids: grey and colour layouts, clipping, atomic writes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jmvae_cupy.viz import image_grid, save_grid
+
+
+def test_grey_grid_layout():
+    imgs = np.zeros((2, 3, 4, 5))
+    imgs[1, 2] = 1.0
+    g = image_grid(imgs, pad=1)
+    assert g.shape == (2 * 5 + 1, 3 * 6 + 1) and g.dtype == np.uint8
+    assert np.all(g[6:10, 13:18] == 255) and np.all(g[1:5, 1:6] == 0)
+
+
+def test_colour_grid_layout_and_clipping():
+    imgs = np.zeros((1, 2, 3, 4, 4))
+    imgs[0, 1, 0] = 2.0  # red channel of the second image, clipped to 1
+    g = image_grid(imgs, pad=1)
+    assert g.shape == (6, 11, 3)
+    assert np.all(g[1:5, 6:10, 0] == 255) and np.all(g[1:5, 6:10, 1:] == 0)
+    with pytest.raises(ValueError, match="colour"):
+        image_grid(np.zeros((1, 2, 4, 4, 4)))
+
+
+def test_save_grid_writes_a_png(tmp_path):
+    path = tmp_path / "g.png"
+    save_grid(np.random.default_rng(0).random((2, 2, 3, 8, 8)), str(path))
+    im = Image.open(path)
+    assert im.mode == "RGB" and im.size == ((2 * 10 + 2) * 2, (2 * 10 + 2) * 2)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
