@@ -17,6 +17,7 @@ The state (t, m, v, hyper-parameters) saves and restores exactly: ``state_dict``
 from __future__ import annotations
 
 from .backend import get_array_module
+from .kernels.adam import adam_update
 
 
 class Adam:
@@ -42,16 +43,13 @@ class Adam:
         eps_hat = self.eps * (c2**0.5)
         for name, g in grads.items():
             p = params[name]
-            xp = get_array_module(p)
             if name not in self.m:
+                xp = get_array_module(p)
                 self.m[name] = xp.zeros_like(p)
                 self.v[name] = xp.zeros_like(p)
-            m, v = self.m[name], self.v[name]
-            m *= b1
-            m += (1.0 - b1) * g  # m <- b1 m + (1 - b1) g
-            v *= b2
-            v += (1.0 - b2) * (g * g)  # v <- b2 v + (1 - b2) g^2
-            p -= step_size * m / (xp.sqrt(v) + eps_hat)  # p <- p - lr m_hat / (sqrt(v_hat) + eps)
+            # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p - lr m_hat / (sqrt(v_hat) + eps),
+            # in one fused pass (kernels/adam.py; adam_update_ref there is the same in plain xp)
+            adam_update(p, g, self.m[name], self.v[name], b1, b2, step_size, eps_hat)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: hyper-parameters, t, and the moments (arrays)."""

@@ -22,10 +22,11 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported", allow_module_level=True)
 
-from jmvae_cupy.kernels import gauss_kl, reparam
+from jmvae_cupy.kernels import adam, gauss_kl, reparam
 
 from .kernel_checks import (
     DTYPES,
+    adam_inputs,
     check_kl_backward,
     check_kl_forward,
     check_reparam_backward,
@@ -44,7 +45,7 @@ def test_kernels_are_simulated():
     from numba.cuda import config
 
     assert config.ENABLE_CUDASIM
-    for module in (reparam, gauss_kl):
+    for module in (reparam, gauss_kl, adam):
         for kernel in vars(module._cuda_kernels()).values():
             assert type(kernel).__module__.startswith("numba.cuda.simulator"), type(kernel)
 
@@ -82,3 +83,20 @@ def test_gauss_kl_backward_kernels(rng, dtype, prior):
     else:
         grads = gauss_kl._gauss_kl_backward_cuda(dkl, *args, *outs)
     check_kl_backward(grads, dkl, args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [1, 300])  # 300: two blocks of 256 threads, the second partly idle
+def test_adam_kernel(rng, dtype, size):
+    p, m, v, grads = adam_inputs(rng, (size,), dtype, 2)
+    ref = [a.copy() for a in (p, m, v)]
+    hyper = (0.9, 0.999, 3e-4, 4e-10)
+    t = np.dtype(dtype).type
+    scalars = (t(0.9), t(1 - 0.9), t(0.999), t(1 - 0.999), t(3e-4), t(4e-10))
+    for g in grads:
+        adam._adam_cuda(p, g, m, v, *scalars)
+        adam.adam_update_ref(*ref[:1], g, *ref[1:], *hyper)
+    rtol = 4 * float(np.finfo(dtype).eps)
+    for name, a, b in zip("pmv", (p, m, v), ref):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=0, err_msg=name)

@@ -132,3 +132,15 @@ def check_kl_backward(grads, dkl, args):
             continue
         assert got.dtype == dkl.dtype, f"{name}: dtype {got.dtype}"
         assert_within(got, want, scale, 8 * eps(dkl.dtype), name)
+
+
+def adam_inputs(rng, shape, dtype, steps):
+    """p (any values), moments m (signed) and v (>= 0, some exactly 0: a fresh optimiser), and
+    ``steps`` gradients, all of ``shape`` and ``dtype``."""
+    p = rng.standard_normal(shape).astype(dtype)
+    m = (rng.standard_normal(shape) * 0.1).astype(dtype)
+    v = (rng.standard_normal(shape) ** 2 * 0.01).astype(dtype)
+    if v.ndim:
+        v.reshape(-1)[::3] = 0
+    grads = [(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 1)).astype(dtype) for _ in range(steps)]
+    return p, m, v, grads
