@@ -213,14 +213,16 @@ class MnistSource:
             yield self.test_x[i:i + batch_size], self.test_w[i:i + batch_size]
 
     def write_samples(self, model, path, rng):
-        """A grid of images generated from the labels: column = label 0..9, row 0 = mean of q(z|w)
-        (or the iterative sampling from zeros, K = 10), rows 1.. = samples."""
+        """A grid of images generated from the labels: column = label 0..9; row 0 uses the mean of
+        q(z|w) (JMVAE-kl; for JMVAE / JMVAE-h the mean of q(z|x^,w) along the iterative sampling
+        from zeros, K = 10), rows 1.. sample z."""
         rows = 8
         w = to_device(one_hot(np.tile(np.arange(10), rows), 10, self.dtype), model.xp)
         if hasattr(model, "generate"):  # cvae / cmma: z from the prior p(z) or p(z|w)
             imgs = model.generate(w, rng)
         else:
-            imgs = x_from_w(model, w, rng, iterations=10, sample_z=True)
+            mean_row = x_from_w(model, w[:10], rng, iterations=10, sample_z=False)
+            imgs = model.xp.concatenate([mean_row, x_from_w(model, w[10:], rng, iterations=10, sample_z=True)])
         imgs = np.asarray(to_device(imgs, np)).reshape(rows, 10, 28, 28)
         save_grid(imgs, path)
 
