@@ -6,6 +6,9 @@ Layout of ``ckpt-<epoch>-<step>.h5`` (format version 1; docs/checkpoint.md):
 ``/params/<name>``   every model parameter (model.params), dtype of the model
 ``/state/<name>``    batch-norm running statistics (model.state)
 ``/adam/m/<name>``   Adam first moments;  ``/adam/v/<name>`` second moments
+``/<other>/<name>``  optional extra groups (``save(..., extra=)``), e.g. the GAN discriminator's
+                     ``disc/params``, ``disc/state``, ``disc/adam/m``, ``disc/adam/v``; files
+                     without them (every older checkpoint) load unchanged
 root attributes      ``format`` (1), ``meta`` (JSON: epoch, step, config, RNG states, Adam
                      hyper-parameters and t, partial-epoch sums), ``sha256`` (see below)
 =================  =====================================================================
@@ -33,6 +36,7 @@ from .backend import asnumpy, to_device
 
 FORMAT = 1
 KEEP = 2
+_STANDARD = ("params", "state", "adam/m", "adam/v")
 _NAME = re.compile(r"^ckpt-(\d{6})-(\d{6})\.h5$")
 
 
@@ -65,12 +69,19 @@ def list_checkpoints(run_dir: str) -> list:
 
 
 def save(run_dir: str, epoch: int, step: int, meta: dict, params: dict, state: dict, adam_m: dict,
-         adam_v: dict) -> str:
-    """Write a checkpoint atomically; prune all but the newest KEEP.  Returns its path."""
+         adam_v: dict, extra: dict | None = None) -> str:
+    """Write a checkpoint atomically; prune all but the newest KEEP.  Returns its path.
+
+    extra: optional further groups, {group path: {name: array}} (e.g. "disc/params"); they are
+    covered by the checksum and come back from :func:`load` under ``"extra"``."""
     groups = {"params": {k: asnumpy(v) for k, v in params.items()},
               "state": {k: asnumpy(v) for k, v in state.items()},
               "adam/m": {k: asnumpy(v) for k, v in adam_m.items()},
               "adam/v": {k: asnumpy(v) for k, v in adam_v.items()}}
+    for gname, arrays in (extra or {}).items():
+        if gname in groups:
+            raise ValueError(f"extra checkpoint group {gname!r} clashes with a standard group")
+        groups[gname] = {k: asnumpy(v) for k, v in arrays.items()}
     meta = dict(meta, epoch=int(epoch), step=int(step))
     meta_json = json.dumps(meta, sort_keys=True)
     final = os.path.join(run_dir, checkpoint_name(epoch, step))
@@ -110,7 +121,8 @@ def _fsync_dir(path: str) -> None:
 
 
 def load(path: str) -> dict:
-    """Read and verify one checkpoint: {"meta", "params", "state", "adam_m", "adam_v"} (host arrays)."""
+    """Read and verify one checkpoint: {"meta", "params", "state", "adam_m", "adam_v", "extra"} (host
+    arrays; "extra" maps the path of every further group, e.g. "disc/params", to its arrays)."""
     name = os.path.basename(path)
     try:
         with h5py.File(path, "r") as f:
@@ -119,9 +131,16 @@ def load(path: str) -> dict:
             meta_json = str(f.attrs["meta"])
             expected = str(f.attrs["sha256"])
             groups = {}
-            for gname in ("params", "state", "adam/m", "adam/v"):
+            for gname in _STANDARD:
                 g = f[gname]
                 groups[gname] = {k: g[k][()] for k in g.keys()}
+
+            def visit(path, obj):  # extra groups: every dataset outside the standard groups
+                gname, _, name = path.rpartition("/")
+                if isinstance(obj, h5py.Dataset) and gname not in _STANDARD:
+                    groups.setdefault(gname, {})[name] = obj[()]
+
+            f.visititems(visit)
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError) as e:
@@ -129,7 +148,8 @@ def load(path: str) -> dict:
     if _digest(meta_json, groups) != expected:
         raise CheckpointError(f"checkpoint {name} is corrupted: its checksum does not match its contents")
     return {"meta": json.loads(meta_json), "params": groups["params"], "state": groups["state"],
-            "adam_m": groups["adam/m"], "adam_v": groups["adam/v"], "path": path}
+            "adam_m": groups["adam/m"], "adam_v": groups["adam/v"], "path": path,
+            "extra": {g: a for g, a in groups.items() if g not in _STANDARD}}
 
 
 def load_latest(run_dir: str, warn=print) -> dict:
