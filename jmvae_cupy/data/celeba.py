@@ -426,6 +426,10 @@ def _attr_eq(a, b) -> bool:
 # the reader
 
 
+# What h5py raises on a damaged file (a corrupted header, chunk index or compressed chunk).
+_H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError)
+
+
 class CelebAData:
     """A prepared CelebA HDF5 file, read lazily.
 
@@ -453,6 +457,9 @@ class CelebAData:
             raise DataError(f"{p}: not a readable HDF5 file ({' '.join(str(e).split())[:80]})") from None
         try:
             self._validate()
+        except _H5_ERRORS as e:  # a damaged file can fail inside h5py in many ways: name it, one line
+            self.f.close()
+            raise DataError(f"{p}: damaged HDF5 file ({type(e).__name__}: {' '.join(str(e).split())[:80]})") from None
         except BaseException:
             self.f.close()
             raise
@@ -503,7 +510,11 @@ class CelebAData:
     def _block(self, b: int) -> np.ndarray:
         blk = self._cache.get(b)
         if blk is None:
-            blk = self.f["images"][b * self.block:(b + 1) * self.block]
+            try:
+                blk = self.f["images"][b * self.block:(b + 1) * self.block]
+            except _H5_ERRORS as e:
+                raise DataError(f"{self.path}: damaged image block {b} ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:80]})") from None
             if len(self._cache) >= 2:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[b] = blk
