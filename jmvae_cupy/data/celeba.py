@@ -457,6 +457,9 @@ class CelebAData:
             raise DataError(f"{p}: not a readable HDF5 file ({' '.join(str(e).split())[:80]})") from None
         try:
             self._validate()
+        except DataError:
+            self.f.close()
+            raise
         except _H5_ERRORS as e:  # a damaged file can fail inside h5py in many ways: name it, one line
             self.f.close()
             raise DataError(f"{p}: damaged HDF5 file ({type(e).__name__}: {' '.join(str(e).split())[:80]})") from None
