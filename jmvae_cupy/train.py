@@ -39,7 +39,7 @@ from .viz import save_grid
 
 # Settings that must agree between a run and the checkpoint it resumes from.
 RESUME_KEYS = ("dataset", "variant", "batch_size", "lr", "warmup", "latent", "alpha", "seed", "dtype", "data_dir",
-               "train_subset", "direction", "data", "width_scale")
+               "train_subset", "direction", "data", "width_scale", "gan", "gan_weight")
 
 # Defaults that differ between the datasets (the paper's CelebA setting: lr 1e-4, warm-up 20 of 50 epochs).
 DATASET_DEFAULTS = {
@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="celeba: the HDF5 file made by "
                    "'python -m jmvae_cupy.data prepare celeba SRC --out FILE.h5'")
     p.add_argument("--width-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # celeba: narrower nets (tests)
+    p.add_argument("--gan", action="store_true", help="celeba: VAE-GAN, the appendix's discriminator on p(x|z) "
+                   "(docs/celeba.md)")
+    p.add_argument("--gan-weight", type=float, default=1.0,
+                   help="--gan: weight gamma of the generator term in the model's loss (default 1)")
     p.add_argument("--train-subset", type=int, default=0,
                    help="train on the first N training digits only (quick smoke runs; 0: all)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
@@ -122,8 +126,14 @@ def config_from_args(args) -> dict:
         if not (args.width_scale > 0 and np.isfinite(args.width_scale)):
             raise TrainError(f"--width-scale must be positive, got {args.width_scale}")
         extra = {"data": os.path.abspath(args.data), "width_scale": args.width_scale}
+        if args.gan:  # only then in the config: runs without the GAN keep their old configs
+            if not (args.gan_weight >= 0 and np.isfinite(args.gan_weight)):
+                raise TrainError(f"--gan-weight must be >= 0, got {args.gan_weight}")
+            extra.update(gan=True, gan_weight=args.gan_weight)
     elif args.data:
         raise TrainError("--data is for celeba; mnist reads --data-dir DIR")
+    elif args.gan:
+        raise TrainError("--gan is for celeba")
     return {**extra,
         "dataset": args.dataset, "variant": args.variant, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "warmup": args.warmup, "latent": args.latent, "alpha": args.alpha, "seed": args.seed,
@@ -296,6 +306,11 @@ class Trainer:
                                  xp=self.xp, latent=config["latent"], alpha=config["alpha"],
                                  direction=config.get("direction"))
         self.opt = Adam(lr=config["lr"])
+        self.gan = None  # --gan: the discriminator, its Adam and the GAN terms (models/gan.py)
+        if config.get("gan"):
+            from .models.gan import VAEGAN  # noqa: PLC0415
+
+            self.gan = VAEGAN(self.model, weight=config["gan_weight"], lr=config["lr"], seed=config["seed"])
         self.data_rng = Rng([config["seed"], 1])   # data order and binarisation
         self.noise_rng = Rng([config["seed"], 2])  # reparameterisation noise
         self.epoch, self.step = 0, 0
@@ -309,8 +324,11 @@ class Trainer:
                 "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
                 "adam": {k: v for k, v in self.opt.state_dict().items() if k not in ("m", "v")},
                 "partial_sums": {k: float(v) for k, v in self.sums.items()}}
+        extra = None
+        if self.gan is not None:
+            meta["disc_adam"], extra = self.gan.checkpoint_groups()
         return save_checkpoint(self.out, self.epoch, self.step, meta, self.model.params, self.model.state,
-                               self.opt.m, self.opt.v)
+                               self.opt.m, self.opt.v, extra=extra)
 
     def restore(self) -> None:
         ck = load_latest(self.out, warn=self.log)
@@ -325,6 +343,8 @@ class Trainer:
         adam["m"] = {k: to_device(v, self.xp) for k, v in ck["adam_m"].items()}
         adam["v"] = {k: to_device(v, self.xp) for k, v in ck["adam_v"].items()}
         self.opt.load_state_dict(adam)
+        if self.gan is not None:
+            self.gan.load_checkpoint(ck, self.xp)
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         self.data_rng.set_state(meta["data_rng"])
         self.noise_rng.set_state(meta["noise_rng"])
@@ -371,9 +391,14 @@ class Trainer:
             x, w = to_device(x, xp), to_device(w, xp)
             beta = beta_at(self.epoch + self.step / steps, cfg["warmup"])
             loss, terms, grads = self.model.loss_and_grads(x, w, self.noise_rng, beta=beta)
+            dgrads = None
+            if self.gan is not None:  # VAE-GAN: gamma dL_G into grads (decoder), the discriminator's apart
+                loss, terms, dgrads = self.gan.step_grads(self.model, x, w, self.noise_rng, loss, terms, grads)
             try:
-                self._check_finite(loss, terms, grads)
+                self._check_finite(loss, terms, grads if dgrads is None else {**grads, **dgrads})
                 self.opt.step(self.model.params, grads)
+                if dgrads is not None:
+                    self.gan.opt.step(self.gan.params, dgrads)
                 for k, v in terms.items():
                     self.sums[k] = self.sums.get(k, 0.0) + v
                 self.sums["loss"] = self.sums.get("loss", 0.0) + loss
