@@ -50,7 +50,7 @@ from .layers.activations import relu_backward, relu_forward
 from .layers.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_init
 from .layers.conv import conv2d_backward, conv2d_forward, conv2d_init
 from .layers.deconv import deconv2d_backward, deconv2d_forward, deconv2d_init
-from .layers.dense import dense_backward, dense_forward, dense_init
+from .layers.dense import dense_backward, dense_forward, dense_init, dense_param_grads
 from .layers.im2col import conv_outsize, deconv_outsize
 from .layers.reshape import flatten_backward, flatten_forward, reshape_backward, reshape_forward
 
@@ -87,6 +87,13 @@ class Dense:
         if not self.bias:
             del grads["b"]
         return dx, grads
+
+    def param_grads(self, dy, cache):
+        """The parameter gradients only (no dx: the layer's input is data)."""
+        grads = dense_param_grads(dy, cache)
+        if not self.bias:
+            del grads["b"]
+        return grads
 
     def __repr__(self):
         return f"Dense({self.units})" if self.bias else f"Dense({self.units}, bias=False)"
@@ -323,13 +330,22 @@ class Net:
         # conv layers hand on channels-last views; give the caller plain C-ordered arrays
         return get_array_module(x).ascontiguousarray(x), caches
 
-    def backward(self, dy, caches):
-        """dy (N, *out_shape) -> dx (N, *in_shape) (C-ordered), grads keyed like params."""
+    def backward(self, dy, caches, need_dx: bool = True):
+        """dy (N, *out_shape) -> dx (N, *in_shape) (C-ordered), grads keyed like params.
+
+        need_dx=False: the caller discards dx (the input is data), so a first layer that can
+        (one with ``param_grads``: Dense) skips its input gradient; dx may then be None.
+        """
         grads = {}
+        xp = get_array_module(dy)
         for i in range(len(self.layers) - 1, -1, -1):
-            dy, g = self.layers[i].backward(dy, caches[i])
+            layer = self.layers[i]
+            if i == 0 and not need_dx and hasattr(layer, "param_grads"):
+                dy, g = None, layer.param_grads(dy, caches[i])
+            else:
+                dy, g = layer.backward(dy, caches[i])
             grads.update({f"{i}.{k}": v for k, v in g.items()})
-        return get_array_module(dy).ascontiguousarray(dy), grads
+        return (None if dy is None else xp.ascontiguousarray(dy)), grads
 
     def __repr__(self):
         return f"Net({self.spec!r}, in_shape={self.in_shape})"

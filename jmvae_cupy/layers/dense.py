@@ -26,9 +26,18 @@ def dense_backward(dy, cache):
     """
     x, W = cache
     dx = dy @ W.T  # (N, D_in)
+    return dx, dense_param_grads(dy, cache)
+
+
+def dense_param_grads(dy, cache):
+    """The parameter half of :func:`dense_backward`: dW = x^T dy (D_in, D_out); db = sum_n dy (D_out,).
+
+    For a layer whose input is data (no dx wanted): one GEMM fewer.  Returns {"W": dW, "b": db}.
+    """
+    x, _ = cache
     dW = x.T @ dy  # (D_in, D_out)
     db = dy.sum(axis=0)  # (D_out,)
-    return dx, {"W": dW, "b": db}
+    return {"W": dW, "b": db}
 
 
 def dense_init(rng, d_in: int, d_out: int, dtype, xp):

@@ -56,9 +56,12 @@ class Params:
         """Forward of component ``name`` on x: (y, cache)."""
         return self.components[name].forward(_slice(self.params, name), _slice(self.state, name), x, train)
 
-    def run_back(self, name: str, dy, cache, grads: dict):
-        """Backward of component ``name``: accumulates its parameter gradients into ``grads``; returns dx."""
-        dx, g = self.components[name].backward(dy, cache)
+    def run_back(self, name: str, dy, cache, grads: dict, need_dx: bool = True):
+        """Backward of component ``name``: accumulates its parameter gradients into ``grads``; returns dx.
+
+        need_dx=False (a :class:`Net` whose input is data): dx is not wanted and may be None."""
+        comp = self.components[name]
+        dx, g = comp.backward(dy, cache) if need_dx else comp.backward(dy, cache, need_dx=False)
         add_grads(grads, name, g)
         return dx
 

@@ -33,6 +33,8 @@ class JMVAE(Params):
 
     variant = "jmvae"
     term_names = ("rec_x", "rec_w", "kl")
+    # components whose input is data (x or w): their input gradient is never computed
+    data_inputs = ("qxw.x", "qxw.w", "qx.net", "qw.net")
 
     def __init__(self, arch, seed: int = 0, dtype="float32", xp=None, alpha: float = 1.0):
         import numpy as np  # noqa: PLC0415  (host default only)
@@ -100,8 +102,8 @@ class JMVAE(Params):
         cx, cw, cj, dx_width = cache
         if cj is not None:
             dh = self.run_back("qxw.joint", dh, cj, grads)
-        self.run_back("qxw.x", dh[:, :dx_width], cx, grads)
-        self.run_back("qxw.w", dh[:, dx_width:], cw, grads)
+        self.run_back("qxw.x", dh[:, :dx_width], cx, grads, need_dx=False)
+        self.run_back("qxw.w", dh[:, dx_width:], cw, grads, need_dx=False)
 
     def reconstruct_forward(self, z, x, w, train=True):
         """log p(x|z) and log p(w|z), each (N,), with the caches of both decoders."""
@@ -232,7 +234,7 @@ class JMVAEKL(JMVAE):
             d1m, d1v, d2m, d2v = gauss_kl_backward(self.xp.full((N,), s[key], dtype=self.dtype), mu, var, m2, v2)
             dmu, dvar = dmu + d1m, dvar + d1v                         # both sides are learned
             dh = self.run_back(f"{name}.head", (d2m, d2v), chead, grads)
-            self.run_back(f"{name}.net", dh, cnet, grads)
+            self.run_back(f"{name}.net", dh, cnet, grads, need_dx=False)
         return dmu, dvar
 
     @staticmethod

@@ -1,0 +1,541 @@
+"""Benchmark (not a test): training-step throughput of the JMVAE models, against the GEMM floor
+and PyTorch eager.
+
+    python bench/throughput.py                          # the default set, a table
+    python bench/throughput.py --models mnist:kl --batch-sizes 100 --steps 40 --json
+    python bench/throughput.py --breakdown              # where MNIST JMVAE-kl batch 100 spends a step
+    python bench/throughput.py --threads 1              # BLAS and torch threads (default: as found)
+
+A step is ``model.loss_and_grads(x, w, rng, beta=1)`` + ``Adam.step`` on random data of the
+model's shapes (binary images and one-hot labels for MNIST, Gaussian noise for CelebA).  Per
+(model, batch), in a fresh process of its own (so that ``ru_maxrss`` is that configuration's):
+
+* ours: median step time after ``--warmup`` untimed steps -> samples/s;
+* floor: the model's bare matrix products alone, the same GEMMs with the same shapes and memory
+  layouts the implementation runs (dense: x@W, dy@W.T, x.T@dy; conv / transposed conv: the
+  im2col GEMMs), derived by walking the model's layers (:func:`gemm_list`), on the same BLAS;
+  ``% floor`` = floor time / our step time;
+* torch: the same architecture and objective (reparameterisation, the KLs, Bernoulli /
+  categorical / Gaussian log-likelihoods, torch.optim.Adam) in PyTorch eager mode, when torch
+  is importable, with torch.set_num_threads = the BLAS threads of NumPy; ratio = ours / torch
+  throughput (> 1: we are faster);
+* memory: ru_maxrss after our warm-up (before torch is touched) and at the end; on a GPU the
+  CuPy memory pool's size (it keeps what it ever held: its peak).
+
+The three are timed in alternating blocks (ours, floor, torch, ours, ...; ``--blocks``), so a
+change of load on a shared machine hits all alike; each block starts with untimed steps.
+On a GPU every timed call is bracketed by ``backend.synchronize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from math import prod
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+DEFAULT_CONFIGS = [("mnist:jmvae", 100), ("mnist:jmvae", 1000), ("mnist:kl", 100), ("mnist:kl", 1000),
+                   ("mnist:h", 100), ("mnist:h", 1000), ("celeba:kl", 64)]
+DEFAULT_BATCH = {"mnist": (100, 1000), "celeba": (64,)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Our step
+# ---------------------------------------------------------------------------------------------
+
+
+def make_model(key: str, xp):
+    from jmvae_cupy.models import build_model
+
+    dataset, variant = key.split(":")
+    return build_model(dataset, variant, seed=0, dtype="float32", xp=xp)
+
+
+def make_batch(model, n: int, xp):
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    a = model.arch
+    if a.x_lik.name == "bernoulli":
+        x = (gen.random((n, *a.x_shape)) < 0.5).astype(np.float32)
+    else:
+        x = gen.standard_normal((n, *a.x_shape)).astype(np.float32)
+    if a.w_lik.name == "categorical":
+        w = np.eye(a.w_dim, dtype=np.float32)[gen.integers(0, a.w_dim, n)]
+    else:
+        w = gen.standard_normal((n, a.w_dim)).astype(np.float32)
+    return xp.asarray(x), xp.asarray(w)
+
+
+def our_step(model, x, w):
+    from jmvae_cupy.optim import Adam
+    from jmvae_cupy.rng import Rng
+
+    rng, opt = Rng(0), Adam(lr=1e-3)
+
+    def step():
+        _, _, grads = model.loss_and_grads(x, w, rng, beta=1.0)
+        opt.step(model.params, grads)
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# The GEMM floor: the products the implementation performs, derived from the model's layers
+# ---------------------------------------------------------------------------------------------
+
+
+def gemm_list(model, n: int) -> list:
+    """Every matrix product of one training step as (what, (a_shape, a_transposed), (b_shape,
+    b_transposed)): a_transposed means the operand is the transpose of a C-ordered array of
+    a_shape, as in the implementation (``dy @ W.T``, ``x.T @ dy``).
+
+    Walks every component of the model (all of them run forward and backward in a step):
+    Dense (N, D_in) -> (N, D_out): x@W, dy@W.T, x.T@dy;  Conv2D with M = N*OH*OW rows and
+    K = KH*KW*C_in: col@Wm.T, dY.T@col, dY@Wm;  Deconv2D with M = N*H*W input pixels and
+    K = KH*KW*C_out: X@Wm, dcol@Wm.T, X.T@dcol;  GaussianHead: a dense layer D_in -> 2 D_z.
+    The input gradient of a component in ``model.data_inputs`` is not computed (its input is
+    data), so its first layer has no dx product.
+    """
+    from jmvae_cupy.layers.im2col import conv_outsize, deconv_outsize
+    from jmvae_cupy.models.base import GaussianHead
+    from jmvae_cupy.nets import Conv2D, Deconv2D, Dense, Flatten, Reshape
+
+    skip_dx = set(getattr(model, "data_inputs", ()))
+    out = []
+
+    def dense(name, d_in, d_out, need_dx):
+        out.append((f"{name} x@W", ((n, d_in), False), ((d_in, d_out), False)))
+        if need_dx:
+            out.append((f"{name} dy@W.T", ((n, d_out), False), ((d_in, d_out), True)))
+        out.append((f"{name} x.T@dy", ((n, d_in), True), ((n, d_out), False)))
+
+    for cname, comp in model.components.items():
+        if isinstance(comp, GaussianHead):
+            dense(cname, comp.d_in, 2 * comp.d_z, True)
+            continue
+        shape = comp.in_shape
+        for i, layer in enumerate(comp.layers):
+            name = f"{cname}.{i}"
+            need_dx = not (i == 0 and cname in skip_dx and hasattr(layer, "param_grads"))  # as Net.backward
+            if isinstance(layer, Dense):
+                dense(name, shape[0], layer.units, need_dx)
+                shape = (layer.units,)
+            elif isinstance(layer, Conv2D):
+                c, h, wd = shape
+                k, s, p = layer.ksize, layer.stride, layer.pad
+                oh, ow = conv_outsize(h, k, s, p), conv_outsize(wd, k, s, p)
+                m, kk = n * oh * ow, k * k * c
+                out.append((f"{name} col@Wm.T", ((m, kk), False), ((layer.channels, kk), True)))
+                out.append((f"{name} dY.T@col", ((m, layer.channels), True), ((m, kk), False)))
+                if need_dx:
+                    out.append((f"{name} dY@Wm", ((m, layer.channels), False), ((layer.channels, kk), False)))
+                shape = (layer.channels, oh, ow)
+            elif isinstance(layer, Deconv2D):
+                c, h, wd = shape
+                k, s, p = layer.ksize, layer.stride, layer.pad
+                m, kk = n * h * wd, k * k * layer.channels
+                out.append((f"{name} X@Wm", ((m, c), False), ((c, kk), False)))
+                out.append((f"{name} dcol@Wm.T", ((m, kk), False), ((c, kk), True)))
+                out.append((f"{name} X.T@dcol", ((m, c), True), ((m, kk), False)))
+                shape = (layer.channels, deconv_outsize(h, k, s, p), deconv_outsize(wd, k, s, p))
+            elif isinstance(layer, Flatten):
+                shape = (prod(shape),)
+            elif isinstance(layer, Reshape):
+                shape = tuple(layer.out_shape)
+    return out
+
+
+def gemm_flops(gemms) -> float:
+    total = 0.0
+    for _, (a, ta), (b, tb) in gemms:
+        m, k = (a[1], a[0]) if ta else a
+        n = b[0] if tb else b[1]
+        total += 2.0 * m * k * n
+    return total
+
+
+def floor_step(gemms, xp):
+    """All the products of ``gemms`` on persistent random operands (outputs allocated, as in the layers)."""
+    import numpy as np
+
+    gen = np.random.default_rng(1)
+    ops = []
+    for _, (a, ta), (b, tb) in gemms:
+        A = xp.asarray(gen.standard_normal(a).astype(np.float32))
+        B = xp.asarray(gen.standard_normal(b).astype(np.float32))
+        ops.append((A.T if ta else A, B.T if tb else B))
+
+    def step():
+        for A, B in ops:
+            A @ B
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# The PyTorch twin: the same components, objective and optimiser
+# ---------------------------------------------------------------------------------------------
+
+
+def torch_twin(model, x, w, device):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from jmvae_cupy.backend import asnumpy
+    from jmvae_cupy.distributions import VAR_FLOOR
+    from jmvae_cupy.models.base import GaussianHead
+    from jmvae_cupy.nets import BatchNorm, Conv2D, Deconv2D, Dense, Flatten, ReLU, Reshape
+
+    class Head(nn.Module):
+        def __init__(self, d_in, d_z):
+            super().__init__()
+            self.lin, self.d_z = nn.Linear(d_in, 2 * d_z), d_z
+
+        def forward(self, h):
+            o = self.lin(h)
+            return o[:, : self.d_z], F.softplus(o[:, self.d_z:]) + VAR_FLOOR
+
+    def build(comp):
+        if isinstance(comp, GaussianHead):
+            return Head(comp.d_in, comp.d_z)
+        mods, shape = [], comp.in_shape
+        for layer in comp.layers:
+            if isinstance(layer, Dense):
+                mods.append(nn.Linear(shape[0], layer.units, bias=layer.bias))
+                shape = (layer.units,)
+            elif isinstance(layer, (Conv2D, Deconv2D)):
+                cls = nn.Conv2d if isinstance(layer, Conv2D) else nn.ConvTranspose2d
+                mods.append(cls(shape[0], layer.channels, layer.ksize, layer.stride, layer.pad, bias=layer.bias))
+                shape = (layer.channels, 0, 0)
+            elif isinstance(layer, BatchNorm):
+                mods.append(nn.BatchNorm1d(shape[0]) if len(shape) == 1 else nn.BatchNorm2d(shape[0]))
+            elif isinstance(layer, ReLU):
+                mods.append(nn.ReLU())
+            elif isinstance(layer, Flatten):
+                mods.append(nn.Flatten())
+                shape = (0,)
+            elif isinstance(layer, Reshape):
+                mods.append(nn.Unflatten(1, tuple(layer.out_shape)))
+                shape = tuple(layer.out_shape)
+            else:
+                raise TypeError(f"no torch twin for {layer!r}")
+        return nn.Sequential(*mods)
+
+    torch.manual_seed(0)
+    nets = nn.ModuleDict({k.replace(".", "_"): build(c) for k, c in model.components.items()}).to(device)
+    net = lambda name: nets[name.replace(".", "_")]  # noqa: E731
+    a, alpha = model.arch, model.alpha
+    X = torch.as_tensor(asnumpy(x), device=device)
+    W = torch.as_tensor(asnumpy(w), device=device)
+    Xf = X.reshape(X.shape[0], -1)
+
+    def loglik(lik, target, out):
+        out = out.reshape(out.shape[0], -1)
+        if lik.name == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
+        if lik.name == "categorical":
+            return (target * F.log_softmax(out, dim=1)).sum(1)
+        return -0.5 * ((target - out) ** 2).sum(1) / lik.var  # constant dropped: no gradient
+
+    def kl(m1, v1, m2=None, v2=None):
+        if m2 is None:
+            return 0.5 * (v1 + m1 * m1 - 1.0 - torch.log(v1)).sum(1)
+        return 0.5 * (torch.log(v2) - torch.log(v1) + (v1 + (m1 - m2) ** 2) / v2 - 1.0).sum(1)
+
+    def sample(mu, var):
+        return mu + torch.sqrt(var) * torch.randn_like(mu)
+
+    def trunk():
+        h = torch.cat([net("qxw.x")(X), net("qxw.w")(W)], dim=1)
+        return net("qxw.joint")(h) if "qxw.joint" in model.components else h
+
+    def loss_fn():
+        h = trunk()
+        if model.variant == "h":
+            mu1, v1 = net("qz1.head")(h)
+            mu2, v2 = net("qz2.head")(net("qz2.net")(h))
+            z1, z2 = sample(mu1, v1), sample(mu2, v2)
+            pm, pv = net("pz1.head")(net("pz1.net")(z2))
+            kls = kl(mu2, v2) + kl(mu1, v1, pm, pv)
+            z = z1
+        else:
+            mu, var = net("qxw.head")(h)
+            z = sample(mu, var)
+            kls = kl(mu, var)
+            if model.variant == "kl":
+                mux, vx = net("qx.head")(net("qx.net")(X))
+                muw, vw = net("qw.head")(net("qw.net")(W))
+                kls = kls + alpha * (kl(mu, var, mux, vx) + kl(mu, var, muw, vw))
+        rec = loglik(a.x_lik, Xf, net("px")(z)) + loglik(a.w_lik, W, net("pw")(z))
+        return -(rec - kls).mean()
+
+    opt = torch.optim.Adam(nets.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+
+
+def alternate(steps: dict, warmup: int, repeat: int, blocks: int, sync) -> dict:
+    """Step times of each of ``steps`` ({name: step}), timed in alternating blocks of
+    repeat // blocks calls, each block after ``warmup`` untimed calls.  Returns {name: [seconds]}."""
+    times = {name: [] for name in steps}
+    per_block = max(1, repeat // blocks)
+    for _ in range(blocks):
+        for name, step in steps.items():
+            for _ in range(warmup):
+                step()
+            for _ in range(per_block):
+                sync()
+                t0 = time.perf_counter()
+                step()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def blas_threads():
+    """(threads, description) of NumPy's BLAS, via threadpoolctl when installed."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        env = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+        return (int(env) if env else os.cpu_count()), "threadpoolctl not installed: from the environment"
+    import numpy  # noqa: F401  (load its BLAS)
+
+    for info in threadpoolctl.threadpool_info():
+        if info.get("user_api") == "blas":
+            desc = f"{info.get('internal_api')} {info.get('version')} ({info.get('architecture')})"
+            return int(info["num_threads"]), desc
+    return os.cpu_count(), "unknown BLAS"
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def run_one(key: str, batch: int, args) -> dict:
+    """Benchmark one (model, batch) in this process; returns a JSON-able dict."""
+    import numpy as np
+
+    from jmvae_cupy import backend
+
+    xp = backend.select_device(args.device)
+    threads, blas = blas_threads()
+    model = make_model(key, xp)
+    x, w = make_batch(model, batch, xp)
+    sync = lambda: backend.synchronize(xp)  # noqa: E731
+    steps = {"ours": our_step(model, x, w)}
+    gemms = gemm_list(model, batch)
+    steps["floor"] = floor_step(gemms, xp)
+    for _ in range(args.warmup):
+        steps["ours"]()
+    sync()
+    rss_ours = maxrss_mb()
+    torch_info = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            device = "cpu" if xp is np else "cuda"
+            torch.set_num_threads(threads)
+            steps["torch"] = torch_twin(model, x, w, device)
+            tsync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
+            inner = steps["torch"]
+            steps["torch"] = lambda: (inner(), tsync())
+            torch_info = {"version": torch.__version__, "threads": torch.get_num_threads(), "device": device}
+    times = alternate(steps, args.warmup, args.steps, args.blocks, sync)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    res = {
+        "model": key, "batch": batch, "device": backend.device_name(xp), "dtype": "float32",
+        "blas": blas, "blas_threads": threads, "steps": len(times["ours"]),
+        "step_s": med["ours"], "samples_per_s": batch / med["ours"],
+        "floor_s": med["floor"], "floor_pct": 100.0 * med["floor"] / med["ours"],
+        "gemms": len(gemms), "gemm_gflop": gemm_flops(gemms) / 1e9,
+        "floor_gflops": gemm_flops(gemms) / med["floor"] / 1e9,
+        "rss_ours_mb": rss_ours, "rss_peak_mb": maxrss_mb(),
+    }
+    if torch_info is not None:
+        res.update({"torch": torch_info, "torch_step_s": med["torch"], "torch_samples_per_s": batch / med["torch"],
+                    "ours_over_torch": med["torch"] / med["ours"]})
+    if xp is not np:
+        res["gpu_pool_peak_mb"] = xp.get_default_memory_pool().total_bytes() / 2**20
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Breakdown of one step
+# ---------------------------------------------------------------------------------------------
+
+CATEGORIES = [  # (category, predicate on (file, function)) -- first match wins
+    ("gemm (+bias add)", lambda f, fn: f.endswith(("layers/dense.py", "layers/conv.py", "layers/deconv.py"))
+     and fn not in ("to_rows", "weight_matrix", "weight_from_matrix", "_check")),
+    ("im2col/col2im", lambda f, fn: f.endswith("layers/im2col.py")),
+    ("kernels reparam/KL", lambda f, fn: "kernels/reparam.py" in f or "kernels/gauss_kl.py" in f
+     or "kernels/_dispatch.py" in f),
+    ("optimiser", lambda f, fn: "kernels/adam.py" in f or f.endswith("jmvae_cupy/optim.py")),
+    ("elementwise (act., lik., bn)", lambda f, fn: f.endswith(("activations.py", "distributions.py", "batchnorm.py"))),
+    ("numpy builtins (reductions, concat, alloc)", lambda f, fn: f == "~" or "numpy" in f),
+    ("rng", lambda f, fn: f.endswith("jmvae_cupy/rng.py")),
+]
+
+
+def breakdown(args) -> dict:
+    """Attribute a step of MNIST JMVAE-kl (batch 100) to categories.
+
+    Method: cProfile over ``--steps`` steps; every function's *own* time (tottime) goes to the
+    category of the file it is in (CATEGORIES; numpy's C functions and methods such as ufunc
+    reductions, concatenate and zeros_like form their own category; everything else -- the
+    models' and nets' Python glue -- is "python glue").  The shares are then scaled to the
+    median un-profiled step time (cProfile's own per-call cost inflates the glue).  The GEMM
+    floor and the Adam step are also timed in isolation, as a cross-check.
+    """
+    import cProfile
+    import pstats
+
+    import numpy as np
+
+    from jmvae_cupy.optim import Adam
+
+    model = make_model("mnist:kl", np)
+    x, w = make_batch(model, 100, np)
+    step = our_step(model, x, w)
+    floor = floor_step(gemm_list(model, 100), np)
+    _, _, grads = model.loss_and_grads(x, w, __import__("jmvae_cupy.rng").rng.Rng(0))
+    params = {k: v.copy() for k, v in model.params.items()}
+    opt = Adam()
+    adam = lambda: opt.step(params, grads)  # noqa: E731
+    times = alternate({"step": step, "floor": floor, "adam": adam}, args.warmup, args.steps, args.blocks,
+                      lambda: None)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(args.steps):
+        step()
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    own = {}
+    for (f, _, fn), (_, _, tt, _, _) in stats.items():
+        cat = next((c for c, pred in CATEGORIES if pred(f, fn)), "python glue")
+        own[cat] = own.get(cat, 0.0) + tt
+    total = sum(own.values())
+    shares = {k: v / total for k, v in sorted(own.items(), key=lambda kv: -kv[1])}
+    return {"model": "mnist:kl", "batch": 100, "step_ms": med["step"] * 1e3, "floor_ms": med["floor"] * 1e3,
+            "adam_alone_ms": med["adam"] * 1e3,
+            "categories_ms": {k: s * med["step"] * 1e3 for k, s in shares.items()},
+            "categories_pct": {k: 100 * s for k, s in shares.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(),
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}
+
+
+def print_table(results):
+    r0 = results[0]
+    torch_line = f"torch {r0['torch']['version']} x{r0['torch']['threads']} threads" if "torch" in r0 else "no torch"
+    print(f"device {r0['device']}; BLAS {r0['blas']} x{r0['blas_threads']} threads; {torch_line}; "
+          f"median of {r0['steps']} steps")
+    hdr = (f"{'model':12s} {'N':>5s} {'ours/s':>9s} {'ms/step':>8s} {'floor ms':>8s} {'%floor':>6s} "
+           f"{'torch/s':>9s} {'ours/torch':>10s} {'GFLOP':>6s} {'rss MB':>7s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results:
+        t = f"{'-':>9s} {'-':>10s}"
+        if "torch_step_s" in r:
+            t = f"{r['torch_samples_per_s']:9.0f} {r['ours_over_torch']:10.2f}"
+        print(f"{r['model']:12s} {r['batch']:5d} {r['samples_per_s']:9.0f} {r['step_s'] * 1e3:8.1f} "
+              f"{r['floor_s'] * 1e3:8.1f} {r['floor_pct']:6.1f} {t} {r['gemm_gflop']:6.2f} {r['rss_ours_mb']:7.0f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=None, help="e.g. mnist:jmvae mnist:kl mnist:h celeba:kl")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="default: 100 1000 (MNIST), 64 (CelebA)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per side (default 20)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each block (default 2)")
+    p.add_argument("--blocks", type=int, default=4, help="alternating blocks (default 4)")
+    p.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: as found)")
+    p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu)")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.add_argument("--breakdown", action="store_true", help="attribute a MNIST JMVAE-kl batch-100 step")
+    p.add_argument("--one", nargs=2, metavar=("MODEL", "BATCH"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args)))
+        return 0
+    if args.threads is not None:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    if args.breakdown:
+        out = {"machine": machine(), "breakdown": breakdown(args)}
+        if args.json:
+            print(json.dumps(out, indent=1))
+        else:
+            b = out["breakdown"]
+            print(f"MNIST JMVAE-kl batch 100: step {b['step_ms']:.1f} ms (median); GEMM floor alone "
+                  f"{b['floor_ms']:.1f} ms; Adam step alone {b['adam_alone_ms']:.1f} ms")
+            for k, v in b["categories_ms"].items():
+                print(f"  {k:44s} {v:7.2f} ms  {b['categories_pct'][k]:5.1f} %")
+        return 0
+    if args.models is None and args.batch_sizes is None:
+        configs = DEFAULT_CONFIGS
+    else:
+        models = args.models or ["mnist:jmvae", "mnist:kl", "mnist:h", "celeba:kl"]
+        configs = [(m, b) for m in models for b in (args.batch_sizes or DEFAULT_BATCH[m.split(":")[0]])]
+    passthru = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--blocks", str(args.blocks),
+                "--device", args.device] + (["--no-torch"] if args.no_torch else [])
+    results = []
+    for key, batch in configs:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", key, str(batch), *passthru],
+                              capture_output=True, text=True, env=os.environ.copy())
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if not args.json:
+            print(f"  done {key} batch {batch}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"machine": machine(), "results": results}, indent=1))
+    else:
+        print(json.dumps(machine()))
+        print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
