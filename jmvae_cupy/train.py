@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from .backend import BackendError, device_name, get_dtype, select_device, to_dev
 from .checkpoint import CheckpointError, list_checkpoints, load_latest, restore_arrays
 from .checkpoint import save as save_checkpoint
 from .data import DataError, binarize, binarized_test_set, iterate_batches, load_mnist, one_hot
+from .distributed import DataParallel, DistributedError, init_distributed
 from .inference import x_from_w
 from .models import ModelError, build_model
 from .optim import Adam
@@ -40,6 +42,7 @@ from .viz import save_grid
 # Settings that must agree between a run and the checkpoint it resumes from.
 RESUME_KEYS = ("dataset", "variant", "batch_size", "lr", "warmup", "latent", "alpha", "seed", "dtype", "data_dir",
                "train_subset", "direction", "data", "width_scale", "gan", "gan_weight")
+RESUME_KEYS += ("distributed",)  # {"ranks": P, "exact_noise": ...}: in --distributed runs only
 
 # Defaults that differ between the datasets (the paper's CelebA setting: lr 1e-4, warm-up 20 of 50 epochs).
 DATASET_DEFAULTS = {
@@ -94,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
                    help="a NaN/Inf objective or gradient stops the run (default) or skips the step")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the ranks of mpiexec -n P (docs/distributed.md)")
+    p.add_argument("--exact-noise", action="store_true",
+                   help="--distributed debug aid: every rank draws the whole batch's noise and keeps its "
+                        "rows, so P ranks reproduce one process (default: noise streams per rank)")
     return p
 
 
@@ -295,7 +303,7 @@ class Trainer:
     """The training loop, its state, and its checkpoints (one object so that resume is exact)."""
 
     def __init__(self, config: dict, out: str, device=None, progress=True, on_nonfinite="stop",
-                 sample_every=5, checkpoint_steps=0, log=print):
+                 sample_every=5, checkpoint_steps=0, log=print, dist=None):
         self.config, self.out, self.log = config, out, log
         self.progress, self.on_nonfinite = progress, on_nonfinite
         self.sample_every, self.checkpoint_steps = sample_every, checkpoint_steps
@@ -313,6 +321,10 @@ class Trainer:
             self.gan = VAEGAN(self.model, weight=config["gan_weight"], lr=config["lr"], seed=config["seed"])
         self.data_rng = Rng([config["seed"], 1])   # data order and binarisation
         self.noise_rng = Rng([config["seed"], 2])  # reparameterisation noise
+        self.dist = dist  # --distributed: a distributed.DataParallel; None: one process
+        self.is_writer = dist is None or dist.comm.rank == 0  # only rank 0 writes files
+        if dist is not None:
+            self.noise_rng = dist.noise_rng(config["seed"])
         self.epoch, self.step = 0, 0
         self.epoch_data_state = None
         self.sums: dict = {}
@@ -324,6 +336,10 @@ class Trainer:
                 "data_rng": self.data_rng.get_state(), "noise_rng": self.noise_rng.get_state(),
                 "adam": {k: v for k, v in self.opt.state_dict().items() if k not in ("m", "v")},
                 "partial_sums": {k: float(v) for k, v in self.sums.items()}}
+        if self.dist is not None:  # collective; rank 0 writes, the others return ""
+            meta = self.dist.checkpoint_meta(self, meta)
+            if meta is None:
+                return ""
         extra = None
         if self.gan is not None:
             meta["disc_adam"], extra = self.gan.checkpoint_groups()
@@ -331,7 +347,9 @@ class Trainer:
                                self.opt.m, self.opt.v, extra=extra)
 
     def restore(self) -> None:
-        ck = load_latest(self.out, warn=self.log)
+        ck = load_latest(self.out, warn=self.log) if self.is_writer else None
+        if self.dist is not None:  # rank 0 reads the file, every rank restores the same checkpoint
+            ck = self.dist.comm.bcast_obj(ck)
         meta = ck["meta"]
         conflicts = [f"{k}: checkpoint {meta['config'].get(k)!r} vs now {self.config.get(k)!r}"
                      for k in RESUME_KEYS if meta["config"].get(k) != self.config.get(k)]
@@ -348,11 +366,13 @@ class Trainer:
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         self.data_rng.set_state(meta["data_rng"])
         self.noise_rng.set_state(meta["noise_rng"])
+        if self.dist is not None:
+            self.dist.restore_noise(self, meta)
         self.epoch_data_state = meta["data_rng_epoch_start"]
         self.sums = {k: v for k, v in meta["partial_sums"].items()}
         # keep the metrics of completed epochs only: the lines after the checkpoint are redone
         mpath = os.path.join(self.out, "metrics.jsonl")
-        if os.path.exists(mpath):
+        if self.is_writer and os.path.exists(mpath):
             _atomic_write_text(mpath, "".join(_metrics_lines_up_to(mpath, self.epoch)))
         self.log(f"resumed from {os.path.basename(ck['path'])} (epoch {self.epoch}, step {self.step})")
 
@@ -377,6 +397,10 @@ class Trainer:
             raise NonFiniteError(f"non-finite gradient at epoch {self.epoch + 1}, step {self.step + 1} "
                                  f"(parameters: {', '.join(bad[:5])})")
 
+    def _stopping(self) -> bool:
+        """Stop at this step boundary?  (--distributed: when the ranks agreed on it in the all-reduce.)"""
+        return self.stop_requested is not None if self.dist is None else self.dist.stop_agreed
+
     def train_epoch(self):
         xp, cfg = self.xp, self.config
         steps, batch = self._epoch_batches()
@@ -388,9 +412,13 @@ class Trainer:
                        leave=False, file=sys.stderr, dynamic_ncols=True)
         while self.step < steps:
             x, w = batch(self.step)
+            if self.dist is not None:  # this rank's contiguous B/P rows of the global batch
+                x, w = self.dist.shard(x), self.dist.shard(w)
             x, w = to_device(x, xp), to_device(w, xp)
             beta = beta_at(self.epoch + self.step / steps, cfg["warmup"])
             loss, terms, grads = self.model.loss_and_grads(x, w, self.noise_rng, beta=beta)
+            if self.dist is not None:  # one fused all-reduce: the mean over ranks = the batch-B update
+                loss, terms, grads = self.dist.allreduce_step(self, loss, terms, grads)
             dgrads = None
             if self.gan is not None:  # VAE-GAN: gamma dL_G into grads (decoder), the discriminator's apart
                 loss, terms, dgrads = self.gan.step_grads(self.model, x, w, self.noise_rng, loss, terms, grads)
@@ -412,7 +440,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % 10 == 0:
                     bar.set_postfix(loss=f"{float(loss):.2f}", beta=f"{beta:.2f}")
-            if self.stop_requested is not None:
+            if self._stopping():
                 break
             if self.checkpoint_steps and self.step % self.checkpoint_steps == 0 and self.step < steps:
                 self.save()
@@ -438,6 +466,8 @@ class Trainer:
         """The data source's grid of images generated from labels / attributes."""
         if getattr(self.model, "direction", None) == "image2label":
             return  # a label model: no images to show
+        if not self.is_writer:
+            return
         self.source.write_samples(self.model, path, Rng([self.config["seed"], 4]))
 
     def run(self):
@@ -445,10 +475,12 @@ class Trainer:
         mpath = os.path.join(self.out, "metrics.jsonl")
         self.log(f"training {cfg['variant']} on {self.source.name} | device {device_name(self.xp)} | "
                  f"{sum(int(p.size) for p in self.model.params.values()):,} parameters | run dir {self.out}")
+        if self.dist is not None:
+            self.dist.check_consistent(self, "at start")  # same seed -> same parameters on every rank
         while self.epoch < cfg["epochs"]:
             t0 = time.perf_counter()
             steps = self.train_epoch()
-            if self.stop_requested is not None:
+            if self._stopping():
                 path = self.save()
                 self.log(f"{self.stop_requested}: saved {os.path.basename(path)} at epoch {self.epoch + 1}, "
                          f"step {self.step}; continue with the same command and --resume")
@@ -457,10 +489,13 @@ class Trainer:
             train = {k: float(v) / max(steps - skipped, 1) for k, v in self.sums.items()}  # means over taken steps
             train["skipped_steps"] = skipped
             self.epoch, self.step, self.sums = self.epoch + 1, 0, {}
+            if self.dist is not None:  # batch-norm running statistics averaged; ranks checked identical
+                self.dist.epoch_end(self)
             test = self.evaluate()
             record = {"epoch": self.epoch, "beta": beta_at(self.epoch, cfg["warmup"]), "train": train,
                       "test": test, "seconds": round(time.perf_counter() - t0, 3)}
-            _append_line(mpath, record)
+            if self.is_writer:
+                _append_line(mpath, record)
             self.save()
             if self.epoch % self.sample_every == 0 or self.epoch == cfg["epochs"]:
                 self.write_samples(os.path.join(self.out, f"samples-e{self.epoch:04d}.png"))
@@ -473,17 +508,35 @@ class Trainer:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    dist = None
     try:
         config = config_from_args(args)
+        if args.distributed:
+            if config.get("gan"):
+                raise TrainError("--gan with --distributed is not supported yet")
+            dist = DataParallel(init_distributed(args.device), exact_noise=args.exact_noise)
+            config["distributed"] = {"ranks": dist.comm.size, "exact_noise": args.exact_noise}
+            if config["batch_size"] % dist.comm.size:  # the same on every rank: rank 0 says it
+                if dist.comm.rank == 0:
+                    print(f"error: --batch-size {config['batch_size']} is not divisible by the {dist.comm.size} "
+                          "ranks (each rank takes B/P rows)", file=sys.stderr)
+                return 1
+        elif args.exact_noise:
+            raise TrainError("--exact-noise applies to --distributed only")
+        writer = dist is None or dist.comm.rank == 0
         out = args.out or os.path.join("runs", "-".join(
             [config["dataset"], config["variant"]] + ([config["direction"]] if config["direction"] else [])))
-        prepare_run_dir(out, args.resume)
-        trainer = Trainer(config, out, device=args.device, progress=not args.no_progress,
+        if writer:
+            prepare_run_dir(out, args.resume)
+        trainer = Trainer(config, out, device=args.device, progress=not args.no_progress and writer,
                           on_nonfinite=args.on_nonfinite, sample_every=args.sample_every,
-                          checkpoint_steps=args.checkpoint_steps)
-        if args.resume and list_checkpoints(out):
+                          checkpoint_steps=args.checkpoint_steps, log=print if writer else _quiet, dist=dist)
+        resume = bool(args.resume and list_checkpoints(out)) if writer else None
+        if dist is not None:
+            resume = dist.comm.bcast_obj(resume)
+        if resume:
             trainer.restore()
-        else:
+        elif writer:
             if args.resume:
                 print(f"no checkpoint in {out} yet: starting a new run", file=sys.stderr)
             _atomic_write_text(os.path.join(out, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -497,9 +550,22 @@ def main(argv=None) -> int:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-    except (TrainError, DataError, ModelError, CheckpointError, BackendError, NonFiniteError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (TrainError, DataError, ModelError, CheckpointError, BackendError, NonFiniteError, DistributedError) as e:
+        print(f"error: {'' if dist is None else f'rank {dist.comm.rank}: '}{e}", file=sys.stderr)
+        if dist is not None:
+            dist.comm.abort(1)  # the other ranks may wait in a collective: end the whole job
         return 1
+    except Exception as e:
+        if dist is None:
+            raise
+        traceback.print_exc()
+        print(f"error: rank {dist.comm.rank}: {type(e).__name__}: {e}", file=sys.stderr)
+        dist.comm.abort(1)
+        return 1
+
+
+def _quiet(*args, **kwargs):
+    """The log of ranks other than 0."""
 
 
 if __name__ == "__main__":
