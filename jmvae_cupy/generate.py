@@ -1,0 +1,358 @@
+"""Generate with a trained run:  python -m jmvae_cupy.generate RUN_DIR {faces,edit,attributes} ...
+
+* ``faces --attrs "Smiling,Male,-Eyeglasses" --out F.png`` -- attributes -> faces, the paper's Fig. 7(a):
+  column 0 is a *Base* of random attribute values (``--base random``, seeded; or ``zeros``), each
+  further column sets one listed attribute of the Base to +strength (``-Name``: -strength; the
+  paper's 2 / -2, ``--strength``), the last column all of them together.  Row 0: the average face,
+  the mean of p(x|z_mean) with z_mean the mean of q(z|w); rows 1..R: random faces
+  z = z_mean + sigma * eps, one eps per row (the same in every column).  JMVAE / JMVAE-h have no
+  q(z|w): the iterative completion of :func:`jmvae_cupy.inference.x_from_w` from zeros (K =
+  ``--iterations``), with the means of q (row 0) or samples (rows 1..).  ``--from-test K``: the
+  attributes of the first K test images instead (an extra top row shows those faces).  MNIST
+  runs: ``--attrs "3,7"`` names digit labels.
+* ``edit --image-index I --set "Smiling=1,Eyeglasses=-1" --out F.png`` -- the paper's Fig. 8:
+  w = the attributes predicted from x (the mean of p(w|z), z the mean of q(z|x); ``--given-attrs``:
+  the file's labels instead); x_mean = the average face of w, x'_mean that of w' (w with the set
+  values); x' = x + x'_mean - x_mean (clipped to [0, 1]).  "Average face of w" follows the paper:
+  z the mean of q(z|w) for JMVAE-kl (``--encoder w``, the default for kl) or the mean of q(z|x, w)
+  (``--encoder xw``, the default for jmvae / h, which have no q(z|w)).  Row 0: x, then x' for each
+  set attribute alone, then all together; row 1: x_mean and the x'_mean under them.
+* ``attributes --image-index I [--json]`` -- image -> the 40 predicted attribute values (the mean of
+  p(w|z); JMVAE / JMVAE-h: iterative completion of w), with the file's labels beside them.
+
+The run's newest good checkpoint is loaded (parameters and batch-norm running statistics; a GAN
+discriminator in it is ignored) and everything runs in eval mode.  Errors are one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+
+import numpy as np
+
+from .backend import BackendError, select_device, to_device
+from .checkpoint import CheckpointError, load_latest, restore_arrays
+from .data import DataError
+from .inference import w_from_x, x_from_w
+from .models import ModelError, build_model
+from .rng import Rng
+from .viz import save_grid
+
+
+class GenerateError(RuntimeError):
+    """A problem a user can cause (one-line message)."""
+
+
+# ------------------------------------------------------------------------------------------ loading
+class Run:
+    """A trained run: ``model`` (eval mode, restored), ``config``, ``names`` (the w entries), and the
+    test data on demand (``test_x(i)``, ``test_w(i)``, ``n_test``)."""
+
+    def __init__(self, run_dir: str, device=None):
+        if not os.path.isdir(run_dir):
+            raise GenerateError(f"{run_dir}: no such run directory")
+        cpath = os.path.join(run_dir, "config.json")
+        try:
+            with open(cpath) as f:
+                self.config = json.load(f)
+        except FileNotFoundError:
+            raise GenerateError(f"{run_dir}: not a run directory (no config.json)") from None
+        except (OSError, ValueError) as e:
+            raise GenerateError(f"{cpath}: unreadable ({' '.join(str(e).split())[:80]})") from None
+        cfg = self.config
+        if not isinstance(cfg, dict) or cfg.get("dataset") not in ("mnist", "celeba"):
+            raise GenerateError(f"{cpath}: not a jmvae_cupy training config (dataset {cfg.get('dataset')!r})"
+                                if isinstance(cfg, dict) else f"{cpath}: not a jmvae_cupy training config")
+        if cfg.get("variant") not in ("jmvae", "kl", "h"):
+            raise GenerateError(f"{run_dir}: generation needs a jmvae, kl or h run, not {cfg.get('variant')!r}")
+        self.dataset, self.variant = cfg["dataset"], cfg["variant"]
+        ck = load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
+        self.xp = select_device(device)
+        if self.dataset == "celeba":
+            from .models.architectures import celeba_arch  # noqa: PLC0415
+
+            n_conv = sum(1 for k, v in ck["params"].items() if k.startswith("qxw.x.") and v.ndim == 4)
+            size = {4: 64, 3: 32, 2: 16}.get(n_conv)
+            if size is None:
+                raise GenerateError(f"{ck['path']}: cannot tell the image size ({n_conv} conv layers)")
+            arch = celeba_arch(size, cfg.get("width_scale", 1.0), cfg["latent"])
+        else:
+            arch = "mnist"
+        self.model = build_model(arch, self.variant, seed=cfg.get("seed", 0), dtype=cfg.get("dtype", "float32"),
+                                 xp=self.xp, latent=cfg["latent"], alpha=cfg.get("alpha", 1.0))
+        restore_arrays(self.model.params, ck["params"], self.xp, "parameters")
+        restore_arrays(self.model.state, ck["state"], self.xp, "state")
+        self.checkpoint = os.path.basename(ck["path"])
+        self._data = None
+        self.names = [str(i) for i in range(10)] if self.dataset == "mnist" else self._celeba_names()
+
+    def _celeba_names(self):
+        from .data.celeba import ATTR_NAMES  # noqa: PLC0415
+
+        try:
+            return list(self.data().attr_names)
+        except (DataError, GenerateError):
+            return list(ATTR_NAMES)  # faces --attrs does not need the file
+
+    def data(self):
+        if self._data is None:
+            if self.dataset == "celeba":
+                from .data.celeba import open_celeba  # noqa: PLC0415
+
+                if not self.config.get("data"):
+                    raise GenerateError("the run's config names no data file")
+                self._data = open_celeba(self.config["data"])
+            else:
+                from .data import binarized_test_set, load_mnist  # noqa: PLC0415
+
+                d = load_mnist(self.config.get("data_dir"))
+                self._data = (binarized_test_set(d, dtype=self.model.dtype), d.test_y)
+        return self._data
+
+    @property
+    def n_test(self) -> int:
+        d = self.data()
+        return len(d.test_idx) if self.dataset == "celeba" else len(d[0])
+
+    def _rows(self, idx):
+        idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
+        n = self.n_test
+        if np.any(idx < 0) or np.any(idx >= n):
+            raise GenerateError(f"image index {int(idx[(idx < 0) | (idx >= n)][0])} is out of range: the test set "
+                                f"has {n} images (0..{n - 1})")
+        return idx
+
+    def test_x(self, idx):
+        idx, d = self._rows(idx), self.data()
+        x = d.images(d.test_idx[idx], self.model.dtype) if self.dataset == "celeba" else d[0][idx]
+        return to_device(x, self.xp)
+
+    def test_w(self, idx):
+        idx, d = self._rows(idx), self.data()
+        if self.dataset == "celeba":
+            return to_device(d.attributes(d.test_idx[idx], self.model.dtype), self.xp)
+        return to_device(np.eye(10, dtype=self.model.dtype)[d[1][idx]], self.xp)
+
+    def attr_index(self, name: str) -> int:
+        if name in self.names:
+            return self.names.index(name)
+        low = [n.lower() for n in self.names]
+        if name.lower() in low:
+            return low.index(name.lower())
+        close = difflib.get_close_matches(name, self.names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f" (names: {', '.join(self.names[:6])}, ...)"
+        raise GenerateError(f"unknown attribute {name!r}{hint}")
+
+    def images(self, arr):
+        """Device means (N, ...) -> host images (N, 3, H, W) or (N, 28, 28)."""
+        a = np.asarray(to_device(arr, np), dtype=np.float64)
+        return a.reshape((len(a), 28, 28) if self.dataset == "mnist" else (len(a),) + tuple(self.model.arch.x_shape))
+
+
+# ------------------------------------------------------------------------------------------ the pieces
+def average_and_random(run: Run, w, rows: int, rng: Rng, iterations: int):
+    """(average images (C, ...), [random images (C, ...)] * rows) for attribute vectors w (C, w_dim)."""
+    m, lik = run.model, run.model.arch.x_lik
+    if hasattr(m, "encode_w"):  # JMVAE-kl: q(z|w)
+        mu, var = m.encode_w(w)
+        dec = lambda z: lik.mean(m.decode_x(z).reshape(len(z), -1))  # noqa: E731
+        avg = dec(mu)
+        rand = [dec(mu + m.xp.sqrt(var) * rng.normal((1, mu.shape[1]), m.dtype, m.xp)) for _ in range(rows)]
+        return run.images(avg), [run.images(r) for r in rand]
+    avg = x_from_w(m, w, rng, iterations=iterations, sample_z=False)
+    rand = [x_from_w(m, w, rng, iterations=iterations, sample_z=True) for _ in range(rows)]
+    return run.images(avg), [run.images(r) for r in rand]
+
+
+def predict_w(run: Run, x, rng: Rng, iterations: int):
+    """The mean of p(w|z) for images x: z the mean of q(z|x) (kl) or iterative completion (jmvae, h)."""
+    return w_from_x(run.model, x, rng, iterations=iterations, sample_z=False)
+
+
+def average_face(run: Run, x, w, encoder: str, rng: Rng, iterations: int):
+    """x_mean for attribute vectors w (N, w_dim): mean of p(x|z), z the mean of q(z|w) or q(z|x,w)."""
+    m, lik = run.model, run.model.arch.x_lik
+    if encoder == "xw":
+        mu, _ = m.encode(x, w)
+    elif hasattr(m, "encode_w"):
+        mu, _ = m.encode_w(w)
+    else:
+        return run.images(x_from_w(m, w, rng, iterations=iterations, sample_z=False))
+    return run.images(lik.mean(m.decode_x(mu).reshape(len(mu), -1)))
+
+
+def _parse_list(spec: str, what: str) -> list:
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise GenerateError(f"{what}: empty list")
+    return items
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_faces(run: Run, args) -> None:
+    rng = Rng(args.seed)
+    xp, dt = run.xp, run.model.dtype
+    real = None
+    if args.from_test is not None:
+        if args.from_test < 1:
+            raise GenerateError(f"--from-test must be >= 1, got {args.from_test}")
+        idx = np.arange(min(args.from_test, run.n_test))
+        w, labels = run.test_w(idx), [f"test {i}" for i in idx]
+        real = run.images(run.test_x(idx))
+    elif run.dataset == "mnist":
+        digits = []
+        for s in _parse_list(args.attrs, "--attrs"):
+            if s not in run.names:
+                raise GenerateError(f"unknown label {s!r}: an MNIST run takes digits 0-9")
+            digits.append(int(s))
+        w, labels = to_device(np.eye(10, dtype=dt)[digits], xp), list(map(str, digits))
+    else:
+        if args.base == "zeros":
+            base = np.zeros(run.model.arch.w_dim, dtype=dt)
+        else:
+            base = np.where(np.asarray(Rng([args.seed, 1]).uniform((run.model.arch.w_dim,), np.float64, np)) < 0.5,
+                            -1.0, 1.0).astype(dt)
+        cols, labels = [base], ["Base"]
+        allset = base.copy()
+        for s in _parse_list(args.attrs, "--attrs"):
+            neg = s.startswith("-")
+            j = run.attr_index(s[1:] if neg else s)
+            c = base.copy()
+            c[j] = allset[j] = -args.strength if neg else args.strength
+            cols.append(c)
+            labels.append(f"Not {run.names[j]}" if neg else run.names[j])
+        if len(cols) > 2:
+            cols.append(allset)
+            labels.append("all")
+        w = to_device(np.stack(cols), xp)
+    avg, rand = average_and_random(run, w, args.samples, rng, args.iterations)
+    grid = ([real] if real is not None else []) + [avg] + rand
+    save_grid(np.stack(grid), args.out)
+    top = "test faces, " if real is not None else ""
+    print(f"wrote {args.out}: rows = {top}average face, {args.samples} random; columns = {', '.join(labels)}")
+
+
+def _parse_set(run: Run, spec: str) -> list:
+    out = []
+    for item in _parse_list(spec, "--set"):
+        name, sep, val = item.partition("=")
+        if not sep:
+            raise GenerateError(f"--set: {item!r} is not NAME=VALUE")
+        try:
+            v = float(val)
+        except ValueError:
+            raise GenerateError(f"--set: value {val!r} of {name.strip()} is not a number") from None
+        if not np.isfinite(v):
+            raise GenerateError(f"--set: value of {name.strip()} must be finite")
+        j = run.attr_index(name.strip())
+        out.append((j, v))
+    return out
+
+
+def cmd_edit(run: Run, args) -> None:
+    if run.dataset != "celeba":
+        raise GenerateError("edit needs a CelebA run (images with attributes)")
+    edits = _parse_set(run, args.set)
+    encoder = args.encoder or ("w" if hasattr(run.model, "encode_w") else "xw")
+    rng = Rng(args.seed)
+    x = run.test_x([args.image_index])
+    w = run.test_w([args.image_index]) if args.given_attrs else predict_w(run, x, rng, args.iterations)
+    w_host = np.asarray(to_device(w, np))
+    cols, labels = [], []
+    for j, v in edits:
+        c = w_host[0].copy()
+        c[j] = v
+        cols.append(c)
+        labels.append(f"{run.names[j]}={v:g}")
+    if len(cols) > 1:
+        allc = w_host[0].copy()
+        for j, v in edits:
+            allc[j] = v
+        cols.append(allc)
+        labels.append("all")
+    wp = to_device(np.stack([w_host[0]] + cols).astype(run.model.dtype), run.xp)
+    xs = run.xp.concatenate([x] * len(wp))
+    means = average_face(run, xs, wp, encoder, rng, args.iterations)      # x_mean, x'_mean ...
+    x0 = run.images(x)[0]
+    edited = np.clip(x0[None] + means[1:] - means[:1], 0.0, 1.0)          # x' = x + x'_mean - x_mean
+    save_grid(np.stack([np.concatenate([x0[None], edited]), means]), args.out)
+    src = "given" if args.given_attrs else "predicted"
+    changes = ", ".join(f"{run.names[j]} {w_host[0, j]:+.2f} -> {v:+g}" for j, v in edits)
+    q = "q(z|x,w)" if encoder == "xw" else "q(z|w)"
+    print(f"wrote {args.out}: test image {args.image_index}, {src} attributes, z from {q}; "
+          f"row 0 = x, edited; row 1 = average faces; columns = original, {', '.join(labels)} ({changes})")
+
+
+def cmd_attributes(run: Run, args) -> None:
+    x = run.test_x([args.image_index])
+    pred = np.asarray(to_device(predict_w(run, x, Rng(args.seed), args.iterations), np), dtype=np.float64)[0]
+    true = np.asarray(to_device(run.test_w([args.image_index]), np), dtype=np.float64)[0]
+    if args.json:
+        print(json.dumps({"image_index": args.image_index, "checkpoint": run.checkpoint,
+                          "predicted": {n: round(float(v), 6) for n, v in zip(run.names, pred)},
+                          "given": {n: float(v) for n, v in zip(run.names, true)}}, indent=2))
+        return
+    width = max(len(n) for n in run.names)
+    what = "p(digit)" if run.dataset == "mnist" else "predicted"
+    print(f"{'attribute':<{width}}  {what:>9}  {'given':>5}")
+    for n, p, t in zip(run.names, pred, true):
+        print(f"{n:<{width}}  {p:9.3f}  {t:5.0f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m jmvae_cupy.generate", description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir", help="a run directory written by python -m jmvae_cupy.train")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--seed", type=int, default=0, help="seed of the random faces / noise (default 0)")
+        p.add_argument("--iterations", type=int, default=10,
+                       help="jmvae / h: iterations of the iterative completion (default 10; paper 40)")
+        p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu)")
+
+    f = sub.add_parser("faces", help="attributes -> average and random faces (Fig. 7)")
+    g = f.add_mutually_exclusive_group(required=True)
+    g.add_argument("--attrs", help='comma-separated attribute names, "-Name" for Not (MNIST: digits)')
+    g.add_argument("--from-test", type=int, help="the attributes of the first K test images")
+    f.add_argument("--out", required=True, help="the PNG to write")
+    f.add_argument("--samples", type=int, default=4, help="rows of random faces (default 4)")
+    f.add_argument("--strength", type=float, default=2.0, help="value of a set attribute (default 2, the paper's)")
+    f.add_argument("--base", choices=["random", "zeros"], default="random", help="the Base attributes")
+    common(f)
+    e = sub.add_parser("edit", help="change attributes of a test image (Fig. 8)")
+    e.add_argument("--image-index", type=int, required=True, help="index into the test set")
+    e.add_argument("--set", required=True, help='e.g. "Smiling=1,Eyeglasses=-1"')
+    e.add_argument("--out", required=True, help="the PNG to write")
+    e.add_argument("--given-attrs", action="store_true", help="start from the file's attributes, not predicted ones")
+    e.add_argument("--encoder", choices=["w", "xw"], default=None,
+                   help="average faces from q(z|w) (kl default, the paper's) or q(z|x,w) (jmvae / h default)")
+    common(e)
+    a = sub.add_parser("attributes", help="image -> predicted attributes")
+    a.add_argument("--image-index", type=int, required=True, help="index into the test set")
+    a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common(a)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "samples", 1) < 0 or args.iterations < 0:
+            raise GenerateError("--samples and --iterations must be >= 0")
+        run = Run(args.run_dir, device=args.device)
+        out = getattr(args, "out", None)
+        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise GenerateError(f"--out {out}: no such directory")
+        {"faces": cmd_faces, "edit": cmd_edit, "attributes": cmd_attributes}[args.command](run, args)
+        return 0
+    except (GenerateError, CheckpointError, DataError, ModelError, BackendError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""python -m jmvae_cupy.generate on tiny trained runs: faces (Fig. 7), edit (Fig. 8), attributes; one-line
+errors with exit code 1 for bad inputs.  The runs are one epoch of the 32x32 synthetic CelebA file of
+tests/test_train_celeba.py (narrow nets) and one tiny MNIST run."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jmvae_cupy.generate import main
+from jmvae_cupy.train import main as train_main
+from tests.test_train_celeba import FAST, celeba_h5  # noqa: F401  (a fixture)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, celeba_h5):  # noqa: F811
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for variant in ("kl", "jmvae"):
+        out[variant] = root / variant
+        extra = ["--gan"] if variant == "kl" else []  # a GAN checkpoint loads too (the discriminator is ignored)
+        assert train_main(["celeba", "--variant", variant, "--epochs", "1", "--warmup", "1", "--data",
+                           str(celeba_h5), "--out", str(out[variant])] + extra + FAST) == 0
+    out["mnist"] = root / "mnist"
+    assert train_main(["mnist", "--epochs", "1", "--train-subset", "200", "--batch-size", "100", "--latent", "4",
+                       "--no-progress", "--device", "cpu", "--out", str(out["mnist"])]) == 0
+    return out
+
+
+def _png(path):
+    return np.asarray(Image.open(path))
+
+
+@pytest.mark.parametrize("variant", ["kl", "jmvae"])
+def test_faces_from_attributes(runs, tmp_path, capsys, variant):
+    out = tmp_path / "f.png"
+    assert main([str(runs[variant]), "faces", "--attrs", "Smiling,Male,-Eyeglasses", "--samples", "2",
+                 "--out", str(out), "--iterations", "2"]) == 0
+    msg = capsys.readouterr().out
+    assert "Base, Smiling, Male, Not Eyeglasses, all" in msg
+    img = _png(out)  # 3 rows (average + 2 random) x 5 columns of 32x32, pad 2, scale 2
+    assert img.shape == (2 * (3 * 34 + 2), 2 * (5 * 34 + 2), 3)
+    assert main([str(runs[variant]), "faces", "--from-test", "3", "--out", str(out)]) == 0
+    assert _png(out).shape == (2 * (6 * 34 + 2), 2 * (3 * 34 + 2), 3)  # test faces, average, 4 random
+
+
+def test_edit_writes_the_fig8_grid(runs, tmp_path, capsys):
+    out = tmp_path / "e.png"
+    assert main([str(runs["kl"]), "edit", "--image-index", "1", "--set", "Smiling=1,Eyeglasses=-1",
+                 "--out", str(out)]) == 0
+    msg = capsys.readouterr().out
+    assert "Smiling=1" in msg and "Eyeglasses=-1" in msg and "q(z|w)" in msg
+    assert _png(out).shape == (2 * (2 * 34 + 2), 2 * (4 * 34 + 2), 3)  # x / averages x (orig, 2 edits, all)
+    assert main([str(runs["jmvae"]), "edit", "--image-index", "0", "--set", "smiling=2", "--given-attrs",
+                 "--out", str(out), "--iterations", "1"]) == 0
+    assert "q(z|x,w)" in capsys.readouterr().out
+
+
+def test_edit_is_x_plus_the_difference_of_average_faces(runs, tmp_path):
+    """Setting an attribute to the value it already has changes nothing: x' = x (up to PNG rounding)."""
+    from jmvae_cupy.generate import Run
+
+    run = Run(str(runs["kl"]), "cpu")
+    w = np.asarray(run.test_w([0]))[0]
+    out = tmp_path / "same.png"
+    assert main([str(runs["kl"]), "edit", "--image-index", "0", "--given-attrs", "--set",
+                 f"Smiling={w[run.attr_index('Smiling')]:g}", "--out", str(out)]) == 0
+    img = _png(out).astype(int)
+    a, b = img[4:68, 4:68], img[4:68, 72:136]  # the original and the "edited" tile of row 0
+    assert np.abs(a - b).max() <= 1
+
+
+def test_attributes_table_and_json(runs, capsys):
+    assert main([str(runs["kl"]), "attributes", "--image-index", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["attribute", "predicted", "given"] and len(lines) == 41
+    assert lines[1].split()[0] == "5_o_Clock_Shadow" and all(len(ln.split()) == 3 for ln in lines[1:])
+    assert main([str(runs["jmvae"]), "attributes", "--image-index", "2", "--json", "--iterations", "1"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert len(d["predicted"]) == 40 and set(d["given"].values()) <= {-1.0, 1.0}
+
+
+def test_mnist_runs(runs, tmp_path, capsys):
+    out = tmp_path / "d.png"
+    assert main([str(runs["mnist"]), "faces", "--attrs", "3,7", "--out", str(out)]) == 0
+    assert _png(out).shape[:2] == (2 * (5 * 30 + 2), 2 * (2 * 30 + 2))
+    capsys.readouterr()
+    assert main([str(runs["mnist"]), "attributes", "--image-index", "0", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)["predicted"]
+    assert abs(sum(p.values()) - 1) < 1e-4
+    assert main([str(runs["mnist"]), "edit", "--image-index", "0", "--set", "3=1", "--out", str(out)]) == 1
+    assert "CelebA" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["{nowhere}", "attributes", "--image-index", "0"], "no such run directory"),
+    (["{empty}", "attributes", "--image-index", "0"], "no config.json"),
+    (["{kl}", "faces", "--attrs", "Smilling", "--out", "{tmp}/x.png"], "did you mean Smiling"),
+    (["{kl}", "edit", "--image-index", "0", "--set", "Smiling", "--out", "{tmp}/x.png"], "NAME=VALUE"),
+    (["{kl}", "edit", "--image-index", "0", "--set", "Smiling=yes", "--out", "{tmp}/x.png"], "not a number"),
+    (["{kl}", "attributes", "--image-index", "999"], "out of range"),
+    (["{kl}", "faces", "--attrs", "Male", "--out", "{tmp}/no/dir/x.png"], "no such directory"),
+    (["{mnist}", "faces", "--attrs", "12", "--out", "{tmp}/x.png"], "digits 0-9"),
+])
+def test_bad_inputs_are_one_line_and_exit_1(runs, tmp_path, capsys, argv, msg):
+    (tmp_path / "empty").mkdir()
+    subs = {"nowhere": str(tmp_path / "none"), "empty": str(tmp_path / "empty"), "tmp": str(tmp_path),
+            **{k: str(v) for k, v in runs.items()}}
+    assert main([a.format(**subs) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
