@@ -469,6 +469,89 @@ for _v in ("cvae", "cmma"):
 
 
 # --------------------------------------------------------------------------------------------
+# The VAE-GAN terms (models/gan.py): L_D w.r.t. the discriminator and its inputs, L_G w.r.t. the decoder
+# --------------------------------------------------------------------------------------------
+
+gan_mod = _optional("jmvae_cupy.models.gan")
+GAN_ENTRIES = 8  # entries checked per tensor (a random subset: the conv nets have thousands)
+
+
+def _compare_subset(loss: Callable[[], float], arrays: dict, grads: dict, r, h: float = 1e-5) -> dict:
+    """As :func:`_compare`, on ``GAN_ENTRIES`` random entries of each array."""
+    out = {}
+    for name, x in arrays.items():
+        flat = x.reshape(-1)
+        idx = r.choice(flat.size, size=min(GAN_ENTRIES, flat.size), replace=False)
+        num = np.empty(len(idx))
+        for j, i in enumerate(idx):
+            old = float(flat[i])
+            flat[i] = old + h
+            fp = loss()
+            flat[i] = old - h
+            fm = loss()
+            flat[i] = old
+            num[j] = (fp - fm) / (2.0 * h)
+        ana = np.asarray(grads[name], dtype=np.float64).reshape(-1)[idx]
+        out[name] = 0.0 if not np.any(num) and not np.any(ana) else gradcheck.rel_error(ana, num)
+    return out
+
+
+def _gan_setup(seed: int = 50):
+    """A tiny CelebA-like JMVAE-kl (16x16, width 1/32) and its discriminator, biases off zero, a batch."""
+    arch = architectures.celeba_arch(size=16, width=1 / 32, latent=3, w_dim=5)
+    model = jmvae_mod.JMVAEKL(arch, seed=2, dtype="float64")
+    gan = gan_mod.VAEGAN(model, weight=0.7, seed=3)
+    r = _rng(seed)
+    for d in (model.params, gan.params):
+        for k, p in d.items():
+            if k.endswith(".b"):
+                p[...] = 0.3 * r.standard_normal(p.shape)
+    x = r.random((4,) + arch.x_shape)
+    w = np.where(r.random((4, arch.w_dim)) < 0.5, -1.0, 1.0)
+    return model, gan, x, w, r
+
+
+def _gan_disc_check(coef):
+    model, gan, x, _, r = _gan_setup()
+    x_rec, x_prior = r.random(x.shape), _randn(r, x.shape, 0.5, 0.5)
+    state0 = {k: v.copy() for k, v in gan.state.items()}
+    _, grads, (dx, dxr, dxp) = gan.disc_loss_and_grads(x, x_rec, x_prior, coef)
+
+    def loss():
+        for k, v in state0.items():  # train-mode batch norm updates the running statistics in place
+            gan.state[k][...] = v
+        return float(gan.disc_loss_and_grads(x, x_rec, x_prior, coef)[0])
+
+    return _compare_subset(loss, {**gan.params, "x": x, "x_rec": x_rec, "x_prior": x_prior},
+                           {**grads, "x": dx, "x_rec": dxr, "x_prior": dxp}, r)
+
+
+def _gan_gen_check(coef):
+    model, gan, x, w, r = _gan_setup(51)
+    latents = gan.sample_latents(model, x, w, Rng(NOISE_SEED))
+    _, _, _, _, grads = gan.loss_and_grads(model, x, w, None, gen_coef=coef, latents=latents)
+
+    def loss():
+        return float(gan.loss_and_grads(model, x, w, None, gen_coef=coef, latents=latents)[1])
+
+    return _compare_subset(loss, {k: model.params[k] for k in grads}, grads, r)
+
+
+if gan_mod is not None:
+    _G = "jmvae_cupy.models.gan.VAEGAN."
+    register("gan_disc", 1e-6, "VAE-GAN L_D w.r.t. discriminator params and its inputs x, x~, x_p",
+             covers=(_G + "backward",))(lambda: _gan_disc_check(None))
+    for _t in gan_mod.DISC_TERMS:
+        register(f"gan_disc:{_t}", 1e-6, f"VAE-GAN L_D, part {_t} alone",
+                 covers=(_G + "backward",))(lambda _t=_t: _gan_disc_check({_t: 1.0}))
+    register("gan_gen", 1e-6, "VAE-GAN gamma L_G (non-saturating) w.r.t. the decoder px",
+             covers=(_G + "loss_and_grads",))(lambda: _gan_gen_check(None))
+    for _t in gan_mod.GEN_TERMS:
+        register(f"gan_gen:{_t}", 1e-6, f"VAE-GAN L_G, part {_t} alone (x~ or x_p)",
+                 covers=(_G + "loss_and_grads",))(lambda _t=_t: _gan_gen_check({_t: 1.0}))
+
+
+# --------------------------------------------------------------------------------------------
 # Coverage: backward function -> checks, backward function -> derivation page
 # --------------------------------------------------------------------------------------------
 
@@ -508,6 +591,8 @@ DERIVATIONS: dict[str, str] = {
     _M + "jmvae.JMVAEH.loss_and_grads": "objectives.md",
     _M + "baselines.CVAE.loss_and_grads": "objectives.md",
     _M + "baselines.CMMA.loss_and_grads": "objectives.md",
+    _M + "gan.VAEGAN.backward": "gan.md",
+    _M + "gan.VAEGAN.loss_and_grads": "gan.md",
 }
 """Qualified name of every backward function -> its page under docs/derivations/."""
 
