@@ -20,5 +20,7 @@ setup(
         "cuda12": ["cupy-cuda12x>=13", "numba-cuda[cu12]>=0.20"],
         "cuda13": ["cupy-cuda13x>=14", "numba-cuda[cu13]>=0.20"],
         "bench": ["torch"],
+        # data-parallel training (train --distributed under mpiexec; docs/distributed.md)
+        "distributed": ["mpi4py>=3.1", "mpich"],
     },
 )
