@@ -1,0 +1,98 @@
+"""Data-parallel training throughput: samples/s with 1, 2, ... ranks (docs/distributed.md).
+
+    python bench/distributed.py --ranks 1 2                  # MNIST JMVAE-kl, global batch 100, CPU
+    python bench/distributed.py --ranks 1 2 --device gpu     # one GPU per rank (NCCL when available)
+
+For each P it launches ``mpiexec -n P python bench/distributed.py --worker ...``: every rank
+builds the Trainer exactly as ``train --distributed`` does, runs one warm-up epoch, then times
+``--epochs`` training epochs (no evaluation, no checkpoints) and rank 0 prints the global samples
+per second (global batch x steps / seconds).  BLAS threads per rank: cores // P (``--threads``),
+so P ranks share the same cores as one process.  P = 1 goes through the same distributed path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def worker(args) -> None:
+    sys.path.insert(0, ROOT)
+    from jmvae_cupy.backend import synchronize  # noqa: PLC0415
+    from jmvae_cupy.distributed import DataParallel, init_distributed  # noqa: PLC0415
+    from jmvae_cupy.train import Trainer, build_parser, config_from_args  # noqa: PLC0415
+
+    dp = DataParallel(init_distributed(args.device))
+    targs = build_parser().parse_args([args.dataset, "--variant", args.variant, "--batch-size", str(args.batch_size),
+                                       "--train-subset", str(args.train_subset), "--dtype", args.dtype])
+    cfg = config_from_args(targs)
+    cfg["distributed"] = {"ranks": dp.comm.size, "exact_noise": False}
+    with tempfile.TemporaryDirectory() as out:
+        t = Trainer(cfg, out, device=args.device, progress=False, log=lambda *a, **k: None, dist=dp)
+        t.train_epoch()  # warm-up (allocations, the fused buffer, BLAS)
+        t.epoch, t.step = t.epoch + 1, 0
+        synchronize(t.xp)
+        dp.comm.barrier()
+        t0, steps = time.perf_counter(), 0
+        for _ in range(args.epochs):
+            steps += t.train_epoch()
+            t.epoch, t.step = t.epoch + 1, 0
+        synchronize(t.xp)
+        dp.comm.barrier()
+        sec = time.perf_counter() - t0
+    if dp.comm.rank == 0:
+        print(json.dumps({"ranks": dp.comm.size, "comm": dp.comm.backend, "steps": steps, "seconds": round(sec, 3),
+                          "samples_per_s": round(steps * args.batch_size / sec, 1),
+                          "ms_per_step": round(1000 * sec / steps, 2)}), flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--variant", default="kl")
+    p.add_argument("--batch-size", type=int, default=100, help="global batch (default 100)")
+    p.add_argument("--train-subset", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="BLAS threads per rank (0: cores // P)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    if mpiexec is None:
+        print('error: mpiexec not found (pip install -e ".[distributed]")', file=sys.stderr)
+        return 1
+    cores = os.cpu_count() or 1
+    print(f"# {args.dataset} {args.variant} {args.dtype}, global batch {args.batch_size}, "
+          f"{args.train_subset} rows x {args.epochs} epochs, device {args.device}, {cores} cores")
+    for n in args.ranks:
+        threads = args.threads or max(1, cores // n)
+        env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                            "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+        cmd = [mpiexec, "-n", str(n), sys.executable, os.path.abspath(__file__), "--worker"]
+        for k in ("dataset", "variant", "batch_size", "train_subset", "epochs", "dtype", "device"):
+            cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        if r.returncode != 0:
+            print(r.stderr, file=sys.stderr)
+            return r.returncode
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"ranks {n} ({res['comm']}, {threads} BLAS threads each): {res['samples_per_s']:8.1f} samples/s  "
+              f"{res['ms_per_step']:7.2f} ms/step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
