@@ -15,7 +15,11 @@ setup(
     package_data={"jmvae_cupy.data": ["mnist10k/*.gz"]},
     install_requires=["numpy>=1.24", "numba>=0.59", "h5py>=3.8", "pillow>=9", "tqdm>=4.60"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5"],
+        # Everything the test suite needs on a machine without a GPU: CuPy imports without a device
+        # (the namespace test), numba-cuda brings NVVM/NVRTC (PTX for sm_80/sm_90, the CUDA simulator),
+        # mpi4py + mpich give mpiexec (the distributed tests).
+        "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "cupy-cuda13x>=14", "numba-cuda[cu13]>=0.20",
+                 "mpi4py>=3.1", "mpich"],
         # GPU extras: CuPy and numba-cuda (NVVM/NVRTC) for the matching CUDA major version.
         "cuda12": ["cupy-cuda12x>=13", "numba-cuda[cu12]>=0.20"],
         "cuda13": ["cupy-cuda13x>=14", "numba-cuda[cu13]>=0.20"],
