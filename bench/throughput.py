@@ -193,6 +193,7 @@ def torch_twin(model, x, w, device):
 
     from jmvae_cupy.backend import asnumpy
     from jmvae_cupy.distributions import VAR_FLOOR
+    from jmvae_cupy.layers.im2col import conv_outsize, deconv_outsize
     from jmvae_cupy.models.base import GaussianHead
     from jmvae_cupy.nets import BatchNorm, Conv2D, Deconv2D, Dense, Flatten, ReLU, Reshape
 
@@ -216,14 +217,15 @@ def torch_twin(model, x, w, device):
             elif isinstance(layer, (Conv2D, Deconv2D)):
                 cls = nn.Conv2d if isinstance(layer, Conv2D) else nn.ConvTranspose2d
                 mods.append(cls(shape[0], layer.channels, layer.ksize, layer.stride, layer.pad, bias=layer.bias))
-                shape = (layer.channels, 0, 0)
+                size = conv_outsize if isinstance(layer, Conv2D) else deconv_outsize
+                shape = (layer.channels, *(size(d, layer.ksize, layer.stride, layer.pad) for d in shape[1:]))
             elif isinstance(layer, BatchNorm):
                 mods.append(nn.BatchNorm1d(shape[0]) if len(shape) == 1 else nn.BatchNorm2d(shape[0]))
             elif isinstance(layer, ReLU):
                 mods.append(nn.ReLU())
             elif isinstance(layer, Flatten):
                 mods.append(nn.Flatten())
-                shape = (0,)
+                shape = (prod(shape),)
             elif isinstance(layer, Reshape):
                 mods.append(nn.Unflatten(1, tuple(layer.out_shape)))
                 shape = tuple(layer.out_shape)
