@@ -27,12 +27,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 
 import h5py
 import numpy as np
 
 from .backend import asnumpy, to_device
+from .fsutil import temp_beside
 
 FORMAT = 1
 KEEP = 2
@@ -85,7 +85,7 @@ def save(run_dir: str, epoch: int, step: int, meta: dict, params: dict, state: d
     meta = dict(meta, epoch=int(epoch), step=int(step))
     meta_json = json.dumps(meta, sort_keys=True)
     final = os.path.join(run_dir, checkpoint_name(epoch, step))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=run_dir)
+    fd, tmp = temp_beside(run_dir, prefix=".ckpt-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             with h5py.File(fh, "w") as f:

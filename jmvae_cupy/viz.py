@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
 
+from .fsutil import temp_beside
+
 
 def atomic_save_png(img: Image.Image, path: str) -> None:
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=d)
+    fd, tmp = temp_beside(d, prefix=".tmp-", suffix=".png")
     os.close(fd)
     try:
         img.save(tmp, format="PNG")

@@ -31,3 +31,15 @@ def test_save_grid_writes_a_png(tmp_path):
     im = Image.open(path)
     assert im.mode == "RGB" and im.size == ((2 * 10 + 2) * 2, (2 * 10 + 2) * 2)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_atomic_files_get_the_default_mode_not_0600(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "m.png"
+        save_grid(np.zeros((1, 1, 4, 4)), str(path))
+        assert os.stat(path).st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

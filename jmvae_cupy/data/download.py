@@ -22,7 +22,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..fsutil import temp_beside
 from .errors import DataError
 from .mnist import MNIST_FILES, FileSpec, file_digest
 
@@ -139,7 +139,7 @@ def _describe(e: BaseException) -> str:
 def _fetch(url: str, dest: Path, spec: FileSpec, progress: bool, timeout: float, opener) -> str | None:
     """Fetch ``url`` to ``dest`` through a temporary file; None on success, else the reason."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=dest.parent)
+        fd, tmp = temp_beside(dest.parent, prefix=f".{spec.name}.", suffix=".part")
     except OSError as e:
         raise DataError(f"{dest.parent}: cannot write: {e.strerror or e}") from None
     try:

@@ -37,12 +37,12 @@ from __future__ import annotations
 import gzip as _gzip
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ..fsutil import temp_beside
 from .errors import DataError
 
 #: Magic number of an IDX label file: dtype 0x08 (uint8), 1 dimension.
@@ -136,7 +136,7 @@ def write_idx(path: str | os.PathLike, array, gzip: bool = True) -> Path:
 
     directory = path.parent
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        fd, tmp_name = temp_beside(directory, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
     try:

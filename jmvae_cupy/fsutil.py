@@ -1,0 +1,26 @@
+"""Files that appear whole or not at all: the temporary file every atomic write starts from.
+
+An atomic write creates a temporary file in the destination's directory (same file system, so
+the final ``os.replace`` is an atomic rename), writes and fsyncs it, then renames it over the
+destination.  ``tempfile.mkstemp`` creates its file with mode 0600, which would leave every
+checkpoint, PNG and data file readable by its owner only; :func:`temp_beside` gives the file the
+mode a plain ``open(path, "w")`` would (0666 less the process umask).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def temp_beside(directory, prefix: str, suffix: str = ".tmp"):
+    """A new temporary file in ``directory``: (open file descriptor, path), with the default mode."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    os.fchmod(fd, _default_mode())
+    return fd, path
