@@ -499,10 +499,9 @@ class Trainer:
             self.save()
             if self.epoch % self.sample_every == 0 or self.epoch == cfg["epochs"]:
                 self.write_samples(os.path.join(self.out, f"samples-e{self.epoch:04d}.png"))
+            recs = ", ".join(f"{k} {test[k]:.{1 if k == 'rec_x' else 3}f}" for k in ("rec_x", "rec_w") if k in test)
             self.log(f"epoch {self.epoch}/{cfg['epochs']}  train loss {train['loss']:.2f}  "
-                     f"test elbo {test['elbo']:.2f}  (rec_x {test.get('rec_x', float('nan')):.1f}, "
-                     f"rec_w {test.get('rec_w', float('nan')):.3f})  "
-                     f"{record['seconds']:.1f}s")
+                     f"test elbo {test['elbo']:.2f}  ({recs})  {record['seconds']:.1f}s")
         return 0
 
 
