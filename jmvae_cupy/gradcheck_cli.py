@@ -478,22 +478,7 @@ GAN_ENTRIES = 8  # entries checked per tensor (a random subset: the conv nets ha
 
 def _compare_subset(loss: Callable[[], float], arrays: dict, grads: dict, r, h: float = 1e-5) -> dict:
     """As :func:`_compare`, on ``GAN_ENTRIES`` random entries of each array."""
-    out = {}
-    for name, x in arrays.items():
-        flat = x.reshape(-1)
-        idx = r.choice(flat.size, size=min(GAN_ENTRIES, flat.size), replace=False)
-        num = np.empty(len(idx))
-        for j, i in enumerate(idx):
-            old = float(flat[i])
-            flat[i] = old + h
-            fp = loss()
-            flat[i] = old - h
-            fm = loss()
-            flat[i] = old
-            num[j] = (fp - fm) / (2.0 * h)
-        ana = np.asarray(grads[name], dtype=np.float64).reshape(-1)[idx]
-        out[name] = 0.0 if not np.any(num) and not np.any(ana) else gradcheck.rel_error(ana, num)
-    return out
+    return gradcheck.check_gradients_sampled(loss, arrays, grads, GAN_ENTRIES, r, h)
 
 
 def _gan_setup(seed: int = 50):

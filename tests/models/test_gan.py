@@ -14,7 +14,7 @@ large tensor).
 import numpy as np
 import pytest
 
-from jmvae_cupy.gradcheck import numerical_gradient, rel_error
+from jmvae_cupy.gradcheck import check_gradients_sampled, numerical_gradient, rel_error
 from jmvae_cupy.models import ModelError, build_model
 from jmvae_cupy.models.architectures import celeba_arch, mnist_arch
 from jmvae_cupy.models.gan import VAEGAN, disc_spec, gan_xent
@@ -42,22 +42,7 @@ def _setup(variant="kl", weight=0.7):
 
 def _fd(f, params: dict, grads: dict, r, names=None):
     """{name: rel error} of grads vs central differences of f() over a random subset of each tensor."""
-    errs = {}
-    for name in names or params:
-        flat = params[name].reshape(-1)
-        idx = r.choice(flat.size, size=min(ENTRIES, flat.size), replace=False)
-        num = np.empty(len(idx))
-        for j, i in enumerate(idx):
-            old = flat[i]
-            flat[i] = old + H
-            fp = f()
-            flat[i] = old - H
-            fm = f()
-            flat[i] = old
-            num[j] = (fp - fm) / (2 * H)
-        ana = grads[name].reshape(-1)[idx]
-        errs[name] = 0.0 if not np.any(num) and not np.any(ana) else rel_error(ana, num)
-    return errs
+    return check_gradients_sampled(f, {k: params[k] for k in (names or params)}, grads, ENTRIES, r, H)
 
 
 def _assert_small(errs, what):
