@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 
 from .backend import get_array_module
+from .kernels._dispatch import FLOAT_DTYPES
+from .kernels.bernoulli import bernoulli_loglik_forward, bernoulli_loglik_forward_ref
 from .layers.activations import sigmoid, softplus
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -58,18 +60,20 @@ class Bernoulli:
         """ll_n = sum_d [ -softplus(-l) x - softplus(l) (1 - x) ]  (N,).
 
         Written with softplus, never log(sigmoid): finite for logits of +-100 and beyond.
-        x, logits: (N, D).  Cache: (x, logits).
+        x, logits: (N, D).  Cache: the residual r = x - sigmoid(l) (N, D), computed in the same
+        pass (kernels/bernoulli.py: one fused kernel when x and logits are float arrays of one
+        dtype and shape; the plain-xp reference otherwise).
         """
-        ll = -(softplus(-logits) * x + softplus(logits) * (1.0 - x)).sum(axis=1)
-        return ll, (x, logits)
+        if x.dtype == logits.dtype and logits.dtype in FLOAT_DTYPES and x.ndim == 2 and x.shape == logits.shape:
+            return bernoulli_loglik_forward(x, logits)
+        return bernoulli_loglik_forward_ref(x, logits)
 
     @staticmethod
     def loglik_backward(dll, cache):
         """d ll_n / d l_nd = x_nd - sigmoid(l_nd), so dlogits = dll[:, None] * (x - sigmoid(l))  (N, D).
 
-        dll: (N,) upstream gradient; cache: (x, logits), each (N, D)."""
-        x, logits = cache
-        return dll[:, None] * (x - sigmoid(logits))
+        dll: (N,) upstream gradient; cache: the residual r = x - sigmoid(l) (N, D) from loglik."""
+        return dll[:, None] * cache
 
     @staticmethod
     def mean(logits):

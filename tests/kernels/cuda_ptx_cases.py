@@ -23,7 +23,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 
 from numba.cuda.cudadrv import nvvm
 
-from jmvae_cupy.kernels import adam, gauss_kl, reparam
+from jmvae_cupy.kernels import adam, bernoulli, gauss_kl, reparam
 
 if not nvvm.is_available():
     pytest.skip(
@@ -31,7 +31,8 @@ if not nvvm.is_available():
     )
 
 FLOAT_TYPES = {"float32": numba.float32, "float64": numba.float64}
-KERNELS = [(module, name) for module in (reparam, gauss_kl, adam) for name in module._cuda_signatures(numba.float32)]
+MODULES = (reparam, gauss_kl, adam, bernoulli)
+KERNELS = [(module, name) for module in MODULES for name in module._cuda_signatures(numba.float32)]
 
 
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])

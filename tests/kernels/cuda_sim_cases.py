@@ -22,11 +22,13 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported", allow_module_level=True)
 
-from jmvae_cupy.kernels import adam, gauss_kl, reparam
+from jmvae_cupy.kernels import adam, bernoulli, gauss_kl, reparam
 
 from .kernel_checks import (
     DTYPES,
     adam_inputs,
+    bernoulli_inputs,
+    check_bernoulli,
     check_kl_backward,
     check_kl_forward,
     check_reparam_backward,
@@ -45,7 +47,7 @@ def test_kernels_are_simulated():
     from numba.cuda import config
 
     assert config.ENABLE_CUDASIM
-    for module in (reparam, gauss_kl, adam):
+    for module in (reparam, gauss_kl, adam, bernoulli):
         for kernel in vars(module._cuda_kernels()).values():
             assert type(kernel).__module__.startswith("numba.cuda.simulator"), type(kernel)
 
@@ -100,3 +102,11 @@ def test_adam_kernel(rng, dtype, size):
     for name, a, b in zip("pmv", (p, m, v), ref):
         assert a.dtype == dtype
         np.testing.assert_allclose(a, b, rtol=rtol, atol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 5), (2, 300)])  # D < 128 threads, D > 2 x 128 threads
+def test_bernoulli_kernel(rng, dtype, shape):
+    x, logits = bernoulli_inputs(rng, *shape, dtype)
+    ll, r = bernoulli._bernoulli_loglik_cuda(x, logits, nans_like(x, shape[:1]), nans_like(x))
+    check_bernoulli(ll, r, x, logits)

@@ -144,3 +144,29 @@ def adam_inputs(rng, shape, dtype, steps):
         v.reshape(-1)[::3] = 0
     grads = [(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 1)).astype(dtype) for _ in range(steps)]
     return p, m, v, grads
+
+
+# ------------------------------------------------------------------ Bernoulli log-likelihood
+
+
+def bernoulli_inputs(rng, n, d, dtype):
+    """Binary x and logits N(0.3, 3^2) with +-40 in the first row (where it fits): (x, logits)."""
+    x = (rng.random((n, d)) < 0.4).astype(dtype)
+    logits = rng.standard_normal((n, d)) * 3 + 0.3
+    if d >= 2:
+        logits[0, 0], logits[0, 1] = 40.0, -40.0
+    return x, logits.astype(dtype)
+
+
+def check_bernoulli(ll, r, x, logits):
+    """ll (N,) and r = x - sigmoid(l) (N, D) against the reference in float64 on the same inputs.
+
+    ll sums D non-negative terms (log1p(e) + max(l, 0) - l x >= 0): error <= D * eps * |ll| (a
+    left-to-right sum in the dtype), plus a few eps of each term; r: a few eps (|r| <= 1)."""
+    from jmvae_cupy.kernels.bernoulli import bernoulli_loglik_forward_ref  # noqa: PLC0415
+
+    ll_ref, r_ref = bernoulli_loglik_forward_ref(x.astype(np.float64), logits.astype(np.float64))
+    e = eps(ll.dtype)
+    d = x.shape[1]
+    assert np.all(np.abs(ll - ll_ref) <= (d + 4) * e * np.abs(ll_ref) + 4 * e), np.max(np.abs(ll - ll_ref))
+    np.testing.assert_allclose(r, r_ref, rtol=0, atol=4 * e)
