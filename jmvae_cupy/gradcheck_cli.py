@@ -49,6 +49,7 @@ def _optional(name: str):
 
 
 reparam = importlib.import_module("jmvae_cupy.kernels.reparam")
+bias_relu = importlib.import_module("jmvae_cupy.kernels.bias_relu")
 gauss_kl = importlib.import_module("jmvae_cupy.kernels.gauss_kl")
 conv = _optional("jmvae_cupy.layers.conv")
 deconv = _optional("jmvae_cupy.layers.deconv")
@@ -126,6 +127,33 @@ def _dense():
 
     dx, g = dense.dense_backward(dy, dense.dense_forward(x, W, b)[1])
     return _compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
+
+
+@register("dense_relu", 1e-7, "y = max(x W + b, 0) fused (and its bias+ReLU kernel), pre-activations |u| >= 0.2",
+          covers=("jmvae_cupy.layers.dense.dense_relu_backward",
+                  "jmvae_cupy.kernels.bias_relu.bias_relu_backward"))
+def _dense_relu():
+    r = _rng(21)
+    x, W = _randn(r, (5, 7)), _randn(r, (7, 4), 0.5, -0.2)
+    # b puts every pre-activation x W + b at least 0.2 away from the kink, with both signs
+    b = _away_from_zero(r, (5, 4)) - x @ W
+    b = b.mean(axis=0)
+    u = x @ W  # the GEMM output the kernel adds b to
+    assert (np.abs(u + b) >= 0.05).all(), "test inputs too close to the ReLU kink"
+    dy = _randn(r, (5, 4))
+
+    def loss():
+        return gradcheck.dot(dense.dense_relu_forward(x, W, b)[0], dy)
+
+    dx, g = dense.dense_relu_backward(dy, dense.dense_relu_forward(x, W, b)[1])
+    out = _compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
+    du, db = bias_relu.bias_relu_backward(dy, bias_relu.bias_relu_forward(u.copy(), b))
+
+    def loss_u():
+        return gradcheck.dot(bias_relu.bias_relu_forward(u.copy(), b), dy)
+
+    out.update(_compare(loss_u, {"u (kernel)": u, "b (kernel)": b}, {"u (kernel)": du, "b (kernel)": db}))
+    return out
 
 
 def _elementwise(fwd: str, bwd: str, x, seed):
@@ -555,6 +583,8 @@ BACKWARDS: dict[str, tuple] = _backwards_from_registry()
 _L, _D = "jmvae_cupy.layers.", "jmvae_cupy.distributions."
 DERIVATIONS: dict[str, str] = {
     _L + "dense.dense_backward": "dense.md",
+    _L + "dense.dense_relu_backward": "dense.md",
+    "jmvae_cupy.kernels.bias_relu.bias_relu_backward": "dense.md",
     _L + "reshape.flatten_backward": "dense.md",
     _L + "reshape.reshape_backward": "dense.md",
     _L + "activations.relu_backward": "activations.md",

@@ -50,7 +50,15 @@ from .layers.activations import relu_backward, relu_forward
 from .layers.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_init
 from .layers.conv import conv2d_backward, conv2d_forward, conv2d_init
 from .layers.deconv import deconv2d_backward, deconv2d_forward, deconv2d_init
-from .layers.dense import dense_backward, dense_forward, dense_init, dense_param_grads
+from .layers.dense import (
+    dense_backward,
+    dense_forward,
+    dense_init,
+    dense_param_grads,
+    dense_relu_backward,
+    dense_relu_forward,
+    dense_relu_param_grads,
+)
 from .layers.im2col import conv_outsize, deconv_outsize
 from .layers.reshape import flatten_backward, flatten_forward, reshape_backward, reshape_forward
 
@@ -300,6 +308,13 @@ class Net:
         self.layers = parse(spec)
         self.in_shape = tuple(in_shape) if not isinstance(in_shape, int) else (in_shape,)
         self.out_shape = None
+        # Dense (with bias) then ReLU run as one fused step (layers.dense.dense_relu_forward): the
+        # bias add and the ReLU in one pass over the GEMM output.  The layers stay two (indices and
+        # parameter names unchanged); the pair's cache sits at the Dense index, None at the ReLU's.
+        self.fused = frozenset(
+            i for i in range(len(self.layers) - 1)
+            if type(self.layers[i]) is Dense and self.layers[i].bias and type(self.layers[i + 1]) is ReLU
+        )
 
     def init(self, rng, dtype, xp):
         """Fresh parameters and state: two flat dicts keyed "{layer index}.{name}"."""
@@ -324,8 +339,17 @@ class Net:
         train=False: batch norm uses the running statistics in ``state``.
         """
         caches = []
+        fused_relu = False
         for i, layer in enumerate(self.layers):
-            x, c = layer.forward(self._sub(params, i), self._sub(state, i), x, train)
+            if fused_relu:  # the ReLU of a fused pair: done by the Dense step before it
+                caches.append(None)
+                fused_relu = False
+                continue
+            if i in self.fused:
+                x, c = dense_relu_forward(x, params[f"{i}.W"], params[f"{i}.b"])
+                fused_relu = True
+            else:
+                x, c = layer.forward(self._sub(params, i), self._sub(state, i), x, train)
             caches.append(c)
         # conv layers hand on channels-last views; give the caller plain C-ordered arrays
         return get_array_module(x).ascontiguousarray(x), caches
@@ -340,7 +364,16 @@ class Net:
         xp = get_array_module(dy)
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
-            if i == 0 and not need_dx and hasattr(layer, "param_grads"):
+            if i - 1 in self.fused:  # the ReLU of a fused pair: its Dense does both
+                continue
+            if i in self.fused:
+                if i == 0 and not need_dx:
+                    g = dense_relu_param_grads(dy, caches[i])
+                    del g["du"]
+                    dy = None
+                else:
+                    dy, g = dense_relu_backward(dy, caches[i])
+            elif i == 0 and not need_dx and hasattr(layer, "param_grads"):
                 dy, g = None, layer.param_grads(dy, caches[i])
             else:
                 dy, g = layer.backward(dy, caches[i])

@@ -136,3 +136,32 @@ def test_small_encoder_stack_gradients(train):
 def test_small_decoder_stack_gradients(train):
     """D32R-DC3BR-DC2 (implicit reshape 32 -> 2x4x4, then 4 -> 8 -> 16) from z of size 5, float64."""
     _check_net("D32R-DC3BR-DC2", 5, 3, train, seed=12)
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_fused_dense_relu_matches_the_layers_one_by_one(need_dx):
+    """A Net runs Dense(bias) + ReLU pairs fused (dense_relu_forward): same parameter names, same
+    outputs and gradients as the two layers' own forward/backward, in float64."""
+    net = Net("D9R-D8BR-D7R-D5", 6)
+    params, state = net.init(Rng(3), np.float64, np)
+    assert [type(la).__name__ for la in net.layers] == ["Dense", "ReLU", "Dense", "BatchNorm", "ReLU", "Dense",
+                                                           "ReLU", "Dense"]
+    assert net.fused == {0, 5}  # D9R and D7R; D8BR has no bias (batch norm) and stays unfused
+    assert sorted(k for k in params if k.endswith(".W")) == ["0.W", "2.W", "5.W", "7.W"]
+    r = np.random.default_rng(0)
+    x = r.standard_normal((4, 6))
+    y, caches = net.forward(params, state, x)
+    dy = r.standard_normal(y.shape)
+    dx, grads = net.backward(dy, caches, need_dx=need_dx)
+
+    net1 = Net(net.spec, 6)
+    net1.fused = frozenset()  # layer by layer
+    state1 = {k: v.copy() for k, v in net1.init(Rng(3), np.float64, np)[1].items()}
+    y1, caches1 = net1.forward(params, state1, x)
+    dx1, grads1 = net1.backward(dy, caches1, need_dx=need_dx)
+    np.testing.assert_allclose(y, y1, rtol=1e-13)
+    assert grads.keys() == grads1.keys()
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads1[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    if need_dx:
+        np.testing.assert_allclose(dx, dx1, rtol=1e-12, atol=1e-14)

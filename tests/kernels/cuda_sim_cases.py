@@ -22,13 +22,15 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported", allow_module_level=True)
 
-from jmvae_cupy.kernels import adam, bernoulli, gauss_kl, reparam
+from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, reparam
 
 from .kernel_checks import (
     DTYPES,
     adam_inputs,
     bernoulli_inputs,
+    bias_relu_inputs,
     check_bernoulli,
+    check_bias_relu,
     check_kl_backward,
     check_kl_forward,
     check_reparam_backward,
@@ -47,7 +49,7 @@ def test_kernels_are_simulated():
     from numba.cuda import config
 
     assert config.ENABLE_CUDASIM
-    for module in (reparam, gauss_kl, adam, bernoulli):
+    for module in (reparam, gauss_kl, adam, bernoulli, bias_relu):
         for kernel in vars(module._cuda_kernels()).values():
             assert type(kernel).__module__.startswith("numba.cuda.simulator"), type(kernel)
 
@@ -110,3 +112,12 @@ def test_bernoulli_kernel(rng, dtype, shape):
     x, logits = bernoulli_inputs(rng, *shape, dtype)
     ll, r = bernoulli._bernoulli_loglik_cuda(x, logits, nans_like(x, shape[:1]), nans_like(x))
     check_bernoulli(ll, r, x, logits)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (9, 140)])  # (9, 140): 5 x 2 blocks forward, 2 blocks of 128 backward
+def test_bias_relu_kernels(rng, dtype, shape):
+    u, b, dy = bias_relu_inputs(rng, *shape, dtype)
+    y = bias_relu._bias_relu_forward_cuda(u.copy(), b)
+    du, db = bias_relu._bias_relu_backward_cuda(dy, y, nans_like(dy), nans_like(b))
+    check_bias_relu(y, du, db, u, b, dy)

@@ -170,3 +170,26 @@ def check_bernoulli(ll, r, x, logits):
     d = x.shape[1]
     assert np.all(np.abs(ll - ll_ref) <= (d + 4) * e * np.abs(ll_ref) + 4 * e), np.max(np.abs(ll - ll_ref))
     np.testing.assert_allclose(r, r_ref, rtol=0, atol=4 * e)
+
+
+# ------------------------------------------------------------------ bias + ReLU epilogue
+
+
+def bias_relu_inputs(rng, n, d, dtype):
+    """GEMM output u (n, d), bias b (d,), upstream gradient dy (n, d); about half of u + b < 0."""
+    u = rng.standard_normal((n, d)).astype(dtype)
+    b = (rng.standard_normal(d) * 0.5).astype(dtype)
+    return u, b, rng.standard_normal((n, d)).astype(dtype)
+
+
+def check_bias_relu(y, du, db, u, b, dy):
+    """y = max(u + b, 0) and du = dy [y > 0] exactly as the reference in the dtype; db (column sums
+    of du, N terms) within N eps of the float64 sums."""
+    from jmvae_cupy.kernels.bias_relu import bias_relu_backward_ref, bias_relu_forward_ref  # noqa: PLC0415
+
+    np.testing.assert_array_equal(y, bias_relu_forward_ref(u, b))
+    du_ref, _ = bias_relu_backward_ref(dy, y)
+    np.testing.assert_array_equal(du, du_ref)
+    exact = du_ref.astype(np.float64).sum(axis=0)
+    scale = np.abs(du_ref.astype(np.float64)).sum(axis=0)
+    assert np.all(np.abs(db - exact) <= (u.shape[0] + 2) * eps(db.dtype) * scale + 1e-300)
