@@ -91,12 +91,21 @@ def col2im(col, h: int, w: int, sy: int, sx: int, ph: int, pw: int):
     """Scatter-add col (N, OH, OW, KH, KW, C) back onto an image (N, H, W, C); the adjoint of im2col.
 
     x[n, h, w, c] = sum of col[n, oh, ow, i, j, c] over sy*oh + i - ph = h, sx*ow + j - pw = w.
-    Returns a fresh C-ordered array of dtype col.dtype.  Taps that fall on the padding are
-    dropped (the adjoint of zero padding is cropping), so no padded buffer is needed.
+    Returns a fresh (N, H, W, C) array of dtype col.dtype (channels-last in memory, except for
+    C < 8: see below).  Taps that fall on the padding are dropped (the adjoint of zero padding
+    is cropping), so no padded buffer is needed.
     """
     xp = get_array_module(col)
     N, OH, OW, KH, KW, C = col.shape
-    x = xp.zeros((N, h, w, C), dtype=col.dtype)
+    # Both operands are indexed (N, C, H, W) below, whatever their memory layout: NumPy runs its
+    # innermost loop along the axis that both store closest together.  A channels-last canvas
+    # gives runs of C numbers; for C < 8 (an RGB image) these are too short, and a
+    # channels-first canvas gives runs along W instead (about 2x faster for C = 3).
+    if C < 8:
+        x = xp.zeros((N, C, h, w), dtype=col.dtype)
+    else:
+        x = xp.zeros((N, h, w, C), dtype=col.dtype).transpose(0, 3, 1, 2)
+    src = col.transpose(0, 5, 1, 2, 3, 4)  # (N, C, OH, OW, KH, KW), a view
     for i in range(KH):
         oh0, oh1, h0 = _tap_range(i, OH, h, sy, ph)
         for j in range(KW):
@@ -107,5 +116,5 @@ def col2im(col, h: int, w: int, sy: int, sx: int, ph: int, pw: int):
             # columns w0, w0+sx, ...: one strided slice of x, added in place
             rows = slice(h0, h0 + sy * (oh1 - oh0), sy)
             cols = slice(w0, w0 + sx * (ow1 - ow0), sx)
-            x[:, rows, cols, :] += col[:, oh0:oh1, ow0:ow1, i, j, :]
-    return x
+            x[:, :, rows, cols] += src[:, :, oh0:oh1, ow0:ow1, i, j]
+    return x.transpose(0, 2, 3, 1)  # (N, H, W, C)

@@ -32,6 +32,7 @@ CASES = [
     (1, 2, 5, 6, 3, 2, 1, 0),
     (2, 3, 9, 7, 2, 3, (2, 1), (0, 2)),
     (3, 2, 6, 5, 3, 3, 3, 2),
+    (2, 9, 6, 7, 3, 4, 2, 1),  # C_in >= 8: col2im accumulates channels-last (C < 8: channels-first)
 ]
 
 
@@ -108,7 +109,13 @@ def test_backward_data_is_the_transposed_convolution(rng):
 
 
 # (N, H, W, C, K, stride, pad)
-IM2COL_CASES = [(2, 7, 9, 3, 3, 2, 1), (1, 6, 5, 2, 4, 2, 1), (2, 5, 8, 2, 3, 3, 2), (1, 4, 4, 2, 4, 2, 3)]
+IM2COL_CASES = [
+    (2, 7, 9, 3, 3, 2, 1),
+    (1, 6, 5, 2, 4, 2, 1),
+    (2, 5, 8, 2, 3, 3, 2),
+    (1, 4, 4, 2, 4, 2, 3),
+    (2, 5, 7, 9, 4, 2, 1),  # C >= 8: the channels-last canvas
+]
 
 
 @pytest.mark.parametrize("shape", IM2COL_CASES)
