@@ -28,6 +28,10 @@ A :class:`Net` is a list of layers; every layer is a forward/backward pair:
 * ``layer.init(rng, in_shape, dtype, xp) -> (params, state, out_shape)`` (shapes exclude N)
 * ``layer.forward(params, state, x, train) -> (y, cache)``
 * ``layer.backward(dy, cache) -> (dx, grads)``  (grads has the keys of params)
+* optional: ``layer.param_grads(dy, cache) -> grads`` (no dx: used for a first layer whose
+  input is data, ``Net.backward(..., need_dx=False)``), and ``layer.fuses_relu``: the layer
+  runs a following ReLU itself when called as ``forward(..., relu=True)`` (one pass over the
+  output instead of three; see :class:`Net`); its backward reads that from the cache.
 
 ``params`` are learned (Adam updates them); ``state`` is not (batch-norm running statistics,
 updated in place during ``forward(..., train=True)``).  A Net stores neither: it names them
@@ -48,7 +52,7 @@ from math import prod
 from .backend import get_array_module
 from .layers.activations import relu_backward, relu_forward
 from .layers.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_init
-from .layers.conv import conv2d_backward, conv2d_forward, conv2d_init
+from .layers.conv import conv2d_backward, conv2d_forward, conv2d_init, conv2d_param_grads
 from .layers.deconv import deconv2d_backward, deconv2d_forward, deconv2d_init
 from .layers.dense import (
     dense_backward,
@@ -77,6 +81,10 @@ class Dense:
         self.units = units
         self.bias = bias
 
+    @property
+    def fuses_relu(self) -> bool:
+        return self.bias  # the fused kernel adds the bias and applies the ReLU in one pass
+
     def init(self, rng, in_shape, dtype, xp):
         if len(in_shape) != 1:
             raise NetSpecError(f"D{self.units} needs a flat input, got shape {in_shape} (insert F)")
@@ -85,12 +93,16 @@ class Dense:
             del params["b"]
         return params, {}, (self.units,)
 
-    def forward(self, params, state, x, train):
+    def forward(self, params, state, x, train, relu: bool = False):
+        if relu:
+            return dense_relu_forward(x, params["W"], params["b"])  # cache (x, W, y)
         if self.bias:
-            return dense_forward(x, params["W"], params["b"])
+            return dense_forward(x, params["W"], params["b"])  # cache (x, W)
         return x @ params["W"], (x, params["W"])  # dense_forward without "+ b"
 
     def backward(self, dy, cache):
+        if len(cache) == 3:  # (x, W, y): the fused Dense + ReLU
+            return dense_relu_backward(dy, cache)
         dx, grads = dense_backward(dy, cache)
         if not self.bias:
             del grads["b"]
@@ -98,6 +110,10 @@ class Dense:
 
     def param_grads(self, dy, cache):
         """The parameter gradients only (no dx: the layer's input is data)."""
+        if len(cache) == 3:  # the fused Dense + ReLU
+            grads = dense_relu_param_grads(dy, cache)
+            del grads["du"]
+            return grads
         grads = dense_param_grads(dy, cache)
         if not self.bias:
             del grads["b"]
@@ -140,11 +156,19 @@ class Conv2D:
         params = conv2d_init(rng, c, self.channels, k, k, dtype, xp, bias=self.bias)
         return params, {}, (self.channels, oh, ow)
 
-    def forward(self, params, state, x, train):
-        return conv2d_forward(x, params["W"], params.get("b"), self.stride, self.pad)
+    @property
+    def fuses_relu(self) -> bool:
+        return self.bias
+
+    def forward(self, params, state, x, train, relu: bool = False):
+        return conv2d_forward(x, params["W"], params.get("b"), self.stride, self.pad, relu=relu)
 
     def backward(self, dy, cache):
         return conv2d_backward(dy, cache)
+
+    def param_grads(self, dy, cache):
+        """dW, db only (no dx: the input is data, e.g. the image of an encoder)."""
+        return conv2d_param_grads(dy, cache)
 
     def __repr__(self):
         return f"Conv2D({self.channels}, ksize={self.ksize}, stride={self.stride}, pad={self.pad}, bias={self.bias})"
@@ -189,8 +213,10 @@ class BatchNorm:
         params, state = batchnorm_init(in_shape[0], dtype, xp)
         return params, state, tuple(in_shape)
 
-    def forward(self, params, state, x, train):
-        return batchnorm_forward(x, params["gamma"], params["beta"], state, train)
+    fuses_relu = True
+
+    def forward(self, params, state, x, train, relu: bool = False):
+        return batchnorm_forward(x, params["gamma"], params["beta"], state, train, relu=relu)
 
     def backward(self, dy, cache):
         return batchnorm_backward(dy, cache)
@@ -301,19 +327,25 @@ def parse(spec: str) -> list:
 
 
 class Net:
-    """A stack of layers built from ``spec`` for inputs of shape (N, *in_shape)."""
+    """A stack of layers built from ``spec`` for inputs of shape (N, *in_shape).
+
+    A layer with ``fuses_relu`` followed by a ReLU (D512R, C64R, and the batch norm of every
+    ...BR token) runs the pair as one step, ``forward(..., relu=True)``: the bias (or beta) and
+    the ReLU in one pass over the output (kernels/bias_relu.py).  The layers stay two, so layer
+    indices and parameter names do not change; the pair's cache sits at the first index, None at
+    the ReLU's.  ``self.fused`` holds the first indices; set it to ``frozenset()`` to run every
+    layer on its own (the tests compare the two).
+    """
 
     def __init__(self, spec: str, in_shape):
         self.spec = spec
         self.layers = parse(spec)
         self.in_shape = tuple(in_shape) if not isinstance(in_shape, int) else (in_shape,)
         self.out_shape = None
-        # Dense (with bias) then ReLU run as one fused step (layers.dense.dense_relu_forward): the
-        # bias add and the ReLU in one pass over the GEMM output.  The layers stay two (indices and
-        # parameter names unchanged); the pair's cache sits at the Dense index, None at the ReLU's.
         self.fused = frozenset(
-            i for i in range(len(self.layers) - 1)
-            if type(self.layers[i]) is Dense and self.layers[i].bias and type(self.layers[i + 1]) is ReLU
+            i
+            for i in range(len(self.layers) - 1)
+            if getattr(self.layers[i], "fuses_relu", False) and type(self.layers[i + 1]) is ReLU
         )
 
     def init(self, rng, dtype, xp):
@@ -330,7 +362,7 @@ class Net:
     @staticmethod
     def _sub(d, i):
         prefix = f"{i}."
-        return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in d.items() if k.startswith(prefix)}
 
     def forward(self, params, state, x, train=True):
         """x (N, *in_shape) -> y (N, *out_shape), C-ordered; caches for backward.
@@ -339,17 +371,15 @@ class Net:
         train=False: batch norm uses the running statistics in ``state``.
         """
         caches = []
-        fused_relu = False
         for i, layer in enumerate(self.layers):
-            if fused_relu:  # the ReLU of a fused pair: done by the Dense step before it
+            if i - 1 in self.fused:  # the ReLU of a fused pair: done by the layer before it
                 caches.append(None)
-                fused_relu = False
                 continue
+            p, s = self._sub(params, i), self._sub(state, i)
             if i in self.fused:
-                x, c = dense_relu_forward(x, params[f"{i}.W"], params[f"{i}.b"])
-                fused_relu = True
+                x, c = layer.forward(p, s, x, train, relu=True)
             else:
-                x, c = layer.forward(self._sub(params, i), self._sub(state, i), x, train)
+                x, c = layer.forward(p, s, x, train)
             caches.append(c)
         # conv layers hand on channels-last views; give the caller plain C-ordered arrays
         return get_array_module(x).ascontiguousarray(x), caches
@@ -358,22 +388,15 @@ class Net:
         """dy (N, *out_shape) -> dx (N, *in_shape) (C-ordered), grads keyed like params.
 
         need_dx=False: the caller discards dx (the input is data), so a first layer that can
-        (one with ``param_grads``: Dense) skips its input gradient; dx may then be None.
+        (one with ``param_grads``: Dense, Conv2D) skips its input gradient; dx may then be None.
         """
         grads = {}
         xp = get_array_module(dy)
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
-            if i - 1 in self.fused:  # the ReLU of a fused pair: its Dense does both
+            if i - 1 in self.fused:  # the ReLU of a fused pair: its first layer does both
                 continue
-            if i in self.fused:
-                if i == 0 and not need_dx:
-                    g = dense_relu_param_grads(dy, caches[i])
-                    del g["du"]
-                    dy = None
-                else:
-                    dy, g = dense_relu_backward(dy, caches[i])
-            elif i == 0 and not need_dx and hasattr(layer, "param_grads"):
+            if i == 0 and not need_dx and hasattr(layer, "param_grads"):
                 dy, g = None, layer.param_grads(dy, caches[i])
             else:
                 dy, g = layer.backward(dy, caches[i])

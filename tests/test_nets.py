@@ -138,30 +138,46 @@ def test_small_decoder_stack_gradients(train):
     _check_net("D32R-DC3BR-DC2", 5, 3, train, seed=12)
 
 
+FUSION_CASES = [
+    # spec, in_shape, layer kinds, indices that run fused with their ReLU
+    ("D9R-D8BR-D7R-D5", (6,), "Dense ReLU Dense BatchNorm ReLU Dense ReLU Dense", {0, 3, 5}),
+    (
+        "C4R-C5BR-F-D6BR-D3",
+        (2, 8, 8),
+        "Conv2D ReLU Conv2D BatchNorm ReLU Flatten Dense BatchNorm ReLU Dense",
+        {0, 3, 7},
+    ),
+    ("D32R-DC3BR-DC2", (5,), "Dense ReLU Reshape Deconv2D BatchNorm ReLU Deconv2D", {0, 4}),
+]
+
+
 @pytest.mark.parametrize("need_dx", [True, False])
-def test_fused_dense_relu_matches_the_layers_one_by_one(need_dx):
-    """A Net runs Dense(bias) + ReLU pairs fused (dense_relu_forward): same parameter names, same
-    outputs and gradients as the two layers' own forward/backward, in float64."""
-    net = Net("D9R-D8BR-D7R-D5", 6)
+@pytest.mark.parametrize("case", FUSION_CASES, ids=[c[0] for c in FUSION_CASES])
+def test_fused_relu_matches_the_layers_one_by_one(case, need_dx):
+    """A Net runs Dense(bias) + ReLU, Conv2D(bias) + ReLU and BatchNorm + ReLU pairs fused (bias or
+    beta and ReLU in one pass): same parameter names, same outputs and gradients as the layers'
+    own forward/backward one by one, in float64."""
+    spec, in_shape, kinds, fused = case
+    net = Net(spec, in_shape)
     params, state = net.init(Rng(3), np.float64, np)
-    assert [type(la).__name__ for la in net.layers] == ["Dense", "ReLU", "Dense", "BatchNorm", "ReLU", "Dense",
-                                                           "ReLU", "Dense"]
-    assert net.fused == {0, 5}  # D9R and D7R; D8BR has no bias (batch norm) and stays unfused
-    assert sorted(k for k in params if k.endswith(".W")) == ["0.W", "2.W", "5.W", "7.W"]
+    assert [type(la).__name__ for la in net.layers] == kinds.split()
+    assert net.fused == fused  # no bias (before batch norm): not fused; the BN before the ReLU is
     r = np.random.default_rng(0)
-    x = r.standard_normal((4, 6))
-    y, caches = net.forward(params, state, x)
+    x = r.standard_normal((4, *in_shape)) + 0.2
+    y, caches = net.forward(params, {k: v.copy() for k, v in state.items()}, x)
     dy = r.standard_normal(y.shape)
     dx, grads = net.backward(dy, caches, need_dx=need_dx)
 
-    net1 = Net(net.spec, 6)
+    net1 = Net(spec, in_shape)
+    net1.init(Rng(3), np.float64, np)
     net1.fused = frozenset()  # layer by layer
-    state1 = {k: v.copy() for k, v in net1.init(Rng(3), np.float64, np)[1].items()}
-    y1, caches1 = net1.forward(params, state1, x)
+    y1, caches1 = net1.forward(params, {k: v.copy() for k, v in state.items()}, x)
     dx1, grads1 = net1.backward(dy, caches1, need_dx=need_dx)
-    np.testing.assert_allclose(y, y1, rtol=1e-13)
-    assert grads.keys() == grads1.keys()
+    np.testing.assert_allclose(y, y1, rtol=1e-13, atol=1e-14)
+    assert grads.keys() == grads1.keys() == params.keys()
     for k in grads:
         np.testing.assert_allclose(grads[k], grads1[k], rtol=1e-12, atol=1e-14, err_msg=k)
     if need_dx:
         np.testing.assert_allclose(dx, dx1, rtol=1e-12, atol=1e-14)
+    else:
+        assert dx is None or type(net.layers[0]).__name__ not in ("Dense", "Conv2D")

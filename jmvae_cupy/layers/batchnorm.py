@@ -33,6 +33,7 @@ Derivation: docs/derivations/batchnorm.md.  Checked by tests/layers/test_batchno
 from __future__ import annotations
 
 from ..backend import get_array_module
+from ..kernels.bias_relu import bias_relu_backward, bias_relu_forward
 
 EPS = 1e-4
 MOMENTUM = 0.1
@@ -60,13 +61,18 @@ def batchnorm_init(c: int, dtype, xp):
     return params, state
 
 
-def batchnorm_forward(x, gamma, beta, state, train: bool, momentum: float = MOMENTUM, eps: float = EPS):
-    """y = gamma * (x - mu) / sqrt(var + eps) + beta, per channel.
+def batchnorm_forward(
+    x, gamma, beta, state, train: bool, momentum: float = MOMENTUM, eps: float = EPS, relu: bool = False
+):
+    """y = gamma * (x - mu) / sqrt(var + eps) + beta, per channel; relu=True: y = max(that, 0).
 
     x: (N, C) or (N, C, H, W); gamma, beta: (C,); state: {"mean": (C,), "var": (C,)}.
     train=True: batch statistics (mu, biased var); state updated in place (see module docstring).
     train=False: mu, var = state["mean"], state["var"]; state untouched.
-    Returns y (shape of x) and the cache (xc = x - mu as (M, C), inv_std (C,), gamma, x.shape, train).
+    relu=True: the "+ beta" and the ReLU that follows batch norm in the paper's ...BR layers run
+    as one pass (kernels/bias_relu.py).
+    Returns y (shape of x) and the cache (xc = x - mu as (M, C), inv_std (C,), gamma, x.shape,
+    train, y as (M, C) if relu else None).
     """
     xp = get_array_module(x)
     x_rows = _rows(x)  # (M, C)
@@ -85,8 +91,12 @@ def batchnorm_forward(x, gamma, beta, state, train: bool, momentum: float = MOME
         var = state["var"]
     inv_std = 1.0 / (var + eps) ** 0.5  # (C,)
     y_rows = xc * (gamma * inv_std)  # (M, C) = gamma * xhat
-    y_rows += beta
-    return _unrows(y_rows, x.shape), (xc, inv_std, gamma, x.shape, train)
+    if relu:
+        y_rows = xp.ascontiguousarray(y_rows)  # (a no-op unless x was an odd view)
+        bias_relu_forward(y_rows, beta)  # y_rows <- max(y_rows + beta, 0), in place
+    else:
+        y_rows += beta
+    return _unrows(y_rows, x.shape), (xc, inv_std, gamma, x.shape, train, y_rows if relu else None)
 
 
 def batchnorm_backward(dy, cache):
@@ -95,13 +105,17 @@ def batchnorm_backward(dy, cache):
     train:  dx = gamma * inv_std * (dy - dbeta / M - xhat * dgamma / M)     (shape of x)
     eval:   dx = gamma * inv_std * dy          (mu, var are constants)
 
+    With the fused ReLU, dy is first masked: dy <- dy * [y > 0].
     dy: shape of x. Returns (dx, {"gamma": dgamma, "beta": dbeta}).
     """
     xp = get_array_module(dy)
-    xc, inv_std, gamma, shape, train = cache
+    xc, inv_std, gamma, shape, train, y_relu = cache
     dy_rows = _rows(dy)  # (M, C)
     M = dy_rows.shape[0]
-    dbeta = dy_rows.sum(axis=0)  # (C,)
+    if y_relu is not None:
+        dy_rows, dbeta = bias_relu_backward(dy_rows, y_relu)  # dy [y > 0] and its column sums, one pass
+    else:
+        dbeta = dy_rows.sum(axis=0)  # (C,)
     dgamma = xp.einsum("mc,mc->c", dy_rows, xc) * inv_std  # (C,) = sum_m dy_m xhat_m
     scale = gamma * inv_std  # (C,)
     if train:

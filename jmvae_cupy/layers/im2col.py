@@ -29,6 +29,9 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 
+# Below this many channels, col2im accumulates channels-first (see col2im).
+SMALL_C = 8
+
 
 def pair(v) -> tuple[int, int]:
     """An int or a pair of ints as a pair: 2 -> (2, 2); (2, 1) -> (2, 1)."""
@@ -101,7 +104,7 @@ def col2im(col, h: int, w: int, sy: int, sx: int, ph: int, pw: int):
     # innermost loop along the axis that both store closest together.  A channels-last canvas
     # gives runs of C numbers; for C < 8 (an RGB image) these are too short, and a
     # channels-first canvas gives runs along W instead (about 2x faster for C = 3).
-    if C < 8:
+    if C < SMALL_C:
         x = xp.zeros((N, C, h, w), dtype=col.dtype)
     else:
         x = xp.zeros((N, h, w, C), dtype=col.dtype).transpose(0, 3, 1, 2)

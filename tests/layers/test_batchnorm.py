@@ -47,6 +47,24 @@ def test_gradients_by_finite_differences(rng, shape, train):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_relu(rng, shape, train):
+    """relu=True: y = max(BN(x), 0) with beta and the ReLU in one pass; the backward masks dy."""
+    x, gamma, beta = _inputs(rng, shape)
+    C = shape[1]
+    y, cache = batchnorm_forward(x, gamma, beta, _state(C, 3.0, 2.0), train, relu=True)
+    y0, cache0 = batchnorm_forward(x, gamma, beta, _state(C, 3.0, 2.0), train)
+    np.testing.assert_array_equal(y, np.maximum(y0, 0))
+    assert 0 < (y > 0).mean() < 1  # both sides of the kink are exercised
+    dy = rng.standard_normal(y.shape)
+    dx, g = batchnorm_backward(dy, cache)
+    dx0, g0 = batchnorm_backward(dy * (y0 > 0), cache0)
+    assert rel_error(dx, dx0) < 1e-12
+    for k in g:
+        assert rel_error(g[k], g0[k]) < 1e-12
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 def test_training_mode_normalises_per_channel(rng, shape):
     x, _, _ = _inputs(rng, shape)
     C = shape[1]

@@ -15,6 +15,7 @@ from jmvae_cupy.layers.conv import (
     conv2d_forward,
     conv2d_forward_naive,
     conv2d_init,
+    conv2d_param_grads,
 )
 from jmvae_cupy.layers.deconv import deconv2d_forward
 from jmvae_cupy.layers.im2col import col2im, conv_outsize, im2col
@@ -68,6 +69,27 @@ def test_gradients_by_finite_differences(rng, case):
         lambda: dot(conv2d_forward(x, Wt, b, s, p)[0], dy), {"x": x, "W": Wt, "b": b}, {"x": dx, **g}
     )
     assert max(errs.values()) < TOL_FD, errs
+
+
+def test_fused_relu_and_parameter_gradients_only(rng):
+    """relu=True: y = max(conv + b, 0) in one pass (kernels/bias_relu.py); its backward masks dy.
+    conv2d_param_grads: the same dW, db without dx."""
+    x, Wt, b = _inputs(rng, 2, 3, 7, 8, 4, 3)
+    y, cache = conv2d_forward(x, Wt, b, 2, 1, relu=True)
+    np.testing.assert_array_equal(y, np.maximum(conv2d_forward(x, Wt, b, 2, 1)[0], 0))
+    dy = rng.standard_normal(y.shape)
+    dx, g = conv2d_backward(dy, cache)
+    dx_n, g_n = conv2d_backward_naive(dy * (y > 0), x, Wt, 2, 1)
+    for a, n in ((dx, dx_n), (g["W"], g_n["W"]), (g["b"], g_n["b"])):
+        assert rel_error(a, n) < TOL_ORACLE
+    errs = check_gradients(
+        lambda: dot(conv2d_forward(x, Wt, b, 2, 1, relu=True)[0], dy), {"W": Wt, "b": b}, g
+    )  # (x is left out: the ReLU kinks make its finite differences noisier, and dx is checked above)
+    assert max(errs.values()) < 1e-6, errs
+    g_only = conv2d_param_grads(dy, cache)
+    assert g_only.keys() == g.keys() and all(np.array_equal(g_only[k], g[k]) for k in g)
+    with pytest.raises(ConvShapeError, match="needs a bias"):
+        conv2d_forward(x, Wt, None, 2, 1, relu=True)
 
 
 def test_the_oracle_itself_by_finite_differences(rng):
