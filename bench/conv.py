@@ -1,15 +1,18 @@
 """Benchmark (not a test): forward + backward of the CelebA conv encoder and decoder on the CPU.
 
-    python bench/conv.py                    # batch 64, float32, 16 timed steps per side
-    python bench/conv.py --repeat 32 --blocks 8 --threads 2
+    python bench/conv.py                    # batch 64, float32, 24 timed steps per side
+    python bench/conv.py --threads 1 --repeat 48 --blocks 16
 
 Encoder  q(z|x) trunk: x (N, 3, 64, 64) -> C64R-C128BR-C256BR-C256BR-F-D1024R -> (N, 1024)
 Decoder  p(x|z):       z (N, 128)       -> D4096R-DC256BR-DC128BR-DC64BR-DC3    -> (N, 3, 64, 64)
 
-One step = Net.forward(train=True) + Net.backward with a random upstream gradient (dx to the
-input included).  Prints the median step time, and, when PyTorch is importable, the same
+One step = Net.forward(train=True) + Net.backward with a random upstream gradient, as in
+training: the decoder returns dz (z comes from the encoder), the encoder does not compute a
+gradient for its input image (data; ``need_dx=False``; ``--input-grad`` adds it on both sides).
+Prints the median step time, and, when PyTorch is importable, the same
 networks in PyTorch (same shapes, bias dropped before batch norm as here, same thread count)
-and the ratio torch_time / our_time (>= 1: we are faster; the issue's target is >= 0.7).
+and the ratio torch_time / our_time (>= 1: we are faster; the issue's target is >= 0.7),
+timed in alternating blocks so that other load on the machine hits both sides alike.
 Thread counts: NumPy's BLAS reads OMP_NUM_THREADS / OPENBLAS_NUM_THREADS at import;
 ``--threads`` sets both before NumPy is imported, and torch.set_num_threads to match.
 """
@@ -38,23 +41,31 @@ def time_steps(step, warmup: int, repeat: int) -> list[float]:
     return times
 
 
-def alternate(steps: dict, warmup: int, repeat: int, blocks: int) -> dict:
-    """Median step time of each of ``steps`` ({name: step}), timed in alternating blocks.
+def alternate(steps: dict, warmup: int, repeat: int, blocks: int):
+    """Time each of ``steps`` ({name: step}) in alternating blocks; returns (medians, ratio).
 
     The steps take turns, ``blocks`` times, each timing ``repeat // blocks`` steps after
-    ``warmup`` untimed ones: on a shared machine a change of load then hits both sides alike,
-    and the untimed steps let the other library's idle threads go to sleep first.
+    ``warmup`` untimed ones (which also let the other library's idle threads go to sleep).
+    On a shared machine a change of load then hits neighbouring blocks alike, so the ratio
+    reported is the median over blocks of (torch block median / our block median).
     """
     times = {name: [] for name in steps}
+    block_medians = {name: [] for name in steps}
     per_block = max(1, repeat // blocks)
     for _ in range(blocks):
         for name, step in steps.items():
-            times[name] += time_steps(step, warmup, per_block)
-    return {name: statistics.median(t) for name, t in times.items()}
+            t = time_steps(step, warmup, per_block)
+            times[name] += t
+            block_medians[name].append(statistics.median(t))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ratio = None
+    if "torch" in steps:
+        ratio = statistics.median(a / b for a, b in zip(block_medians["torch"], block_medians["ours"]))
+    return medians, ratio
 
 
-def ours(spec, in_shape, batch):
-    """One training step of our Net: forward (train=True) + backward."""
+def ours(spec, in_shape, batch, need_dx):
+    """One training step of our Net: forward (train=True) + backward (dx to the input if need_dx)."""
     import numpy as np
 
     from jmvae_cupy.nets import Net
@@ -68,7 +79,7 @@ def ours(spec, in_shape, batch):
 
     def step():
         _, caches = net.forward(params, state, x, train=True)
-        net.backward(dy, caches)
+        net.backward(dy, caches, need_dx=need_dx)
 
     return step
 
@@ -93,8 +104,8 @@ def torch_nets():
     return encoder, decoder
 
 
-def theirs(net, in_shape, batch):
-    """One training step of the PyTorch twin: forward + backward, dx to the input included."""
+def theirs(net, in_shape, batch, need_dx):
+    """One training step of the PyTorch twin: forward + backward (dx to the input if need_dx)."""
     import torch
 
     torch.manual_seed(0)
@@ -103,7 +114,7 @@ def theirs(net, in_shape, batch):
         dy = torch.randn_like(net(x))
 
     def step():
-        xx = x.detach().requires_grad_(True)  # dx to the input, as ours computes
+        xx = x.detach().requires_grad_(need_dx)
         net.zero_grad(set_to_none=True)
         net(xx).backward(dy)
 
@@ -113,11 +124,12 @@ def theirs(net, in_shape, batch):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each block (default 2)")
-    p.add_argument("--repeat", type=int, default=16, help="timed steps per network and library (default 16)")
-    p.add_argument("--blocks", type=int, default=4, help="alternating blocks the steps are split into (default 4)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps before each block (default 1)")
+    p.add_argument("--repeat", type=int, default=24, help="timed steps per network and library (default 24)")
+    p.add_argument("--blocks", type=int, default=8, help="alternating blocks the steps are split into (default 8)")
     p.add_argument("--threads", type=int, default=None, help="BLAS / torch threads (default: as found)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--input-grad", action="store_true", help="the encoder computes dx to the image too (both sides)")
     args = p.parse_args(argv)
     if args.threads is not None:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -142,15 +154,19 @@ def main(argv=None) -> int:
     if torch is not None:
         print(f"torch {torch.__version__}; torch.get_num_threads() = {torch.get_num_threads()}")
         their_nets = dict(zip(("encoder", "decoder"), torch_nets()))
+    load0 = os.getloadavg()[0]
     for name, (spec, in_shape) in (("encoder", ENCODER), ("decoder", DECODER)):
-        steps = {"ours": ours(spec, in_shape, args.batch)}
+        need_dx = name == "decoder" or args.input_grad
+        steps = {"ours": ours(spec, in_shape, args.batch, need_dx)}
         if torch is not None:
-            steps["torch"] = theirs(their_nets[name], in_shape, args.batch)
-        t = alternate(steps, args.warmup, args.repeat, args.blocks)
+            steps["torch"] = theirs(their_nets[name], in_shape, args.batch, need_dx)
+        t, ratio = alternate(steps, args.warmup, args.repeat, args.blocks)
         line = f"{name:8s} {spec:36s} ours {t['ours'] * 1e3:7.1f} ms"
         if torch is not None:
-            line += f"   torch {t['torch'] * 1e3:7.1f} ms   torch/ours {t['torch'] / t['ours']:4.2f}"
+            line += f"   torch {t['torch'] * 1e3:7.1f} ms   torch/ours {ratio:4.2f}"
         print(line, flush=True)
+    print(f"load average (1 min) before / after: {load0:.2f} / {os.getloadavg()[0]:.2f} "
+          f"(other processes on the machine skew the times; the ratio is taken block by block)")
     return 0
 
 
