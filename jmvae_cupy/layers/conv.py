@@ -10,13 +10,15 @@ How it is computed: im2col gathers every window into a row of ``col`` (M = N*OH*
 K = KH*KW*C_in columns), after which the convolution is one GEMM, y = col @ Wm^T, run by BLAS
 on a CPU and by cuBLAS on a GPU.  The backward pass is two more GEMMs and a col2im; conv
 backward-data *is* a transposed convolution (deconv.py) and the two layers share the two
-primitives below, :func:`correlate` and its adjoint :func:`correlate_transpose`.
+primitives below, :func:`correlate` and its adjoint :func:`correlate_transpose` (which, on
+large grids, computes col2im(dY Wm) by a sub-pixel decomposition instead of a scatter).
 
 Memory layout: the arithmetic runs channels-last (N, H, W, C), reached from NCHW by
-``transpose(0, 2, 3, 1)``.  The outputs (y, dx) are NCHW-shaped *views of channels-last memory*:
-correct NCHW arrays for every xp operation (elementwise ops keep that layout, and the next conv
-then reads it without a copy); call ``xp.ascontiguousarray`` where C order is needed (a raw
-kernel, a file).  :class:`jmvae_cupy.nets.Net` returns C-ordered arrays.
+``transpose(0, 2, 3, 1)``.  The outputs (y, dx) are NCHW-shaped *views* (channels-last memory,
+or C order for fewer than 8 channels): correct NCHW arrays for every xp operation (elementwise
+ops keep the layout, and the next conv then reads it without a copy); call
+``xp.ascontiguousarray`` where C order is needed (a raw kernel, a file).
+:class:`jmvae_cupy.nets.Net` returns C-ordered arrays.
 
 Derivation: docs/derivations/conv.md.  Checked by tests/layers/test_conv.py.
 """

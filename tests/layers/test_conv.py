@@ -10,15 +10,17 @@ import pytest
 from jmvae_cupy.gradcheck import check_gradients, dot, rel_error
 from jmvae_cupy.layers.conv import (
     ConvShapeError,
+    _subpixel_pays,
     conv2d_backward,
     conv2d_backward_naive,
     conv2d_forward,
     conv2d_forward_naive,
     conv2d_init,
     conv2d_param_grads,
+    correlate_transpose,
 )
 from jmvae_cupy.layers.deconv import deconv2d_forward
-from jmvae_cupy.layers.im2col import col2im, conv_outsize, im2col
+from jmvae_cupy.layers.im2col import col2im, conv_outsize, deconv_outsize, im2col
 from jmvae_cupy.rng import Rng
 
 TOL_ORACLE = 1e-12
@@ -120,6 +122,42 @@ def test_adjoint_identity_conv_and_transposed_conv(rng):
         assert cty.shape == x.shape
         lhs, rhs = dot(cx, y), dot(x, cty)
         assert abs(lhs - rhs) <= TOL_ADJOINT * abs(lhs), (lhs, rhs)
+
+
+# (N, OH, OW, A, B, KH, KW, stride, pad): K a multiple of the stride or not, stride 1 and 3,
+# crop 0 and crops wider than the stride
+SUBPIXEL_CASES = [
+    (2, 3, 4, 3, 2, 4, 4, (2, 2), (1, 1)),
+    (2, 3, 5, 2, 9, 3, 3, (2, 2), (1, 1)),
+    (1, 4, 3, 2, 2, 3, 3, (1, 1), (1, 1)),
+    (2, 3, 3, 2, 2, 4, 4, (3, 3), (2, 2)),
+    (1, 2, 3, 2, 2, 5, 5, (2, 2), (0, 0)),
+    (2, 3, 4, 2, 3, 4, 3, (2, 1), (1, 0)),
+    (1, 4, 3, 2, 2, 4, 4, (2, 2), (3, 3)),
+]
+
+
+@pytest.mark.parametrize("case", SUBPIXEL_CASES)
+def test_subpixel_and_scatter_agree(rng, case):
+    """correlate_transpose's two methods (GEMM + col2im; sub-pixel phases + pixel shuffle)."""
+    N, OH, OW, A, B, kh, kw, s, p = case
+    H, W = deconv_outsize(OH, kh, s[0], p[0]), deconv_outsize(OW, kw, s[1], p[1])
+    y_rows = rng.standard_normal((N * OH * OW, A))
+    Wm = rng.standard_normal((A, kh * kw * B))
+    args = (y_rows, Wm, (N, OH, OW), (H, W), kh, kw, s, p)
+    scatter = correlate_transpose(*args, method="scatter")
+    assert scatter.shape == (N, H, W, B)
+    assert rel_error(correlate_transpose(*args, method="subpixel"), scatter) < TOL_ORACLE
+
+
+def test_large_grids_take_the_subpixel_path(rng):
+    """At 16x16 and 8+ channels "auto" picks the sub-pixel method: still equal to the oracle."""
+    x, Wt, b = _inputs(rng, 1, 8, 32, 34, 3, 4)
+    y, cache = conv2d_forward(x, Wt, b, 2, 1)
+    dy = rng.standard_normal(y.shape)
+    assert _subpixel_pays((1, 16, 17), (32, 34), cache[1], 4, 4, (2, 2), (1, 1))
+    dx, _ = conv2d_backward(dy, cache)
+    assert rel_error(dx, conv2d_backward_naive(dy, x, Wt, 2, 1)[0]) < TOL_ORACLE
 
 
 def test_backward_data_is_the_transposed_convolution(rng):

@@ -85,6 +85,14 @@ def test_backward_data_is_the_convolution(rng):
     np.testing.assert_array_equal(dx, conv2d_forward(dy, Wt, None, 2, 1)[0])
 
 
+def test_large_grid_subpixel_path_matches_the_oracle(rng):
+    """16x17 input, 8 output channels: the forward takes the sub-pixel method (see conv.py)."""
+    x, Wt, b = _inputs(rng, 1, 3, 16, 17, 8, 4)
+    y, cache = deconv2d_forward(x, Wt, b, 2, 1)
+    assert y.shape == (1, 8, 32, 34)
+    assert rel_error(y, deconv2d_forward_naive(x, Wt, b, 2, 1)) < TOL_ORACLE
+
+
 def test_decoder_sizes_double_in_float32():
     """4x4 stride 2 crop 1: 4 -> 8 -> 16 -> 32 -> 64, float32 throughout."""
     rng, x = Rng(0), np.ones((2, 6, 4, 4), np.float32)
