@@ -132,25 +132,28 @@ def _subpixel_pays(n_hw, out_hw, Wm, kh, kw, stride, pad) -> bool:
 def correlate_transpose_subpixel(y_rows, Wm, n_hw, out_hw, kh, kw, stride, pad):
     """:func:`correlate_transpose` as one stride-1 correlation and a pixel shuffle (no scatter).
 
-    In one dimension, with stride s, crop p and A = ceil(K / s): output position u = s*t + r - p
+    In one dimension, with stride s, crop p and Ks = ceil(K / s): output position u = s*t + r - p
     (its *phase* is r = (u + p) mod s) receives tap i only when i = r + s*a, from window t - a:
 
-        x[s*t + r - p] = sum_{a < A} y[t - a] W[r + s*a]          (taps i >= K count as zero)
+        x[s*t + r - p] = sum_{a < Ks} y[t - a] W[r + s*a]          (taps i >= K count as zero)
 
-    so each of the s*s phases (r, q) is a stride-1 correlation of y with an A x A sub-kernel.
-    All phases share one im2col of y (A x A windows, stride 1, A - 1 zeros of padding) and one
+    so each of the s*s phases (r, q) is a stride-1 correlation of y with a Ks x Ks sub-kernel.
+    All phases share one im2col of y (Ks x Ks windows, stride 1, Ks - 1 zeros of padding) and one
     GEMM with s*s*B columns; the phases are then interleaved ("pixel shuffle") into x. The GEMM
-    does ~(OH + A - 1)^2 / OH^2 times the work of the scatter's, but the 16 strided read-modify-
-    write passes of col2im are gone.  Needs H = s (OH - 1) + KH - 2p (no rows beyond the last
-    window), which :func:`_subpixel_pays` checks.
+    does ~(OH + Ks - 1)^2 / OH^2 times the work of the scatter's, but the KH*KW strided
+    read-modify-write passes of col2im are gone.  Needs H = s (OH - 1) + KH - 2p (no rows beyond
+    the last window), as a transposed convolution always has.
+    Derivation: docs/derivations/deconv.md.
     """
     xp = get_array_module(y_rows)
     (sy, sx), (ph, pw) = stride, pad
     N, OH, OW = n_hw
     H, W = out_hw
+    if (H, W) != (deconv_outsize(OH, kh, sy, ph), deconv_outsize(OW, kw, sx, pw)):
+        raise ConvShapeError(f"sub-pixel method: output {H}x{W} is not the transposed-conv size of {OH}x{OW}")
     A = Wm.shape[0]
     B = Wm.shape[1] // (kh * kw)
-    ay, ax = -(-kh // sy), -(-kw // sx)  # sub-kernel size ceil(K / s)
+    ay, ax = -(-kh // sy), -(-kw // sx)  # sub-kernel size Ks = ceil(K / s), per axis
     # The sub-kernels as one matrix (ay*ax*A, sy*sx*B): row (e_y, e_x, a) is window element
     # (e_y, e_x) -- which sees y[t - (ay-1-e_y)] -- of input channel a; column (r, q, b) is
     # output channel b of phase (r, q); the entry is W[a, b, r + sy*(ay-1-e_y), q + sx*(ax-1-e_x)].
@@ -198,7 +201,7 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, relu: bool = False):
     x: (N, C_in, H, W); W: (C_out, C_in, KH, KW); b: (C_out,) or None (no bias);
     stride, pad: int or (sy, sx), (ph, pw) (zero padding).  relu=True (needs b): the bias and the
     ReLU run as one pass over the GEMM output (kernels/bias_relu.py), as the paper's CkR layers.
-    Returns y (N, C_out, OH, OW) -- a view of channels-last memory -- and the cache
+    Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8 channels) -- and the cache
     (col, Wm, x.shape, W.shape, stride, pad, has_bias, y_rows if relu else None) for backward.
     """
     stride, pad = pair(stride), pair(pad)

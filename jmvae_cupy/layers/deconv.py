@@ -55,7 +55,7 @@ def deconv2d_forward(x, W, b=None, stride=1, pad=0):
 
     x: (N, C_in, H, W); W: (C_in, C_out, KH, KW); b: (C_out,) or None;
     stride, pad: int or (sy, sx), (ph, pw) (pad = rows / columns cropped from each border).
-    Returns y (N, C_out, OH, OW) -- a view of channels-last memory -- and the cache
+    Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8 channels) -- and the cache
     (x_rows, Wm, x.shape, W.shape, stride, pad, has_bias) that backward needs.
     """
     stride, pad = pair(stride), pair(pad)
