@@ -201,8 +201,9 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, relu: bool = False):
     x: (N, C_in, H, W); W: (C_out, C_in, KH, KW); b: (C_out,) or None (no bias);
     stride, pad: int or (sy, sx), (ph, pw) (zero padding).  relu=True (needs b): the bias and the
     ReLU run as one pass over the GEMM output (kernels/bias_relu.py), as the paper's CkR layers.
-    Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8 channels) -- and the cache
-    (col, Wm, x.shape, W.shape, stride, pad, has_bias, y_rows if relu else None) for backward.
+    Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8
+    channels) -- and the cache (col, Wm, x.shape, W.shape, stride, pad, has_bias, y_rows if relu
+    else None) that backward needs.
     """
     stride, pad = pair(stride), pair(pad)
     _check(x, W, b, stride, pad)

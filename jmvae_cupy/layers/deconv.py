@@ -55,8 +55,9 @@ def deconv2d_forward(x, W, b=None, stride=1, pad=0):
 
     x: (N, C_in, H, W); W: (C_in, C_out, KH, KW); b: (C_out,) or None;
     stride, pad: int or (sy, sx), (ph, pw) (pad = rows / columns cropped from each border).
-    Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8 channels) -- and the cache
-    (x_rows, Wm, x.shape, W.shape, stride, pad, has_bias) that backward needs.
+    Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8
+    channels) -- and the cache (x_rows, Wm, x.shape, W.shape, stride, pad, has_bias) that
+    backward needs.
     """
     stride, pad = pair(stride), pair(pad)
     _check(x, W, b, stride, pad)
