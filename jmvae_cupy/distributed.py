@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -115,6 +116,9 @@ class MpiComm(Comm):
     def abort(self, code: int = 1):
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPI_Abort makes mpiexec kill every rank at once; give its I/O forwarding a moment to pass
+        # on the error line just written (under load it was sometimes lost).
+        time.sleep(0.5)
         self.comm.Abort(code)
         os._exit(code)  # not reached
 
