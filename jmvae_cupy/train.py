@@ -507,7 +507,7 @@ class Trainer:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    dist = None
+    dist, made_dir = None, None
     try:
         config = config_from_args(args)
         if args.distributed:
@@ -526,6 +526,7 @@ def main(argv=None) -> int:
         out = args.out or os.path.join("runs", "-".join(
             [config["dataset"], config["variant"]] + ([config["direction"]] if config["direction"] else [])))
         if writer:
+            made_dir = None if os.path.exists(out) else out
             prepare_run_dir(out, args.resume)
         trainer = Trainer(config, out, device=args.device, progress=not args.no_progress and writer,
                           on_nonfinite=args.on_nonfinite, sample_every=args.sample_every,
@@ -551,6 +552,8 @@ def main(argv=None) -> int:
                 signal.signal(s, h)
     except (TrainError, DataError, ModelError, CheckpointError, BackendError, NonFiniteError, DistributedError) as e:
         print(f"error: {'' if dist is None else f'rank {dist.comm.rank}: '}{e}", file=sys.stderr)
+        if made_dir is not None and os.path.isdir(made_dir) and not os.listdir(made_dir):
+            os.rmdir(made_dir)  # a run that failed before writing anything leaves no empty directory
         if dist is not None:
             dist.comm.abort(1)  # the other ranks may wait in a collective: end the whole job
         return 1

@@ -92,6 +92,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert "--epochs" in _err(capsys)
     assert main(["mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)] + FAST) == 1
     assert "error:" in _err(capsys)
+    assert not out.exists()  # nothing half-made: not even an empty run directory
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["mnist", "--out", str(blocker / "sub")] + FAST) == 1
