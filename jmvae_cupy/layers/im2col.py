@@ -27,10 +27,53 @@ Derivation: docs/derivations/conv.md.  Checked by tests/layers/test_conv.py.
 
 from __future__ import annotations
 
-from ..backend import get_array_module
+from ..backend import get_array_module, is_gpu_array
+from ..kernels import im2col as _kernels
 
 # Below this many channels, col2im accumulates channels-first (see col2im).
 SMALL_C = 8
+
+# On NumPy, arrays of at least this many column entries go to the parallel Numba kernels
+# (kernels/im2col.py); below it the start of the parallel region costs more than it saves.
+PARALLEL_MIN = 1 << 16
+
+
+def _use_kernel(col_size: int, a) -> bool:
+    """Whether im2col / col2im of a column array of ``col_size`` entries runs in kernels/im2col.py:
+    on NumPy when it is large enough, on CuPy always (the CUDA kernels)."""
+    return is_gpu_array(a) or col_size >= PARALLEL_MIN
+
+
+def im2col(x, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int):
+    """col (N, OH, OW, KH, KW, C), a fresh C-ordered array: the windows of x (N, H, W, C).
+
+    col[n, oh, ow, i, j, c] = xpad[n, sy*oh + i, sx*ow + j, c], as :func:`im2col_xp`, which is
+    the plain-xp version; large arrays (and CuPy arrays) go to the parallel kernel of
+    kernels/im2col.py, which gives the same numbers (a copy).
+    """
+    N, H, W, C = x.shape
+    size = N * conv_outsize(H, kh, sy, ph) * conv_outsize(W, kw, sx, pw) * kh * kw * C
+    if _use_kernel(size, x):
+        return _kernels.im2col(x, kh, kw, sy, sx, ph, pw)
+    return im2col_xp(x, kh, kw, sy, sx, ph, pw)
+
+
+def col2im(col, h: int, w: int, sy: int, sx: int, ph: int, pw: int):
+    """x (N, H, W, C): col (N, OH, OW, KH, KW, C) summed back onto the image, as :func:`col2im_xp`.
+
+    Large arrays (and CuPy arrays) go to the parallel gather of kernels/im2col.py, which adds
+    each pixel's terms in the order of col2im_xp (bit-identical results) and returns the same
+    memory layout (channels-first for C < 8).
+    """
+    if not _use_kernel(col.size, col):
+        return col2im_xp(col, h, w, sy, sx, ph, pw)
+    xp = get_array_module(col)
+    N, C = col.shape[0], col.shape[5]
+    if C < SMALL_C:
+        out = xp.empty((N, C, h, w), dtype=col.dtype).transpose(0, 2, 3, 1)
+    else:
+        out = xp.empty((N, h, w, C), dtype=col.dtype)
+    return _kernels.col2im(col, h, w, sy, sx, ph, pw, out=out)
 
 
 def pair(v) -> tuple[int, int]:
@@ -62,7 +105,7 @@ def pad_nhwc(x, ph: int, pw: int):
     return out
 
 
-def im2col(x, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int):
+def im2col_xp(x, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int):
     """Gather the windows of x (N, H, W, C) into col (N, OH, OW, KH, KW, C), a fresh C-ordered array.
 
     col[n, oh, ow, i, j, c] = xpad[n, sy*oh + i, sx*ow + j, c];
@@ -90,7 +133,7 @@ def _tap_range(i: int, n_out: int, size: int, s: int, p: int):
     return o0, o1, s * o0 + i - p
 
 
-def col2im(col, h: int, w: int, sy: int, sx: int, ph: int, pw: int):
+def col2im_xp(col, h: int, w: int, sy: int, sx: int, ph: int, pw: int):
     """Scatter-add col (N, OH, OW, KH, KW, C) back onto an image (N, H, W, C); the adjoint of im2col.
 
     x[n, h, w, c] = sum of col[n, oh, ow, i, j, c] over sy*oh + i - ph = h, sx*ow + j - pw = w.

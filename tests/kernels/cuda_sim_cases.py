@@ -22,20 +22,24 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported", allow_module_level=True)
 
-from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, reparam
+from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, im2col, reparam
 
 from .kernel_checks import (
     DTYPES,
+    IM2COL_CASES,
     adam_inputs,
     bernoulli_inputs,
     bias_relu_inputs,
     check_bernoulli,
     check_bias_relu,
+    check_col2im,
+    check_im2col,
     check_kl_backward,
     check_kl_forward,
     check_reparam_backward,
     check_reparam_forward,
     gaussians,
+    im2col_inputs,
     kl_args,
     reparam_inputs,
 )
@@ -49,7 +53,7 @@ def test_kernels_are_simulated():
     from numba.cuda import config
 
     assert config.ENABLE_CUDASIM
-    for module in (reparam, gauss_kl, adam, bernoulli, bias_relu):
+    for module in (reparam, gauss_kl, adam, bernoulli, bias_relu, im2col):
         for kernel in vars(module._cuda_kernels()).values():
             assert type(kernel).__module__.startswith("numba.cuda.simulator"), type(kernel)
 
@@ -121,3 +125,15 @@ def test_bias_relu_kernels(rng, dtype, shape):
     y = bias_relu._bias_relu_forward_cuda(u.copy(), b)
     du, db = bias_relu._bias_relu_backward_cuda(dy, y, nans_like(dy), nans_like(b))
     check_bias_relu(y, du, db, u, b, dy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [IM2COL_CASES[i] for i in (0, 1, 3)], ids=["s1p0C1", "s2p1C3", "s12p2C3"])
+def test_im2col_kernels(rng, case, dtype):
+    # several 256-thread blocks, the last partly idle (the simulator takes C-contiguous host
+    # arrays only; strided views are covered by the CPU twin's tests, same layout-'A' code)
+    x, col, geometry = im2col_inputs(rng, case, dtype)
+    got = im2col._im2col_cuda(x, nans_like(col), *geometry[2:])
+    check_im2col(got, x, geometry)
+    out = im2col._col2im_cuda(col, nans_like(x), *geometry[2:])
+    check_col2im(out, col, x.shape[1:3], geometry)

@@ -193,3 +193,47 @@ def check_bias_relu(y, du, db, u, b, dy):
     exact = du_ref.astype(np.float64).sum(axis=0)
     scale = np.abs(du_ref.astype(np.float64)).sum(axis=0)
     assert np.all(np.abs(db - exact) <= (u.shape[0] + 2) * eps(db.dtype) * scale + 1e-300)
+
+
+# im2col / col2im geometries (N, H, W, C, KH, KW, stride, padding): odd sizes, stride 1 and 2,
+# padding 0, 1, 2 (2 on a 2-wide kernel: windows entirely in the padding), C = 1, 3, 8.
+IM2COL_CASES = [
+    (2, 7, 5, 1, 3, 2, (1, 1), (0, 0)),
+    (3, 9, 8, 3, 4, 4, (2, 2), (1, 1)),
+    (2, 6, 7, 8, 3, 3, (2, 1), (2, 1)),
+    (1, 5, 5, 3, 2, 2, (1, 2), (2, 2)),
+    (2, 11, 9, 8, 5, 3, (2, 2), (2, 0)),
+    (1, 1, 1, 1, 1, 1, (1, 1), (0, 0)),
+]
+
+
+def im2col_inputs(rng, case, dtype, layout="nhwc"):
+    """x (N, H, W, C) for one IM2COL_CASES entry -- C-contiguous, or (layout="nchw") a
+    channels-first array seen as NHWC, as the conv layers pass it -- and a random col of the
+    matching shape, and the geometry (kh, kw, sy, sx, ph, pw)."""
+    N, H, W, C, kh, kw, (sy, sx), (ph, pw) = case
+    x = rng.standard_normal((N, H, W, C)).astype(dtype)
+    if layout == "nchw":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    OH, OW = (H + 2 * ph - kh) // sy + 1, (W + 2 * pw - kw) // sx + 1
+    col = rng.standard_normal((N, OH, OW, kh, kw, C)).astype(dtype)
+    return x, col, (kh, kw, sy, sx, ph, pw)
+
+
+def check_im2col(col, x, geometry):
+    """col equals the plain-xp im2col exactly (a copy: no rounding)."""
+    from jmvae_cupy.kernels.im2col import im2col_ref  # noqa: PLC0415
+
+    expected = im2col_ref(x, *geometry)
+    assert col.shape == expected.shape and col.dtype == x.dtype
+    np.testing.assert_array_equal(col, expected)
+
+
+def check_col2im(x, col, hw, geometry):
+    """x equals the plain-xp col2im exactly: both add each pixel's terms in the order (i, j)."""
+    from jmvae_cupy.kernels.im2col import col2im_ref  # noqa: PLC0415
+
+    _, _, sy, sx, ph, pw = geometry
+    expected = col2im_ref(col, *hw, sy, sx, ph, pw)
+    assert x.shape == expected.shape and x.dtype == col.dtype
+    np.testing.assert_array_equal(x, expected)
