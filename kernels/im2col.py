@@ -14,13 +14,13 @@ the rows (n, oh) resp. (n, h); CuPy -> Numba CUDA kernel on CuPy's current strea
   array (a view of any layout, e.g. a channels-first canvas) that is overwritten.
 
 col2im is written as a **gather per image pixel**: each pixel (n, h, w) visits the taps
-i = KH-1.. that reach it, ``(h + ph - i) % sy == 0``, ``0 <= (h + ph - i) // sy < OH`` (the same for
+i = 0..KH-1 that reach it, ``(h + ph - i) % sy == 0``, ``0 <= (h + ph - i) // sy < OH`` (the same for
 j along w), so every output element has one writer (no races on the CPU, no atomics on the GPU),
 and adds them in the order i, then j, starting from 0 -- the order of the plain-xp scatter of
 layers/im2col.py, whose loop runs over the taps (i outer, j inner) adding one slice per tap.
 The twin and the reference therefore agree bit for bit (the tests check equality); the CUDA
-kernel adds in the same order too, but its compiler may contract nothing here (adds only), so it
-also agrees exactly.
+kernel adds in the same order, with additions only (nothing to fuse into an FMA), so it agrees
+exactly too.
 
 Inputs may be views of any layout (the conv layers pass NCHW arrays seen as NHWC): the kernels
 are compiled for layout 'A' and index through the strides.  Plain-xp oracles:
