@@ -134,7 +134,8 @@ def _target_loglik(model, t, direction):
     """z -> log p(t|z) for the JMVAE family (decoders read z, or z1 in JMVAE-h)."""
     a = model.arch
     if direction == "label2image":
-        return lambda z: a.x_lik.loglik(t, model.decode_x(z).reshape(t.shape[0], -1))[0]
+        flat = t.reshape(t.shape[0], -1)  # images (N, 784) or (N, 3, H, W): likelihoods sum over all pixels
+        return lambda z: a.x_lik.loglik(flat, model.decode_x(z).reshape(t.shape[0], -1))[0]
     return lambda z: a.w_lik.loglik(t, model.decode_w(z))[0]
 
 
