@@ -139,22 +139,40 @@ class ReLU:
         return "ReLU()"
 
 
-class Conv2D:
-    """(N, C_in, H, W) -> (N, channels, OH, OW); W (channels, C_in, KH, KW), b (channels,)."""
+class _Strided:
+    """What a conv and a transposed conv share: a 4x4 / stride 2 / pad 1 (by default) layer on
+    (N, C_in, H, W) images, built from a token ``<token><channels>``.  Subclasses name the token,
+    the output-size rule and the weight initialiser."""
+
+    token = ""
+    too_small = ""  # the message when the output would be empty
 
     def __init__(self, channels: int, ksize: int = KSIZE, stride: int = STRIDE, pad: int = PAD, bias=True):
         self.channels, self.ksize, self.stride, self.pad, self.bias = channels, ksize, stride, pad, bias
 
     def init(self, rng, in_shape, dtype, xp):
         if len(in_shape) != 3:
-            raise NetSpecError(f"C{self.channels} needs an image input (C, H, W), got shape {in_shape}")
+            raise NetSpecError(f"{self.token}{self.channels} needs an image input (C, H, W), got shape {in_shape}")
         c, h, w = in_shape
         k, s, p = self.ksize, self.stride, self.pad
-        oh, ow = conv_outsize(h, k, s, p), conv_outsize(w, k, s, p)
+        oh, ow = self.outsize(h, k, s, p), self.outsize(w, k, s, p)
         if oh < 1 or ow < 1:
-            raise NetSpecError(f"C{self.channels}: a {k}x{k} kernel does not fit a {h}x{w} input")
-        params = conv2d_init(rng, c, self.channels, k, k, dtype, xp, bias=self.bias)
+            raise NetSpecError(f"{self.token}{self.channels}: " + self.too_small.format(k=k, p=p, h=h, w=w))
+        params = self.init_params(rng, c, self.channels, k, k, dtype, xp, bias=self.bias)
         return params, {}, (self.channels, oh, ow)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.channels}, ksize={self.ksize}, stride={self.stride}, "
+                f"pad={self.pad}, bias={self.bias})")
+
+
+class Conv2D(_Strided):
+    """(N, C_in, H, W) -> (N, channels, OH, OW); W (channels, C_in, KH, KW), b (channels,)."""
+
+    token = "C"
+    too_small = "a {k}x{k} kernel does not fit a {h}x{w} input"
+    outsize = staticmethod(conv_outsize)
+    init_params = staticmethod(conv2d_init)
 
     @property
     def fuses_relu(self) -> bool:
@@ -170,38 +188,20 @@ class Conv2D:
         """dW, db only (no dx: the input is data, e.g. the image of an encoder)."""
         return conv2d_param_grads(dy, cache)
 
-    def __repr__(self):
-        return f"Conv2D({self.channels}, ksize={self.ksize}, stride={self.stride}, pad={self.pad}, bias={self.bias})"
 
-
-class Deconv2D:
+class Deconv2D(_Strided):
     """(N, C_in, H, W) -> (N, channels, OH, OW); W (C_in, channels, KH, KW), b (channels,)."""
 
-    def __init__(self, channels: int, ksize: int = KSIZE, stride: int = STRIDE, pad: int = PAD, bias=True):
-        self.channels, self.ksize, self.stride, self.pad, self.bias = channels, ksize, stride, pad, bias
-
-    def init(self, rng, in_shape, dtype, xp):
-        if len(in_shape) != 3:
-            raise NetSpecError(f"DC{self.channels} needs an image input (C, H, W), got shape {in_shape}")
-        c, h, w = in_shape
-        k, s, p = self.ksize, self.stride, self.pad
-        oh, ow = deconv_outsize(h, k, s, p), deconv_outsize(w, k, s, p)
-        if oh < 1 or ow < 1:
-            raise NetSpecError(f"DC{self.channels}: crop {p} leaves nothing of a {h}x{w} input")
-        params = deconv2d_init(rng, c, self.channels, k, k, dtype, xp, bias=self.bias)
-        return params, {}, (self.channels, oh, ow)
+    token = "DC"
+    too_small = "crop {p} leaves nothing of a {h}x{w} input"
+    outsize = staticmethod(deconv_outsize)
+    init_params = staticmethod(deconv2d_init)
 
     def forward(self, params, state, x, train):
         return deconv2d_forward(x, params["W"], params.get("b"), self.stride, self.pad)
 
     def backward(self, dy, cache):
         return deconv2d_backward(dy, cache)
-
-    def __repr__(self):
-        return (
-            f"Deconv2D({self.channels}, ksize={self.ksize}, stride={self.stride}, pad={self.pad}, "
-            f"bias={self.bias})"
-        )
 
 
 class BatchNorm:
