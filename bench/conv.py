@@ -12,9 +12,10 @@ gradient for its input image (data; ``need_dx=False``; ``--input-grad`` adds it 
 Prints the median step time, and, when PyTorch is importable, the same
 networks in PyTorch (same shapes, bias dropped before batch norm as here, same thread count)
 and the ratio torch_time / our_time (>= 1: we are faster; the issue's target is >= 0.7),
-timed in alternating blocks so that other load on the machine hits both sides alike.
+timed in alternating blocks so that other load on the machine hits both sides alike, each side in
+a worker process of its own (bench/_timing.py says why).
 Thread counts: NumPy's BLAS reads OMP_NUM_THREADS / OPENBLAS_NUM_THREADS at import;
-``--threads`` sets both before NumPy is imported, and torch.set_num_threads to match.
+``--threads`` sets both for the workers, and torch.set_num_threads to match.
 """
 
 from __future__ import annotations
@@ -23,45 +24,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
-ENCODER = ("C64R-C128BR-C256BR-C256BR-F-D1024R", (3, 64, 64))
-DECODER = ("D4096R-DC256BR-DC128BR-DC64BR-DC3", (128,))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import ROOT, Worker, alternate, block_ratio, serve  # noqa: E402
 
-
-def time_steps(step, warmup: int, repeat: int) -> list[float]:
-    """Wall times of ``repeat`` calls of ``step()`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def alternate(steps: dict, warmup: int, repeat: int, blocks: int):
-    """Time each of ``steps`` ({name: step}) in alternating blocks; returns (medians, ratio).
-
-    The steps take turns, ``blocks`` times, each timing ``repeat // blocks`` steps after
-    ``warmup`` untimed ones (which also let the other library's idle threads go to sleep).
-    On a shared machine a change of load then hits neighbouring blocks alike, so the ratio
-    reported is the median over blocks of (torch block median / our block median).
-    """
-    times = {name: [] for name in steps}
-    block_medians = {name: [] for name in steps}
-    per_block = max(1, repeat // blocks)
-    for _ in range(blocks):
-        for name, step in steps.items():
-            t = time_steps(step, warmup, per_block)
-            times[name] += t
-            block_medians[name].append(statistics.median(t))
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    ratio = None
-    if "torch" in steps:
-        ratio = statistics.median(a / b for a, b in zip(block_medians["torch"], block_medians["ours"]))
-    return medians, ratio
+NETS = {"encoder": ("C64R-C128BR-C256BR-C256BR-F-D1024R", (3, 64, 64)),
+        "decoder": ("D4096R-DC256BR-DC128BR-DC64BR-DC3", (128,))}
 
 
 def ours(spec, in_shape, batch, need_dx):
@@ -81,7 +49,7 @@ def ours(spec, in_shape, batch, need_dx):
         _, caches = net.forward(params, state, x, train=True)
         net.backward(dy, caches, need_dx=need_dx)
 
-    return step
+    return step, lambda: None, {}
 
 
 def torch_nets():
@@ -104,10 +72,15 @@ def torch_nets():
     return encoder, decoder
 
 
-def theirs(net, in_shape, batch, need_dx):
-    """One training step of the PyTorch twin: forward + backward (dx to the input if need_dx)."""
-    import torch
-
+def theirs(name, in_shape, batch, need_dx, threads):
+    """One training step of the PyTorch twin of ``name``: forward + backward (dx to the input if need_dx)."""
+    try:
+        import torch
+    except ImportError as e:
+        return None, None, {"unavailable": str(e)}
+    if threads is not None:
+        torch.set_num_threads(threads)
+    net = dict(zip(("encoder", "decoder"), torch_nets()))[name]
     torch.manual_seed(0)
     x = torch.randn(batch, *in_shape)
     with torch.no_grad():
@@ -118,7 +91,14 @@ def theirs(net, in_shape, batch, need_dx):
         net.zero_grad(set_to_none=True)
         net(xx).backward(dy)
 
-    return step
+    return step, lambda: None, {"version": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def build(side, name, batch, need_dx, threads):
+    spec, in_shape = NETS[name]
+    if side == "ours":
+        return ours(spec, in_shape, batch, need_dx)
+    return theirs(name, in_shape, batch, need_dx, threads)
 
 
 def main(argv=None) -> int:
@@ -130,40 +110,42 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="BLAS / torch threads (default: as found)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--input-grad", action="store_true", help="the encoder computes dx to the image too (both sides)")
+    p.add_argument("--serve", nargs=3, metavar=("SIDE", "NET", "NEED_DX"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.serve:
+        side, name, need_dx = args.serve
+        return serve(lambda: build(side, name, args.batch, need_dx == "1", args.threads))
     if args.threads is not None:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.threads)
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    sys.path.insert(0, ROOT)
     import numpy as np
-
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-        except ImportError:
-            print("torch not importable: no comparison (pip install torch)")
-    if torch is not None and args.threads is not None:
-        torch.set_num_threads(args.threads)
 
     print(f"batch {args.batch}, float32, CPU; median of {args.repeat} steps in {args.blocks} alternating blocks, "
           f"{args.warmup} untimed steps before each block")
     print(f"numpy {np.__version__}; os.cpu_count() = {os.cpu_count()}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
-    if torch is not None:
-        print(f"torch {torch.__version__}; torch.get_num_threads() = {torch.get_num_threads()}")
-        their_nets = dict(zip(("encoder", "decoder"), torch_nets()))
     load0 = os.getloadavg()[0]
-    for name, (spec, in_shape) in (("encoder", ENCODER), ("decoder", DECODER)):
-        need_dx = name == "decoder" or args.input_grad
-        steps = {"ours": ours(spec, in_shape, args.batch, need_dx)}
-        if torch is not None:
-            steps["torch"] = theirs(their_nets[name], in_shape, args.batch, need_dx)
-        t, ratio = alternate(steps, args.warmup, args.repeat, args.blocks)
-        line = f"{name:8s} {spec:36s} ours {t['ours'] * 1e3:7.1f} ms"
-        if torch is not None:
-            line += f"   torch {t['torch'] * 1e3:7.1f} ms   torch/ours {ratio:4.2f}"
+    common = ["--batch", args.batch] + (["--threads", args.threads] if args.threads is not None else [])
+    for name, (spec, _) in NETS.items():
+        need_dx = "1" if (name == "decoder" or args.input_grad) else "0"
+        workers = {}
+        try:
+            for side in ("ours",) + (() if args.no_torch else ("torch",)):
+                workers[side] = Worker(side, __file__, [side, name, need_dx, *common])
+            workers = {k: w for k, w in workers.items() if w.available}
+            if "torch" in workers and name == "encoder":
+                info = workers["torch"].info
+                print(f"torch {info['version']}; torch.get_num_threads() = {info['threads']}")
+            times, blocks = alternate(workers, args.warmup, args.repeat, args.blocks)
+        finally:
+            for w in workers.values():
+                w.close()
+        line = f"{name:8s} {spec:36s} ours {statistics.median(times['ours']) * 1e3:7.1f} ms"
+        if "torch" in workers:
+            line += (f"   torch {statistics.median(times['torch']) * 1e3:7.1f} ms"
+                     f"   torch/ours {block_ratio(blocks, 'torch', 'ours'):4.2f}")
         print(line, flush=True)
     print(f"load average (1 min) before / after: {load0:.2f} / {os.getloadavg()[0]:.2f} "
           f"(other processes on the machine skew the times; the ratio is taken block by block)")

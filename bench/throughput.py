@@ -8,7 +8,8 @@ and PyTorch eager.
 
 A step is ``model.loss_and_grads(x, w, rng, beta=1)`` + ``Adam.step`` on random data of the
 model's shapes (binary images and one-hot labels for MNIST, Gaussian noise for CelebA).  Per
-(model, batch), in a fresh process of its own (so that ``ru_maxrss`` is that configuration's):
+(model, batch), each side below runs in a worker process of its own (see "Timing" below for why),
+driven by this one:
 
 * ours: median step time after ``--warmup`` untimed steps -> samples/s;
 * floor: the model's bare matrix products alone, the same GEMMs with the same shapes and memory
@@ -19,12 +20,12 @@ model's shapes (binary images and one-hot labels for MNIST, Gaussian noise for C
   categorical / Gaussian log-likelihoods, torch.optim.Adam) in PyTorch eager mode, when torch
   is importable, with torch.set_num_threads = the BLAS threads of NumPy; ratio = ours / torch
   throughput (> 1: we are faster);
-* memory: ru_maxrss after our warm-up (before torch is touched) and at the end; on a GPU the
-  CuPy memory pool's size (it keeps what it ever held: its peak).
+* memory: the peak RSS (ru_maxrss) of our worker and of torch's; on a GPU also the CuPy memory
+  pool's size (it keeps what it ever held: its peak).
 
 The three are timed in alternating blocks (ours, floor, torch, ours, ...; ``--blocks``), so a
-change of load on a shared machine hits all alike; each block starts with untimed steps.
-On a GPU every timed call is bracketed by ``backend.synchronize``.
+change of load on a shared machine hits all alike; each block starts with untimed steps; the
+waiting workers sleep on their pipe.  On a GPU every timed call is followed by a synchronize.
 """
 
 from __future__ import annotations
@@ -32,15 +33,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from math import prod
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+from _timing import Local, Worker, alternate, serve  # noqa: E402
+
+from jmvae_cupy.hostmem import keep_freed_memory  # noqa: E402
 
 DEFAULT_CONFIGS = [("mnist:jmvae", 100), ("mnist:jmvae", 1000), ("mnist:kl", 100), ("mnist:kl", 1000),
                    ("mnist:h", 100), ("mnist:h", 1000), ("celeba:kl", 64)]
@@ -292,26 +295,96 @@ def torch_twin(model, x, w, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Timing
+# Timing: one worker process per side (bench/_timing.py says why)
 # ---------------------------------------------------------------------------------------------
 
+SIDES = ("ours", "floor", "torch")
 
-def alternate(steps: dict, warmup: int, repeat: int, blocks: int, sync) -> dict:
-    """Step times of each of ``steps`` ({name: step}), timed in alternating blocks of
-    repeat // blocks calls, each block after ``warmup`` untimed calls.  Returns {name: [seconds]}."""
-    times = {name: [] for name in steps}
-    per_block = max(1, repeat // blocks)
-    for _ in range(blocks):
-        for name, step in steps.items():
-            for _ in range(warmup):
-                step()
-            for _ in range(per_block):
-                sync()
-                t0 = time.perf_counter()
-                step()
-                sync()
-                times[name].append(time.perf_counter() - t0)
-    return times
+
+def build_side(side: str, key: str, batch: int, device: str):
+    """(step, sync, info) of one side for one (model, batch); ``step`` is None when unavailable."""
+    import numpy as np
+
+    from jmvae_cupy import backend
+
+    xp = backend.select_device(device)
+    model = make_model(key, xp)
+    x, w = make_batch(model, batch, xp)
+    sync = lambda: backend.synchronize(xp)  # noqa: E731
+    info = {"device": backend.device_name(xp)}
+    if xp is not np:  # the CuPy pool keeps what it ever held: its peak
+        info["quit_extra"] = lambda: {"gpu_pool_mb": xp.get_default_memory_pool().total_bytes() / 2**20}
+    if side == "ours":
+        threads, blas = blas_threads()
+        info.update(blas=blas, blas_threads=threads)
+        return our_step(model, x, w), sync, info
+    if side == "floor":
+        gemms = gemm_list(model, batch)
+        info.update(gemms=len(gemms), gemm_flop=gemm_flops(gemms))
+        return floor_step(gemms, xp), sync, info
+    if side == "adam":
+        return adam_step(model, x, w), sync, info
+    if side == "torch":
+        try:
+            import torch
+        except ImportError as e:
+            return None, sync, {"unavailable": str(e)}
+        dev = "cpu" if xp is np else "cuda"
+        torch.set_num_threads(blas_threads()[0])
+        inner = torch_twin(model, x, w, dev)
+        tsync = (lambda: torch.cuda.synchronize()) if dev == "cuda" else (lambda: None)
+        info.update(version=torch.__version__, threads=torch.get_num_threads(), device=dev)
+        return (lambda: (inner(), tsync())), sync, info
+    raise ValueError(f"unknown side {side!r}")
+
+
+def adam_step(model, x, w):
+    """Adam alone: one update of a copy of the parameters with a fixed gradient."""
+    from jmvae_cupy.optim import Adam
+    from jmvae_cupy.rng import Rng
+
+    _, _, grads = model.loss_and_grads(x, w, Rng(0))
+    params = {k: v.copy() for k, v in model.params.items()}
+    opt = Adam()
+    return lambda: opt.step(params, grads)
+
+
+def worker(side: str, key: str, batch: int, device: str) -> Worker:
+    return Worker(side, __file__, [side, key, batch, "--device", device])
+
+
+def run_config(key: str, batch: int, args) -> dict:
+    """Benchmark one (model, batch): a worker per side, alternating blocks; a JSON-able dict."""
+    workers, mem = {}, {}
+    try:
+        for side in SIDES:
+            if side == "torch" and args.no_torch:
+                continue
+            wk = worker(side, key, batch, args.device)
+            workers[side] = wk
+        workers = {side: wk for side, wk in workers.items() if wk.available}
+        times, _ = alternate(workers, args.warmup, args.steps, args.blocks)
+    finally:
+        for side, wk in workers.items():
+            mem[side] = wk.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ours, floor = workers["ours"].info, workers["floor"].info
+    res = {
+        "model": key, "batch": batch, "device": ours["device"], "dtype": "float32",
+        "blas": ours["blas"], "blas_threads": ours["blas_threads"], "steps": len(times["ours"]),
+        "step_s": med["ours"], "samples_per_s": batch / med["ours"],
+        "floor_s": med["floor"], "floor_pct": 100.0 * med["floor"] / med["ours"],
+        "gemms": floor["gemms"], "gemm_gflop": floor["gemm_flop"] / 1e9,
+        "floor_gflops": floor["gemm_flop"] / med["floor"] / 1e9,
+        "rss_ours_mb": mem["ours"]["rss_mb"],
+    }
+    if "gpu_pool_mb" in mem["ours"]:
+        res["gpu_pool_peak_mb"] = mem["ours"]["gpu_pool_mb"]
+    if "torch" in workers:
+        res.update({"torch": workers["torch"].info, "torch_step_s": med["torch"],
+                    "torch_samples_per_s": batch / med["torch"], "ours_over_torch": med["torch"] / med["ours"],
+                    "rss_torch_mb": mem["torch"]["rss_mb"]})
+    return res
 
 
 def blas_threads():
@@ -328,61 +401,6 @@ def blas_threads():
             desc = f"{info.get('internal_api')} {info.get('version')} ({info.get('architecture')})"
             return int(info["num_threads"]), desc
     return os.cpu_count(), "unknown BLAS"
-
-
-def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def run_one(key: str, batch: int, args) -> dict:
-    """Benchmark one (model, batch) in this process; returns a JSON-able dict."""
-    import numpy as np
-
-    from jmvae_cupy import backend
-
-    xp = backend.select_device(args.device)
-    threads, blas = blas_threads()
-    model = make_model(key, xp)
-    x, w = make_batch(model, batch, xp)
-    sync = lambda: backend.synchronize(xp)  # noqa: E731
-    steps = {"ours": our_step(model, x, w)}
-    gemms = gemm_list(model, batch)
-    steps["floor"] = floor_step(gemms, xp)
-    for _ in range(args.warmup):
-        steps["ours"]()
-    sync()
-    rss_ours = maxrss_mb()
-    torch_info = None
-    if not args.no_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is not None:
-            device = "cpu" if xp is np else "cuda"
-            torch.set_num_threads(threads)
-            steps["torch"] = torch_twin(model, x, w, device)
-            tsync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
-            inner = steps["torch"]
-            steps["torch"] = lambda: (inner(), tsync())
-            torch_info = {"version": torch.__version__, "threads": torch.get_num_threads(), "device": device}
-    times = alternate(steps, args.warmup, args.steps, args.blocks, sync)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    res = {
-        "model": key, "batch": batch, "device": backend.device_name(xp), "dtype": "float32",
-        "blas": blas, "blas_threads": threads, "steps": len(times["ours"]),
-        "step_s": med["ours"], "samples_per_s": batch / med["ours"],
-        "floor_s": med["floor"], "floor_pct": 100.0 * med["floor"] / med["ours"],
-        "gemms": len(gemms), "gemm_gflop": gemm_flops(gemms) / 1e9,
-        "floor_gflops": gemm_flops(gemms) / med["floor"] / 1e9,
-        "rss_ours_mb": rss_ours, "rss_peak_mb": maxrss_mb(),
-    }
-    if torch_info is not None:
-        res.update({"torch": torch_info, "torch_step_s": med["torch"], "torch_samples_per_s": batch / med["torch"],
-                    "ours_over_torch": med["torch"] / med["ours"]})
-    if xp is not np:
-        res["gpu_pool_peak_mb"] = xp.get_default_memory_pool().total_bytes() / 2**20
-    return res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,25 +428,25 @@ def breakdown(args) -> dict:
     reductions, concatenate and zeros_like form their own category; everything else -- the
     models' and nets' Python glue -- is "python glue").  The shares are then scaled to the
     median un-profiled step time (cProfile's own per-call cost inflates the glue).  The GEMM
-    floor and the Adam step are also timed in isolation, as a cross-check.
+    floor and the Adam step are also timed in isolation (each in a worker process), as a cross-check.
     """
     import cProfile
     import pstats
 
     import numpy as np
 
-    from jmvae_cupy.optim import Adam
-
+    keep_freed_memory()
     model = make_model("mnist:kl", np)
     x, w = make_batch(model, 100, np)
     step = our_step(model, x, w)
-    floor = floor_step(gemm_list(model, 100), np)
-    _, _, grads = model.loss_and_grads(x, w, __import__("jmvae_cupy.rng").rng.Rng(0))
-    params = {k: v.copy() for k, v in model.params.items()}
-    opt = Adam()
-    adam = lambda: opt.step(params, grads)  # noqa: E731
-    times = alternate({"step": step, "floor": floor, "adam": adam}, args.warmup, args.steps, args.blocks,
-                      lambda: None)
+
+    floor, adam = worker("floor", "mnist:kl", 100, "cpu"), worker("adam", "mnist:kl", 100, "cpu")
+    try:
+        times, _ = alternate({"step": Local(step), "floor": floor, "adam": adam}, args.warmup, args.steps,
+                             args.blocks)
+    finally:
+        floor.close()
+        adam.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     prof = cProfile.Profile()
     prof.enable()
@@ -472,15 +490,16 @@ def print_table(results):
     print(f"device {r0['device']}; BLAS {r0['blas']} x{r0['blas_threads']} threads; {torch_line}; "
           f"median of {r0['steps']} steps")
     hdr = (f"{'model':12s} {'N':>5s} {'ours/s':>9s} {'ms/step':>8s} {'floor ms':>8s} {'%floor':>6s} "
-           f"{'torch/s':>9s} {'ours/torch':>10s} {'GFLOP':>6s} {'rss MB':>7s}")
+           f"{'torch/s':>9s} {'ours/torch':>10s} {'GFLOP':>6s} {'RSS MB ours/torch':>17s}")
     print(hdr)
     print("-" * len(hdr))
     for r in results:
         t = f"{'-':>9s} {'-':>10s}"
         if "torch_step_s" in r:
             t = f"{r['torch_samples_per_s']:9.0f} {r['ours_over_torch']:10.2f}"
+        rss = f"{r['rss_ours_mb']:.0f}" + (f" / {r['rss_torch_mb']:.0f}" if "rss_torch_mb" in r else "")
         print(f"{r['model']:12s} {r['batch']:5d} {r['samples_per_s']:9.0f} {r['step_s'] * 1e3:8.1f} "
-              f"{r['floor_s'] * 1e3:8.1f} {r['floor_pct']:6.1f} {t} {r['gemm_gflop']:6.2f} {r['rss_ours_mb']:7.0f}")
+              f"{r['floor_s'] * 1e3:8.1f} {r['floor_pct']:6.1f} {t} {r['gemm_gflop']:6.2f} {rss:>17s}")
 
 
 def main(argv=None) -> int:
@@ -495,11 +514,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     p.add_argument("--breakdown", action="store_true", help="attribute a MNIST JMVAE-kl batch-100 step")
-    p.add_argument("--one", nargs=2, metavar=("MODEL", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--serve", nargs=3, metavar=("SIDE", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args)))
-        return 0
+    if args.serve:
+        side, key, batch = args.serve
+        return serve(lambda: build_side(side, key, int(batch), args.device))
     if args.threads is not None:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.threads)
@@ -519,16 +538,13 @@ def main(argv=None) -> int:
     else:
         models = args.models or ["mnist:jmvae", "mnist:kl", "mnist:h", "celeba:kl"]
         configs = [(m, b) for m in models for b in (args.batch_sizes or DEFAULT_BATCH[m.split(":")[0]])]
-    passthru = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--blocks", str(args.blocks),
-                "--device", args.device] + (["--no-torch"] if args.no_torch else [])
     results = []
     for key, batch in configs:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", key, str(batch), *passthru],
-                              capture_output=True, text=True, env=os.environ.copy())
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
+        try:
+            results.append(run_config(key, batch, args))
+        except RuntimeError as e:
+            print(f"error: {key} batch {batch}: {e}", file=sys.stderr)
             return 1
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         if not args.json:
             print(f"  done {key} batch {batch}", file=sys.stderr, flush=True)
     if args.json:

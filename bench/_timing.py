@@ -1,0 +1,140 @@
+"""Timing harness shared by the benchmarks: each side (ours, torch, the GEMM floor, ...) runs in a
+worker process of its own, and the driver times the sides in alternating blocks.
+
+Why processes: in one process the sides disturb each other through the allocator.  After the
+GEMM floor's operands were built, or torch had run a few steps, glibc returned our per-step arrays
+to the kernel on every free, and our MNIST step took ~3,600 minor page faults (ru_minflt) and
+~30 % longer (0 faults per step alone; docs/performance.md).  Every worker also sets glibc to keep
+freed memory (jmvae_cupy/hostmem.py), as ``python -m jmvae_cupy.train`` does, so no side's time
+depends on the luck of its heap's layout.
+
+Why blocks: on a shared machine a change of load then hits neighbouring blocks of every side
+alike; the waiting workers sleep on their pipe.
+
+Protocol (one JSON line per message on the worker's stdout): the worker says
+``{"ready": info}`` once built, answers ``block WARMUP N`` with ``{"times": [N seconds]}``
+(WARMUP untimed steps, then N timed ones, each followed by ``sync()``), and ``quit`` with
+``{"rss_mb": peak RSS, ...extra}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..")
+
+
+def maxrss_mb() -> float:
+    """Peak resident memory of this process in MB (ru_maxrss)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def time_block(step, sync, warmup: int, n: int) -> list[float]:
+    """Wall times of ``n`` calls of ``step()`` (each followed by ``sync()``) after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def serve(build) -> int:
+    """The worker's loop.  ``build()`` -> (step, sync, info); step None: unavailable (info says why).
+    ``info["quit_extra"]``, if given, is a callable whose dict is added to the ``quit`` answer."""
+    sys.path.insert(0, ROOT)
+    from jmvae_cupy.hostmem import keep_freed_memory
+
+    keep_freed_memory()
+    step, sync, info = build()
+    extra = info.pop("quit_extra", None)
+    print(json.dumps({"ready": info}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd and cmd[0] == "block":
+            print(json.dumps({"times": time_block(step, sync, int(cmd[1]), int(cmd[2]))}), flush=True)
+        elif cmd and cmd[0] == "quit":
+            print(json.dumps({"rss_mb": maxrss_mb(), **(extra() if extra else {})}), flush=True)
+            return 0
+    return 0
+
+
+class Worker:
+    """The driver's handle on one worker: ``python SCRIPT --serve ARGS...`` running :func:`serve`."""
+
+    def __init__(self, name: str, script: str, args: list):
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(script), "--serve", *map(str, args)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=os.environ.copy())
+        self.info = self._read()["ready"]
+
+    @property
+    def available(self) -> bool:
+        return "unavailable" not in self.info
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench worker {self.name!r} died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def request(self, cmd: str) -> dict:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> dict:
+        """Stop the worker: {"rss_mb": its peak RSS, ...}; {} if it is already gone."""
+        if self.proc.poll() is not None:
+            return {}
+        try:
+            mem = self.request("quit")
+        except (RuntimeError, BrokenPipeError):
+            mem = {}
+        self.proc.wait()
+        return mem
+
+
+def alternate(workers: dict, warmup: int, repeat: int, blocks: int):
+    """Time every worker ({name: Worker or anything with ``request``}) in ``blocks`` alternating
+    blocks of ``repeat // blocks`` steps, each after ``warmup`` untimed ones.
+
+    Returns ({name: [seconds]}, {name: [median of each block]}): compare two sides block by block
+    (:func:`block_ratio`) to cancel a change of load between blocks."""
+    times = {name: [] for name in workers}
+    block_medians = {name: [] for name in workers}
+    per_block = max(1, repeat // blocks)
+    for _ in range(blocks):
+        for name, wk in workers.items():
+            t = wk.request(f"block {warmup} {per_block}")["times"]
+            times[name] += t
+            block_medians[name].append(statistics.median(t))
+    return times, block_medians
+
+
+def block_ratio(block_medians: dict, num: str, den: str) -> float:
+    """Median over blocks of (num's block median / den's block median)."""
+    return statistics.median(a / b for a, b in zip(block_medians[num], block_medians[den]))
+
+
+class Local:
+    """A step of the driver's own process, answering blocks like a :class:`Worker` (for profiling)."""
+
+    def __init__(self, step, sync=lambda: None):
+        self.step, self.sync = step, sync
+
+    def request(self, cmd: str) -> dict:
+        _, warmup, n = cmd.split()
+        return {"times": time_block(self.step, self.sync, int(warmup), int(n))}
