@@ -1,11 +1,19 @@
-"""Data-parallel training across processes / GPUs / machines (docs/distributed.md).
+"""Data-parallel training across processes / GPUs / machines (docs/distributed.md), and the
+fused mean that it shares with gradient accumulation (``train --micro-batches K``).
 
 ``mpiexec -n P python -m jmvae_cupy.train mnist ... --distributed`` runs P ranks.  Each rank
 draws the same global batch (identical data-RNG stream), keeps its contiguous shard of B/P rows,
-computes the gradient of its local batch mean, and the gradients (plus the loss, the terms and a
-stop flag) are averaged across ranks in ONE all-reduce of one preallocated flat buffer per step
-(:class:`FlatBuffer`).  With equal shards the mean over ranks of local means is the global mean, so
-every rank applies the single-process update for batch B.  Only rank 0 writes files.
+computes the gradient of its local batch mean, and the gradients (plus the batch-norm running
+statistics, the loss, the terms and a stop flag) are averaged across ranks in ONE collective on one
+preallocated flat buffer per step (:class:`FlatBuffer`, :class:`StepMean`).  With equal shards the
+mean over ranks of local means is the global mean, so every rank applies the single-process update
+for batch B.  Only rank 0 writes files.
+
+One process with ``--micro-batches K`` computes the same thing for K contiguous chunks of its batch,
+one after the other, with the same arithmetic: :func:`mean_in_order_` adds the chunks' buffers left
+to right and divides by K.  ``--ordered-reduce`` makes the ranks use that arithmetic too (an
+all-gather of the buffer, then :func:`mean_in_order_` over the P rows in rank order), so P ranks
+with ``--exact-noise --ordered-reduce`` are bit-identical to one process with ``--micro-batches P``.
 
 The communicator (:class:`Comm`) hides the transport; everything above it is one code path:
 
@@ -21,6 +29,7 @@ NumPy vs CuPy is decided here only, and cupy is reached only through
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import sys
 import time
@@ -39,6 +48,35 @@ class DistributedError(RuntimeError):
     """A problem setting up or running data-parallel training (one-line message)."""
 
 
+# ---------------------------------------------------------------------------- the shared arithmetic
+def rows_of(a, part: int, parts: int):
+    """Part ``part`` of ``parts`` contiguous equal parts of the rows of ``a`` (N, ...):
+    rows [part N/parts, (part+1) N/parts).  A rank's shard, a micro-batch, a slice of the noise."""
+    n = len(a) // parts
+    return a[part * n:(part + 1) * n]
+
+
+def mean_in_order_(out, rows):
+    """In place: ``out`` <- (r_0 + r_1 + ... + r_{K-1}) / K, added strictly left to right, then divided.
+
+    ``rows``: K arrays of ``out``'s shape, in order: the rows of a (K, n) array (an all-gather) or
+    a generator (micro-batches, computed as they are asked for; ``out`` itself may come first).
+    Floating-point addition is not associative, so the order fixes the bits: every caller of this
+    function with the same rows gets the same result, whatever the transport.  Returns ``out``.
+    """
+    k = 0
+    for k, r in enumerate(rows, 1):
+        if k == 1:
+            if r is not out:
+                out[...] = r
+        else:
+            out += r
+    if k == 0:
+        raise ValueError("mean_in_order_: no rows")
+    out /= k
+    return out
+
+
 # ---------------------------------------------------------------------------- communicators
 class Comm:
     """One process: every collective is a no-op (P = 1)."""
@@ -49,7 +87,15 @@ class Comm:
         self.rank, self.size, self.local_rank = 0, 1, 0
 
     def allreduce_mean_(self, buf):
-        """In place: ``buf`` <- mean over ranks of ``buf`` (a contiguous 1-D array).  Returns ``buf``."""
+        """In place: ``buf`` <- mean over ranks of ``buf`` (a contiguous 1-D array).  Returns ``buf``.
+        The transport adds the P buffers in an order of its choosing (a tree; it may depend on P and
+        on the buffer's size): the result is the mean up to rounding."""
+        return buf
+
+    def allreduce_mean_ordered_(self, buf):
+        """In place: ``buf`` <- ``mean_in_order_`` of the ranks' ``buf`` (n,) in rank order, the same
+        bits on every rank and as one process adding P micro-batches.  One all-gather into a
+        preallocated (P, n) buffer: P times the bytes received of an all-reduce's result."""
         return buf
 
     def broadcast_(self, buf, root: int = 0):
@@ -97,6 +143,15 @@ class MpiComm(Comm):
             buf.set(host)
         return buf
 
+    def allreduce_mean_ordered_(self, buf):
+        host = asnumpy(buf)
+        gathered = _gather_buffer(self, host)  # (P, n), row r = rank r's buffer
+        self.comm.Allgather(host, gathered)
+        mean_in_order_(host, gathered)
+        if is_gpu_array(buf):
+            buf.set(host)
+        return buf
+
     def broadcast_(self, buf, root: int = 0):
         host = asnumpy(buf)
         self.comm.Bcast(host, root=root)
@@ -135,9 +190,18 @@ def nccl_module():
     return nccl if getattr(nccl, "available", False) else None
 
 
+def _gather_buffer(comm, buf):
+    """The (P, n) receive buffer of ``comm``'s all-gathers of ``buf`` (n,): allocated once, kept."""
+    xp = get_array_module(buf)
+    g = getattr(comm, "_gathered", None)
+    if g is None or g.shape != (comm.size, buf.size) or g.dtype != buf.dtype or get_array_module(g) is not xp:
+        g = comm._gathered = xp.empty((comm.size, buf.size), dtype=buf.dtype)
+    return g
+
+
 # the names NcclComm calls in cupy.cuda.nccl (tests/test_distributed.py checks they exist)
 NCCL_NAMES = ("get_unique_id", "NcclCommunicator", "NCCL_SUM", "NCCL_FLOAT32", "NCCL_FLOAT64")
-NCCL_COMM_METHODS = ("allReduce", "broadcast", "abort")
+NCCL_COMM_METHODS = ("allReduce", "allGather", "broadcast", "abort")
 
 
 class NcclComm(MpiComm):
@@ -168,6 +232,13 @@ class NcclComm(MpiComm):
         ptr, n, dt, stream = self._args(buf)
         self.nccl_comm.allReduce(ptr, ptr, n, dt, self.nccl.NCCL_SUM, stream)
         buf /= self.size  # queued on the same stream: after the reduction
+        return buf
+
+    def allreduce_mean_ordered_(self, buf):
+        ptr, n, dt, stream = self._args(buf)
+        gathered = _gather_buffer(self, buf)  # (P, n) on the device
+        self.nccl_comm.allGather(ptr, gathered.data.ptr, n, dt, stream)  # n elements from each rank
+        mean_in_order_(buf, gathered)  # P - 1 element-wise kernels on the same stream
         return buf
 
     def broadcast_(self, buf, root: int = 0):
@@ -245,18 +316,77 @@ class FlatBuffer:
         return dict(self.views), np.asarray(asnumpy(self.scalars), dtype=np.float64)
 
 
+STATE = "state/"  # the prefix of the running statistics' names in the step's buffer
+
+
+class StepMean:
+    """The mean of one training step's results over its *parts*, in one fused buffer.
+
+    A part is one ``loss_and_grads`` call: one of this process's K micro-batches
+    (``train --micro-batches K``) or its only batch, which with ``--distributed`` is the rank's shard.
+    Each part gives ``(loss, terms, grads, state)``: the loss and terms (0-d), the gradients
+    {name: array}, and the batch-norm running statistics {name: array} its forward left.  Layout of
+    the buffer (:class:`FlatBuffer`, built at the first step, reused)::
+
+        [ grads by name | "state/" + state by name | loss, terms by name, stop ]    (n,)
+
+    The parts of this process are averaged with :func:`mean_in_order_` (part 0 packed into the
+    buffer itself, each later one into a scratch buffer of the same layout and added), then the
+    ranks with ONE collective on the same buffer: ``comm.allreduce_mean_`` or, ``ordered``,
+    ``comm.allreduce_mean_ordered_`` (the same left-to-right arithmetic over ranks).
+    """
+
+    def __init__(self, comm: Comm | None = None, ordered: bool = False):
+        self.comm, self.ordered = comm, ordered
+        self.acc = self.scratch = None
+        self.keys: list = []
+
+    def _packed(self, parts, stop: float):
+        """Each part packed into a buffer of the step's layout, in order (the generator of rows)."""
+        for i, (loss, terms, grads, state) in enumerate(parts):
+            arrays = {**grads, **{STATE + k: v for k, v in state.items()}}
+            if self.acc is None:
+                xp = get_array_module(*grads.values())
+                self.keys = sorted(terms)
+                self.acc = FlatBuffer({k: v.shape for k, v in arrays.items()}, len(self.keys) + 2,
+                                      next(iter(grads.values())).dtype, xp)
+            if sorted(terms) != self.keys:
+                raise DistributedError(f"step buffer: got terms {sorted(terms)}, expected {self.keys}")
+            if i > 0 and self.scratch is None:
+                self.scratch = FlatBuffer({k: v.shape for k, v in self.acc.views.items()}, len(self.keys) + 2,
+                                          self.acc.buf.dtype, get_array_module(self.acc.buf))
+            yield (self.acc if i == 0 else self.scratch).pack(arrays, [loss] + [terms[k] for k in self.keys] + [stop])
+
+    def __call__(self, parts, stop: bool = False):
+        """``parts``: an iterable of ``(loss, terms, grads, state)``, one per part, in part order (a
+        generator computes each part when its turn comes: one part's activations live at a time).
+        ``stop``: this process asks to stop.  Returns ``(loss, terms, grads, state, stop_any)``: host
+        floats, {name: float}, the mean gradients and running statistics as views of the buffer (valid
+        until the next step), and whether any rank asked to stop."""
+        rows = self._packed(parts, float(stop))
+        first = next(rows)  # part 0, packed into self.acc (built now at the first step)
+        mean_in_order_(self.acc.buf, itertools.chain([first], rows))
+        if self.comm is not None:
+            (self.comm.allreduce_mean_ordered_ if self.ordered else self.comm.allreduce_mean_)(self.acc.buf)
+        views, s = self.acc.unpack()
+        grads = {k: v for k, v in views.items() if not k.startswith(STATE)}
+        state = {k[len(STATE):]: v for k, v in views.items() if k.startswith(STATE)}
+        return s[0], {k: s[1 + i] for i, k in enumerate(self.keys)}, grads, state, bool(s[-1] > 0)
+
+
 # ---------------------------------------------------------------------------- noise
 class GlobalNoiseRng:
-    """Debug / test mode (--exact-noise): every rank draws the noise of the whole global batch from
-    the single-process stream and keeps its rows, so P ranks reproduce one process exactly
-    (up to summation order).  Costs P times the noise draws."""
+    """The noise of part ``rank`` of ``size`` equal parts of a batch, as one stream would draw it for
+    the whole batch: each draw of shape (N, ...) draws (N * size, ...) from ``rng`` and keeps rows
+    [rank N, (rank+1) N).  Used by --exact-noise (rank r of P, so that P ranks reproduce one process)
+    and by --micro-batches (chunk k of K, the stream rewound to the step's start for each chunk).
+    Costs ``size`` times the noise draws."""
 
     def __init__(self, rng: Rng, rank: int, size: int):
         self.rng, self.rank, self.size = rng, rank, size
 
     def _slice(self, a, shape, xp):
-        n = shape[0]
-        return to_device(a[self.rank * n:(self.rank + 1) * n], xp)
+        return to_device(rows_of(a, self.rank, self.size), xp)
 
     def normal(self, shape, dtype=np.float32, xp=np):
         shape = tuple(shape)
@@ -282,13 +412,15 @@ def _crc(arrays: dict, crc: int = 0) -> int:
 
 
 class DataParallel:
-    """What the Trainer does differently with P ranks (train.py calls it only when --distributed)."""
+    """What the Trainer does differently with P ranks (train.py calls it only when --distributed).
 
-    def __init__(self, comm: Comm, exact_noise: bool = False):
-        self.comm, self.exact_noise = comm, exact_noise
-        self.flat = None
+    exact_noise: every rank draws the global batch's noise and keeps its rows (:class:`GlobalNoiseRng`).
+    ordered_reduce: the step's buffer is averaged with ``comm.allreduce_mean_ordered_`` (rank order).
+    """
+
+    def __init__(self, comm: Comm, exact_noise: bool = False, ordered_reduce: bool = False):
+        self.comm, self.exact_noise, self.ordered_reduce = comm, exact_noise, ordered_reduce
         self.stop_agreed = False
-        self._state_dirty = False
         fail = os.environ.get(FAIL_RANK_ENV)
         self._fail = fail is not None and fail.strip() == str(comm.rank)
 
@@ -301,42 +433,26 @@ class DataParallel:
 
     def shard(self, a):
         """This rank's contiguous B/P rows of the global batch ``a``."""
-        n = len(a) // self.comm.size
-        return a[self.comm.rank * n:(self.comm.rank + 1) * n]
+        return rows_of(a, self.comm.rank, self.comm.size)
 
-    def allreduce_step(self, trainer, loss, terms, grads):
-        """Average gradients, loss and terms over ranks in one fused all-reduce; agree on stopping."""
+    def step_mean(self) -> StepMean:
+        """The trainer's fused mean of a step over this rank's parts and then over the ranks."""
+        return StepMean(self.comm, ordered=self.ordered_reduce)
+
+    def before_step(self):
         if self._fail:
             raise RuntimeError(f"injected failure ({FAIL_RANK_ENV}={self.comm.rank})")
-        keys = sorted(terms)
-        if self.flat is None:
-            xp = get_array_module(*grads.values())
-            self.flat = FlatBuffer({k: g.shape for k, g in grads.items()}, len(keys) + 2, trainer.dtype, xp)
-        stop = 0.0 if trainer.stop_requested is None else 1.0
-        self.flat.pack(grads, [loss] + [terms[k] for k in keys] + [stop])
-        self.comm.allreduce_mean_(self.flat.buf)
-        grads, s = self.flat.unpack()
-        self.stop_agreed = bool(s[-1] > 0)
-        if self.stop_agreed and trainer.stop_requested is None:
-            trainer.stop_requested = "stop requested on another rank"
-        self._state_dirty = True
-        return s[0], {k: s[1 + i] for i, k in enumerate(keys)}, grads
 
-    def sync_state(self, trainer):
-        """Average the batch-norm running statistics over ranks (they differ: local batches)."""
-        if not self._state_dirty or not trainer.model.state:
-            return
-        state = trainer.model.state
-        flat = FlatBuffer({k: v.shape for k, v in state.items()}, 0, trainer.dtype, get_array_module(*state.values()))
-        flat.pack(state)
-        self.comm.allreduce_mean_(flat.buf)
-        for k, v in flat.unpack()[0].items():
-            state[k][...] = v
-        self._state_dirty = False
+    def after_step(self, trainer, stop_any: bool):
+        """Every rank stops at the same step boundary when any rank asked to (the flag was averaged)."""
+        self.stop_agreed = stop_any
+        if stop_any and trainer.stop_requested is None:
+            trainer.stop_requested = "stop requested on another rank"
 
     def check_consistent(self, trainer, when: str):
         """A cheap checksum all-gather: parameters, state, optimizer step and data-RNG state must be
-        identical on every rank (same seed; averaged updates).  Raises on every rank if not."""
+        identical on every rank (same seed; averaged updates and running statistics).  Raises on
+        every rank if not."""
         crc = _crc(trainer.model.params)
         crc = _crc(trainer.model.state, crc)
         crc = zlib.crc32(repr((trainer.opt.t, trainer.data_rng.get_state())).encode(), crc)
@@ -345,13 +461,11 @@ class DataParallel:
             raise DistributedError(f"{when}: parameters / state differ across ranks (checksums {crcs})")
 
     def epoch_end(self, trainer):
-        self.sync_state(trainer)
         self.check_consistent(trainer, f"after epoch {trainer.epoch}")
 
     def checkpoint_meta(self, trainer, meta: dict):
-        """Collective: sync the state, gather every rank's noise-RNG state.  The meta to write on
-        rank 0, None elsewhere (other ranks write nothing)."""
-        self.sync_state(trainer)
+        """Collective: gather every rank's noise-RNG state.  The meta to write on rank 0, None
+        elsewhere (other ranks write nothing)."""
         noise = self.comm.allgather_obj(trainer.noise_rng.get_state())
         if self.comm.rank != 0:
             return None

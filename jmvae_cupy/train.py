@@ -32,7 +32,7 @@ from .backend import BackendError, device_name, get_dtype, select_device, to_dev
 from .checkpoint import CheckpointError, list_checkpoints, load_latest, restore_arrays
 from .checkpoint import save as save_checkpoint
 from .data import DataError, binarize, binarized_test_set, iterate_batches, load_mnist, one_hot
-from .distributed import DataParallel, DistributedError, init_distributed
+from .distributed import DataParallel, DistributedError, GlobalNoiseRng, StepMean, init_distributed, rows_of
 from .inference import x_from_w
 from .models import ModelError, build_model
 from .optim import Adam
@@ -42,7 +42,8 @@ from .viz import save_grid
 # Settings that must agree between a run and the checkpoint it resumes from.
 RESUME_KEYS = ("dataset", "variant", "batch_size", "lr", "warmup", "latent", "alpha", "seed", "dtype", "data_dir",
                "train_subset", "direction", "data", "width_scale", "gan", "gan_weight")
-RESUME_KEYS += ("distributed",)  # {"ranks": P, "exact_noise": ...}: in --distributed runs only
+RESUME_KEYS += ("distributed",)  # {"ranks": P, "exact_noise": ..., ["ordered_reduce": True]}: --distributed only
+RESUME_KEYS += ("micro_batches",)  # K: in runs with --micro-batches K > 1 only
 
 # Defaults that differ between the datasets (the paper's CelebA setting: lr 1e-4, warm-up 20 of 50 epochs).
 DATASET_DEFAULTS = {
@@ -101,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel training over the ranks of mpiexec -n P (docs/distributed.md)")
     p.add_argument("--exact-noise", action="store_true",
                    help="--distributed debug aid: every rank draws the whole batch's noise and keeps its "
-                        "rows, so P ranks reproduce one process (default: noise streams per rank)")
+                        "rows, so P ranks reproduce one process (default: noise streams per rank); with "
+                        "--ordered-reduce bit for bit (the same as one process with --micro-batches P)")
+    p.add_argument("--ordered-reduce", action="store_true",
+                   help="--distributed: average the ranks' gradients in rank order (an all-gather, P times "
+                        "the bytes of an all-reduce) instead of the all-reduce's own order")
+    p.add_argument("--micro-batches", type=int, default=1,
+                   help="gradient accumulation: each step's batch B runs as K chunks of B/K rows, one after "
+                        "the other, and their gradients are averaged (less memory; batch norm sees B/K rows)")
     return p
 
 
@@ -116,9 +124,13 @@ def config_from_args(args) -> dict:
     direction = (args.direction or "label2image") if args.variant in ("cvae", "cmma") else None
     for name, val, lo in (("epochs", args.epochs, 1), ("batch-size", args.batch_size, 1),
                           ("latent", args.latent, 1), ("sample-every", args.sample_every, 1),
-                          ("checkpoint-steps", args.checkpoint_steps, 0), ("train-subset", args.train_subset, 0)):
+                          ("checkpoint-steps", args.checkpoint_steps, 0), ("train-subset", args.train_subset, 0),
+                          ("micro-batches", args.micro_batches, 1)):
         if val < lo:
             raise TrainError(f"--{name} must be >= {lo}, got {val}")
+    if args.batch_size % args.micro_batches:
+        raise TrainError(f"--batch-size {args.batch_size} is not divisible by --micro-batches {args.micro_batches} "
+                         "(each micro-batch takes B/K rows)")
     if not (args.lr > 0 and np.isfinite(args.lr)):
         raise TrainError(f"--lr must be a positive number, got {args.lr}")
     if not (args.warmup >= 0 and np.isfinite(args.warmup)):
@@ -142,6 +154,8 @@ def config_from_args(args) -> dict:
         raise TrainError("--data is for celeba; mnist reads --data-dir DIR")
     elif args.gan:
         raise TrainError("--gan is for celeba")
+    if args.micro_batches > 1:  # only then in the config: runs without it keep their old configs
+        extra["micro_batches"] = args.micro_batches
     return {**extra,
         "dataset": args.dataset, "variant": args.variant, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "warmup": args.warmup, "latent": args.latent, "alpha": args.alpha, "seed": args.seed,
@@ -325,6 +339,9 @@ class Trainer:
         self.is_writer = dist is None or dist.comm.rank == 0  # only rank 0 writes files
         if dist is not None:
             self.noise_rng = dist.noise_rng(config["seed"])
+        self.micro_batches = int(config.get("micro_batches", 1))  # K: parts of this process's batch per step
+        # the mean of a step over micro-batches and / or ranks (distributed.StepMean); None: the plain step
+        self.step_mean = dist.step_mean() if dist is not None else StepMean() if self.micro_batches > 1 else None
         self.epoch, self.step = 0, 0
         self.epoch_data_state = None
         self.sums: dict = {}
@@ -387,8 +404,8 @@ class Trainer:
 
     def _check_finite(self, loss, terms, grads):
         xp = self.xp
-        if not bool(xp.isfinite(loss)):
-            bad = [k for k, v in terms.items() if not bool(xp.isfinite(v))]
+        if not np.isfinite(float(loss)):  # (a 0-d array, or a host float from the step's mean)
+            bad = [k for k, v in terms.items() if not np.isfinite(float(v))]
             raise NonFiniteError(f"non-finite objective at epoch {self.epoch + 1}, step {self.step + 1} "
                                  f"(terms: {', '.join(bad) or 'loss'})")
         total = sum(g.sum() for g in grads.values())
@@ -396,6 +413,57 @@ class Trainer:
             bad = [k for k, g in grads.items() if not bool(xp.isfinite(g.sum()))]
             raise NonFiniteError(f"non-finite gradient at epoch {self.epoch + 1}, step {self.step + 1} "
                                  f"(parameters: {', '.join(bad[:5])})")
+
+    # ---------------------------------------------------------------- one step's gradients
+    def _part(self, x, w, rng, beta):
+        """One ``loss_and_grads`` call on rows x (N, ...), w (N, w_dim), noise from ``rng``: (loss,
+        terms, grads) with 0-d loss and terms; grads of the model's parameters and, with --gan, of the
+        discriminator's ("disc.*"; the model's decoder gets gamma dL_G added)."""
+        loss, terms, grads = self.model.loss_and_grads(x, w, rng, beta=beta)
+        if self.gan is None:
+            return loss, terms, grads
+        loss, terms, dgrads = self.gan.step_grads(self.model, x, w, rng, loss, terms, grads)
+        return loss, terms, {**grads, **dgrads}
+
+    def _running_state(self) -> dict:
+        """The batch-norm running statistics the forward passes update in place: {name: array}."""
+        return {**self.model.state, **(self.gan.state if self.gan is not None else {})}
+
+    def _micro_batches(self, x, w, beta, running):
+        """The K parts of this process's batch, as ``StepMean`` wants them: chunk k is rows
+        [k N/K, (k+1) N/K) with rows [k N/K, (k+1) N/K) of the noise the whole batch would get (the
+        noise stream rewound to the step's start for every chunk: after the last one it stands where
+        the un-chunked step leaves it), and every chunk's forward starts from the step's running
+        statistics (so their mean is one update with the chunks' mean statistics: docs/distributed.md)."""
+        K = self.micro_batches
+        if K == 1:
+            yield (*self._part(x, w, self.noise_rng, beta), running)
+            return
+        noise_start = self.noise_rng.get_state()
+        state_start = {k: v.copy() for k, v in running.items()}
+        for k in range(K):
+            if k > 0:
+                self.noise_rng.set_state(noise_start)
+                for name, v in running.items():
+                    v[...] = state_start[name]
+            part = self._part(rows_of(x, k, K), rows_of(w, k, K), GlobalNoiseRng(self.noise_rng, k, K), beta)
+            yield (*part, running)  # (packed by StepMean before the next chunk runs)
+
+    def _step_grads(self, x, w, beta):
+        """This step's (loss, terms, grads): of the batch, or the mean over its micro-batches and / or
+        the ranks (one fused buffer; the running statistics are averaged in the same buffer)."""
+        if self.step_mean is None:
+            return self._part(x, w, self.noise_rng, beta)
+        if self.dist is not None:
+            self.dist.before_step()
+        running = self._running_state()
+        loss, terms, grads, state, stop_any = self.step_mean(self._micro_batches(x, w, beta, running),
+                                                             stop=self.stop_requested is not None)
+        for name, v in running.items():
+            v[...] = state[name]
+        if self.dist is not None:
+            self.dist.after_step(self, stop_any)
+        return loss, terms, grads
 
     def _stopping(self) -> bool:
         """Stop at this step boundary?  (--distributed: when the ranks agreed on it in the all-reduce.)"""
@@ -416,16 +484,12 @@ class Trainer:
                 x, w = self.dist.shard(x), self.dist.shard(w)
             x, w = to_device(x, xp), to_device(w, xp)
             beta = beta_at(self.epoch + self.step / steps, cfg["warmup"])
-            loss, terms, grads = self.model.loss_and_grads(x, w, self.noise_rng, beta=beta)
-            if self.dist is not None:  # one fused all-reduce: the mean over ranks = the batch-B update
-                loss, terms, grads = self.dist.allreduce_step(self, loss, terms, grads)
-            dgrads = None
-            if self.gan is not None:  # VAE-GAN: gamma dL_G into grads (decoder), the discriminator's apart
-                loss, terms, dgrads = self.gan.step_grads(self.model, x, w, self.noise_rng, loss, terms, grads)
+            loss, terms, grads = self._step_grads(x, w, beta)
             try:
-                self._check_finite(loss, terms, grads if dgrads is None else {**grads, **dgrads})
+                self._check_finite(loss, terms, grads)
+                dgrads = None if self.gan is None else {k: grads.pop(k) for k in self.gan.params}
                 self.opt.step(self.model.params, grads)
-                if dgrads is not None:
+                if dgrads is not None:  # VAE-GAN: the discriminator has its own Adam
                     self.gan.opt.step(self.gan.params, dgrads)
                 for k, v in terms.items():
                     self.sums[k] = self.sums.get(k, 0.0) + v
@@ -513,15 +577,21 @@ def main(argv=None) -> int:
         if args.distributed:
             if config.get("gan"):
                 raise TrainError("--gan with --distributed is not supported yet")
-            dist = DataParallel(init_distributed(args.device), exact_noise=args.exact_noise)
+            dist = DataParallel(init_distributed(args.device), exact_noise=args.exact_noise,
+                                ordered_reduce=args.ordered_reduce)
             config["distributed"] = {"ranks": dist.comm.size, "exact_noise": args.exact_noise}
-            if config["batch_size"] % dist.comm.size:  # the same on every rank: rank 0 says it
+            if args.ordered_reduce:  # only then in the config: older distributed runs keep theirs
+                config["distributed"]["ordered_reduce"] = True
+            P, K = dist.comm.size, args.micro_batches
+            if config["batch_size"] % (P * K):  # the same on every rank: rank 0 says it
                 if dist.comm.rank == 0:
-                    print(f"error: --batch-size {config['batch_size']} is not divisible by the {dist.comm.size} "
-                          "ranks (each rank takes B/P rows)", file=sys.stderr)
+                    parts = f"the {P} ranks (each rank takes B/P rows)" if K == 1 else \
+                        f"{P} ranks x {K} micro-batches (each micro-batch takes B/(P K) rows)"
+                    print(f"error: --batch-size {config['batch_size']} is not divisible by {parts}", file=sys.stderr)
                 return 1
-        elif args.exact_noise:
-            raise TrainError("--exact-noise applies to --distributed only")
+        elif args.exact_noise or args.ordered_reduce:
+            raise TrainError(f"{'--exact-noise' if args.exact_noise else '--ordered-reduce'} applies to "
+                             "--distributed only")
         writer = dist is None or dist.comm.rank == 0
         out = args.out or os.path.join("runs", "-".join(
             [config["dataset"], config["variant"]] + ([config["direction"]] if config["direction"] else [])))

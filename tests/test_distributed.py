@@ -1,10 +1,16 @@
-"""Data-parallel training (jmvae_cupy/distributed.py, train --distributed) under ``mpiexec -n 2``.
+"""Data-parallel training (jmvae_cupy/distributed.py, train --distributed) under ``mpiexec -n P``.
 
-Tolerances (P ranks vs one process with the same global batch, --exact-noise, 4 Adam steps):
-float64: parameters agree to 1e-12 absolute (they differ only by the order of the batch sums:
-two local means averaged vs one mean; measured about 3e-14); float32: 1e-5 absolute for all but a
-handful of entries whose first Adam steps are lr * sign(g) with g at rounding level, so a sign can
-flip: those may differ by up to 2 lr per step (checked: at most 0.1% of entries).
+Equalities (4 Adam steps, --exact-noise):
+
+* P ranks with --ordered-reduce vs one process with --micro-batches P and the same global batch:
+  BIT-IDENTICAL (parameters, Adam moments, batch-norm running statistics, the metrics), float64
+  and float32, P = 2 and 3, MNIST and CelebA with batch norm: the same rows, the same noise rows,
+  and the same arithmetic (mean_in_order_: the parts' buffers added left to right, then / P).
+* P ranks vs one plain process with batch B: float64 parameters to 1e-12 absolute (the mean of
+  P local means vs one mean of B rows: another summation order; measured about 3e-14, and not
+  bit-identical); float32: 1e-5 absolute for all but a handful of entries whose first Adam steps
+  are lr * sign(g) with g at rounding level, so a sign can flip: those may differ by up to 2 lr per
+  step (checked: at most 0.1% of entries).
 """
 
 import json
@@ -19,7 +25,15 @@ import numpy as np
 import pytest
 
 from jmvae_cupy import checkpoint
-from jmvae_cupy.distributed import NCCL_COMM_METHODS, NCCL_NAMES, Comm, FlatBuffer, GlobalNoiseRng
+from jmvae_cupy.distributed import (
+    NCCL_COMM_METHODS,
+    NCCL_NAMES,
+    Comm,
+    FlatBuffer,
+    GlobalNoiseRng,
+    StepMean,
+    mean_in_order_,
+)
 from jmvae_cupy.rng import Rng
 from jmvae_cupy.train import main
 
@@ -77,9 +91,58 @@ def test_single_process_comm_is_a_no_op():
     c = Comm()
     b = np.arange(4.0)
     assert c.allreduce_mean_(b) is b and b.tolist() == [0, 1, 2, 3]
+    assert c.allreduce_mean_ordered_(b) is b and b.tolist() == [0, 1, 2, 3]
     assert c.broadcast_(b) is b and c.bcast_obj("x") == "x" and c.allgather_obj(3) == [3]
     c.barrier()
     assert (c.rank, c.size) == (0, 1)
+
+
+# four numbers whose sum depends on the order of the additions: left to right 1e16 + 1 rounds to
+# 1e16 (the spacing of doubles there is 2), so ((a + b) + c) + d = 1 but (a + b) + (c + d) = 0,
+# the pairing of a recursive-doubling all-reduce (MPICH's for 4 ranks)
+ORDER_SENSITIVE = [1e16, 1.0, -1e16, 1.0]
+
+
+def test_mean_in_order_adds_left_to_right():
+    a, b, c, d = ORDER_SENSITIVE
+    assert ((a + b) + c) + d != (a + b) + (c + d)  # the data can tell the orders apart
+    rows = np.array(ORDER_SENSITIVE)[:, None] * np.ones((1, 3))
+    out = np.empty(3)
+    assert mean_in_order_(out, rows) is out and out.tolist() == [(((a + b) + c) + d) / 4] * 3 == [0.25] * 3
+    # a generator that yields ``out`` itself first (StepMean packs part 0 into its own buffer)
+    out = rows[0].copy()
+    assert mean_in_order_(out, (r for r in [out] + list(rows[1:]))).tolist() == [0.25] * 3
+    with pytest.raises(ValueError):
+        mean_in_order_(out, iter([]))
+
+
+def test_step_mean_of_micro_batches():
+    """StepMean, one process: gradients, running statistics, loss and terms of K parts averaged in
+    one buffer, in part order; the parts are consumed one at a time."""
+    r = np.random.default_rng(1)
+    K = 3
+    parts = [(r.standard_normal(()), {"kl": r.standard_normal(()), "rec": r.standard_normal(())},
+              {"W": r.standard_normal((2, 3)), "b": r.standard_normal(2)}, {"bn.mean": r.standard_normal(4)})
+             for _ in range(K)]
+    asked = []
+
+    def gen():
+        for i, p in enumerate(parts):
+            asked.append(i)
+            yield p
+
+    def mean(i, k=None):  # ((r0 + r1) + r2) / K of item i (key k) of the parts
+        get = (lambda p: p[i]) if k is None else (lambda p: p[i][k])
+        return ((get(parts[0]) + get(parts[1])) + get(parts[2])) / K
+
+    sm = StepMean()
+    loss, terms, grads, state, stop = sm(gen(), stop=False)
+    assert asked == [0, 1, 2] and stop is False
+    assert loss == mean(0) and terms == {k: mean(1, k) for k in ("kl", "rec")}
+    assert all(np.array_equal(grads[k], mean(2, k)) for k in ("W", "b")) and set(grads) == {"W", "b"}
+    assert np.array_equal(state["bn.mean"], mean(3, "bn.mean")) and set(state) == {"bn.mean"}
+    assert np.shares_memory(grads["W"], sm.acc.buf)  # views of the one fused buffer
+    assert sm(iter(parts[:1]), stop=True)[-1] is True
 
 
 def test_global_noise_slices_reproduce_the_single_stream():
@@ -131,6 +194,8 @@ COLLECTIVES = textwrap.dedent("""
     for dt in (np.float32, np.float64):
         b = np.array([1.0, 2.0, 3.0], dt) * (c.rank + 1)
         assert c.allreduce_mean_(b) is b and b.tolist() == [1.5, 3.0, 4.5] and b.dtype == dt
+        b = np.array([1.0, 2.0, 3.0], dt) * (c.rank + 1)
+        assert c.allreduce_mean_ordered_(b) is b and b.tolist() == [1.5, 3.0, 4.5] and b.dtype == dt
         b = np.full(3, c.rank, dt)
         c.broadcast_(b, root=1)
         assert b.tolist() == [1, 1, 1]
@@ -148,17 +213,61 @@ def test_mpi_collectives(tmp_path):
     assert p.stdout.count("ok") == 2  # (the two ranks' lines may interleave)
 
 
+ORDERED = textwrap.dedent("""
+    import numpy as np
+    from jmvae_cupy.distributed import MpiComm
+    c = MpiComm()
+    v = [1e16, 1.0, -1e16, 1.0]  # tests.test_distributed.ORDER_SENSITIVE
+    assert c.size == len(v)
+    b = np.full(5, v[c.rank])
+    c.allreduce_mean_ordered_(b)
+    assert b.tolist() == [0.25] * 5, b  # (((v0 + v1) + v2) + v3) / 4 on every rank
+    p = np.full(5, v[c.rank])
+    c.allreduce_mean_(p)  # the all-reduce's own order
+    from mpi4py import MPI
+    print("ok plain", p[0], "MPICH" in MPI.Get_library_version(), flush=True)
+""")
+
+
+@needs_mpi
+def test_ordered_allreduce_adds_in_rank_order(tmp_path):
+    (tmp_path / "o.py").write_text(ORDERED)
+    p = _mpirun([str(tmp_path / "o.py")], n=4, timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("ok")]
+    assert len(lines) == 4
+    if lines[0].endswith("True"):  # MPICH pairs (r0 + r1) + (r2 + r3) for 4 ranks: the plain mean differs
+        assert all(ln.split()[2] == "0.0" for ln in lines), lines
+
+
+def _assert_bit_identical(a, b, groups=("params", "adam_m", "adam_v", "state")):
+    for g in groups:
+        assert set(a[g]) == set(b[g]), g
+        for k in a[g]:
+            assert np.array_equal(a[g][k], b[g][k]), (g, k, np.abs(a[g][k] - b[g][k]).max())
+
+
+def _metrics(run_dir):
+    return [{k: v for k, v in json.loads(ln).items() if k != "seconds"} for ln in open(run_dir / "metrics.jsonl")]
+
+
 @needs_mpi
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path, dtype):
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two, micro = tmp_path / "one", tmp_path / "two", tmp_path / "micro"
     args = TINY + ["--dtype", dtype, "--variant", "kl"]
     assert main(args + ["--out", str(one)]) == 0
-    p = _train_mpi(args + ["--out", str(two), "--exact-noise"])
+    assert main(args + ["--out", str(micro), "--micro-batches", "2"]) == 0
+    p = _train_mpi(args + ["--out", str(two), "--exact-noise", "--ordered-reduce"])
     assert p.returncode == 0, p.stderr
     a, b = _final(one), _final(two)
     assert a["meta"]["epoch"] == b["meta"]["epoch"] == 2
-    assert b["meta"]["config"]["distributed"] == {"ranks": 2, "exact_noise": True}
+    assert b["meta"]["config"]["distributed"] == {"ranks": 2, "exact_noise": True, "ordered_reduce": True}
+    # bit for bit: one process adding two micro-batches of 50 rows, in order (metrics included)
+    _assert_bit_identical(_final(micro), b)
+    assert _metrics(micro) == _metrics(two)
+    # up to the summation order: one process with one batch of 100 rows
+    assert any(not np.array_equal(a["params"][k], b["params"][k]) for k in a["params"])  # not the same bits
     for k in a["params"]:
         d = np.abs(a["params"][k] - b["params"][k])
         if dtype == "float64":
@@ -175,6 +284,18 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path, dtype)
         for k in ("loss", "rec_x", "kl"):
             assert np.isclose(ra["train"][k], rb["train"][k], rtol=rtol), (k, ra["train"][k], rb["train"][k])
         assert np.isclose(ra["test"]["elbo"], rb["test"]["elbo"], rtol=rtol)
+
+
+@needs_mpi
+def test_three_ranks_equal_three_micro_batches(tmp_path):
+    """P = 3, where the order of the reduction is a choice (for P = 2, a + b = b + a)."""
+    args = BASE + ["--train-subset", "288", "--batch-size", "96", "--epochs", "1", "--dtype", "float64",
+                   "--variant", "kl"]  # 3 steps (3 ranks on 2 cores: kept short)
+    assert main(args + ["--out", str(tmp_path / "micro"), "--micro-batches", "3"]) == 0
+    p = _train_mpi(args + ["--out", str(tmp_path / "three"), "--exact-noise", "--ordered-reduce"], n=3)
+    assert p.returncode == 0, p.stderr
+    _assert_bit_identical(_final(tmp_path / "micro"), _final(tmp_path / "three"))
+    assert _metrics(tmp_path / "micro") == _metrics(tmp_path / "three")
 
 
 @needs_mpi
@@ -211,42 +332,46 @@ def test_batch_not_divisible_by_ranks_is_one_line(tmp_path):
     assert err == ["error: --batch-size 75 is not divisible by the 2 ranks (each rank takes B/P rows)"]
 
 
-BN_SCRIPT = textwrap.dedent("""
-    import sys
-    import numpy as np
-    from jmvae_cupy.distributed import DataParallel, MpiComm
-    from jmvae_cupy.train import Trainer, build_parser, config_from_args
-    dp = DataParallel(MpiComm())
-    args = build_parser().parse_args(["celeba", "--data", sys.argv[1], "--width-scale", "0.0625", "--batch-size", "8",
-                                      "--latent", "8", "--device", "cpu", "--epochs", "1"])
-    cfg = config_from_args(args)
-    cfg["distributed"] = {"ranks": 2, "exact_noise": False}
-    t = Trainer(cfg, sys.argv[2], device="cpu", progress=False, log=lambda *a: None, dist=dp)
-    dp.check_consistent(t, "start")
-    t.train_epoch()
-    local = {k: v.copy() for k, v in t.model.state.items()}
-    gathered = dp.comm.allgather_obj(local)
-    assert any(not np.array_equal(gathered[0][k], gathered[1][k]) for k in local), "local statistics differ"
-    dp.sync_state(t)
-    for k, v in t.model.state.items():
-        assert np.allclose(v, (gathered[0][k] + gathered[1][k]) / 2, rtol=1e-6, atol=1e-7), k
-    after = dp.comm.allgather_obj({k: v.copy() for k, v in t.model.state.items()})
-    assert all(np.array_equal(after[0][k], after[1][k]) for k in local)
-    dp.check_consistent(t, "after sync")  # parameters, state, optimizer step, data RNG: identical
-    print("ok", len(local))
-""")
-
-
-@needs_mpi
-def test_batchnorm_running_statistics_are_averaged_and_identical(tmp_path):
+@pytest.fixture(scope="module")
+def celeba_h5(tmp_path_factory):
     from jmvae_cupy.data.__main__ import main as data_main
     from tests.data.test_celeba import make_celeba
 
-    make_celeba(tmp_path / "src", n=40)
-    h5 = tmp_path / "c.h5"
-    assert data_main(["prepare", "celeba", str(tmp_path / "src"), "--out", str(h5), "--size", "32",
+    root = tmp_path_factory.mktemp("celeba")
+    make_celeba(root / "src", n=40)
+    h5 = root / "c.h5"
+    assert data_main(["prepare", "celeba", str(root / "src"), "--out", str(h5), "--size", "32",
                       "--no-progress"]) == 0
-    (tmp_path / "bn.py").write_text(BN_SCRIPT)
-    p = _mpirun([str(tmp_path / "bn.py"), str(h5), str(tmp_path / "out")], timeout=120)
+    return h5
+
+
+@needs_mpi
+@pytest.mark.parametrize("gan", [False], ids=["bn"])
+def test_batchnorm_two_ranks_equal_two_micro_batches(tmp_path, celeba_h5, gan):
+    """CelebA (batch norm everywhere; with --gan the discriminator's gradients and statistics share the
+    step's buffer): each rank normalises its B/P rows like each micro-batch its B/K rows, and the
+    running statistics after a step are the mean over the parts of what each part's forward made of
+    the step's starting statistics: bit-identical, and identical on both ranks after every step (the
+    run's checksum check at every epoch end would end it otherwise)."""
+    args = ["celeba", "--data", str(celeba_h5), "--width-scale", "0.0625", "--batch-size", "8", "--latent", "8",
+            "--epochs", "2", "--warmup", "1", "--dtype", "float64", "--no-progress", "--device", "cpu",
+            "--sample-every", "1"] + (["--gan"] if gan else [])
+    assert main(args + ["--out", str(tmp_path / "micro"), "--micro-batches", "2"]) == 0
+    p = _train_mpi(args + ["--out", str(tmp_path / "two"), "--exact-noise", "--ordered-reduce"])
     assert p.returncode == 0, p.stderr
-    assert p.stdout.count("ok") == 2
+    a, b = _final(tmp_path / "micro"), _final(tmp_path / "two")
+    assert a["state"] and a["meta"]["epoch"] == 2
+    _assert_bit_identical(a, b)
+    if gan:
+        for g in ("disc/params", "disc/state", "disc/adam/m", "disc/adam/v"):
+            _assert_bit_identical(a["extra"], b["extra"], groups=(g,))
+    assert _metrics(tmp_path / "micro") == _metrics(tmp_path / "two")
+    if gan:  # and a 2-rank GAN run stopped after epoch 1 and resumed ends with the same bits
+        run = args[:args.index("--epochs")] + args[args.index("--epochs") + 2:] + ["--out", str(tmp_path / "r"),
+                                                                                   "--exact-noise", "--ordered-reduce"]
+        assert _train_mpi(run + ["--epochs", "1"]).returncode == 0
+        p = _train_mpi(run + ["--epochs", "2", "--resume"])
+        assert p.returncode == 0, p.stderr
+        c = _final(tmp_path / "r")
+        _assert_bit_identical(b, c)
+        _assert_bit_identical(b["extra"], c["extra"], groups=("disc/params", "disc/state", "disc/adam/m"))

@@ -130,3 +130,56 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
         checkpoint.load(older)
     assert main(["mnist", "--epochs", "3", "--out", str(out), "--resume"] + FAST) == 1
     assert "no good checkpoint" in _err(capsys)
+
+
+# ---------------------------------------------------------------------------- --micro-batches K
+def test_micro_batches_average_chunks_of_the_same_batch_and_noise(tmp_path):
+    """K = 1 is the plain step bit for bit; K = 2 processes the same 100 rows with the same noise as
+    two chunks of 50 and averages their gradients: the same update up to the summation order
+    (float64: 1e-12; measured ~2e-14), and not bit-identical (the test can tell)."""
+    args = ["mnist", "--variant", "kl", "--epochs", "1", "--dtype", "float64"] + FAST
+    runs = {}
+    for name, extra in (("plain", []), ("k1", ["--micro-batches", "1"]), ("k2", ["--micro-batches", "2"])):
+        assert main(args + ["--out", str(tmp_path / name)] + extra) == 0
+        runs[name] = _final_params(str(tmp_path / name))
+    (p0, m0, meta0), (p1, m1, meta1), (p2, _, meta2) = runs["plain"], runs["k1"], runs["k2"]
+    for k in p0:
+        assert np.array_equal(p0[k], p1[k]) and np.array_equal(m0[k], m1[k]), k
+        assert np.abs(p0[k] - p2[k]).max() <= 1e-12, (k, np.abs(p0[k] - p2[k]).max())
+    assert any(not np.array_equal(p0[k], p2[k]) for k in p0)
+    assert "micro_batches" not in meta1["config"] and meta2["config"]["micro_batches"] == 2
+    assert meta0["noise_rng"] == meta2["noise_rng"]  # the chunks drew the step's noise once, in effect
+    t0 = [json.loads(ln)["train"] for ln in open(tmp_path / "plain" / "metrics.jsonl")]
+    t2 = [json.loads(ln)["train"] for ln in open(tmp_path / "k2" / "metrics.jsonl")]
+    assert all(np.isclose(a[k], b[k], rtol=1e-12) for a, b in zip(t0, t2) for k in ("loss", "rec_x", "kl"))
+
+
+def test_micro_batches_resume_exactly_and_must_agree(tmp_path, capsys):
+    """A run resumed from a checkpoint taken inside an epoch (after step 2 of 3) ends bit-identical."""
+    b = tmp_path / "b"
+    args = ["mnist", "--variant", "kl", "--micro-batches", "4", "--checkpoint-steps", "1", "--epochs", "2"] + FAST
+    assert main(args + ["--out", str(b)]) == 0
+    pa, ma, _ = _final_params(str(b))
+    os.unlink(checkpoint.list_checkpoints(str(b))[0])  # the epoch-end one: the newest left is mid-epoch
+    assert (_final_params(str(b))[2]["epoch"], _final_params(str(b))[2]["step"]) == (1, 2)
+    assert main(args + ["--out", str(b), "--resume"]) == 0
+    pb, mb, meta = _final_params(str(b))
+    assert (meta["epoch"], meta["step"]) == (2, 0)
+    for k in pa:
+        assert np.array_equal(pa[k], pb[k]) and np.array_equal(ma[k], mb[k]), k
+    capsys.readouterr()
+    other = [x if x != "4" else "2" for x in args]
+    assert main(other + ["--epochs", "3", "--out", str(b), "--resume"]) == 1
+    assert "micro_batches: checkpoint 4 vs now 2" in _err(capsys)
+    without = [x for x in args if x not in ("--micro-batches", "4")]
+    assert main(without + ["--epochs", "3", "--out", str(b), "--resume"]) == 1
+    assert "micro_batches: checkpoint 4 vs now None" in _err(capsys)
+
+
+def test_micro_batches_must_divide_the_batch(tmp_path, capsys):
+    assert main(["mnist", "--micro-batches", "3", "--out", str(tmp_path / "r")] + FAST) == 1
+    assert _err(capsys) == ("error: --batch-size 100 is not divisible by --micro-batches 3 "
+                            "(each micro-batch takes B/K rows)")
+    assert main(["mnist", "--micro-batches", "0", "--out", str(tmp_path / "r")] + FAST) == 1
+    assert _err(capsys) == "error: --micro-batches must be >= 1, got 0"
+    assert not (tmp_path / "r").exists()
