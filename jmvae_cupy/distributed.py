@@ -450,12 +450,15 @@ class DataParallel:
             trainer.stop_requested = "stop requested on another rank"
 
     def check_consistent(self, trainer, when: str):
-        """A cheap checksum all-gather: parameters, state, optimizer step and data-RNG state must be
-        identical on every rank (same seed; averaged updates and running statistics).  Raises on
-        every rank if not."""
+        """A cheap checksum all-gather: parameters, state (with --gan the discriminator's too),
+        optimizer steps and data-RNG state must be identical on every rank (same seed; averaged
+        updates and running statistics).  Raises on every rank if not."""
+        gan = trainer.gan
         crc = _crc(trainer.model.params)
         crc = _crc(trainer.model.state, crc)
-        crc = zlib.crc32(repr((trainer.opt.t, trainer.data_rng.get_state())).encode(), crc)
+        if gan is not None:
+            crc = _crc(gan.params, _crc(gan.state, crc))
+        crc = zlib.crc32(repr((trainer.opt.t, gan and gan.opt.t, trainer.data_rng.get_state())).encode(), crc)
         crcs = self.comm.allgather_obj(crc)
         if len(set(crcs)) > 1:
             raise DistributedError(f"{when}: parameters / state differ across ranks (checksums {crcs})")

@@ -575,8 +575,6 @@ def main(argv=None) -> int:
     try:
         config = config_from_args(args)
         if args.distributed:
-            if config.get("gan"):
-                raise TrainError("--gan with --distributed is not supported yet")
             dist = DataParallel(init_distributed(args.device), exact_noise=args.exact_noise,
                                 ordered_reduce=args.ordered_reduce)
             config["distributed"] = {"ranks": dist.comm.size, "exact_noise": args.exact_noise}

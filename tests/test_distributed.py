@@ -346,7 +346,7 @@ def celeba_h5(tmp_path_factory):
 
 
 @needs_mpi
-@pytest.mark.parametrize("gan", [False], ids=["bn"])
+@pytest.mark.parametrize("gan", [False, True], ids=["bn", "bn-gan"])
 def test_batchnorm_two_ranks_equal_two_micro_batches(tmp_path, celeba_h5, gan):
     """CelebA (batch norm everywhere; with --gan the discriminator's gradients and statistics share the
     step's buffer): each rank normalises its B/P rows like each micro-batch its B/K rows, and the
