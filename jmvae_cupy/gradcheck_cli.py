@@ -50,6 +50,7 @@ def _optional(name: str):
 
 reparam = importlib.import_module("jmvae_cupy.kernels.reparam")
 bias_relu = importlib.import_module("jmvae_cupy.kernels.bias_relu")
+bn_kernels = importlib.import_module("jmvae_cupy.kernels.batchnorm")
 gauss_kl = importlib.import_module("jmvae_cupy.kernels.gauss_kl")
 conv = _optional("jmvae_cupy.layers.conv")
 deconv = _optional("jmvae_cupy.layers.deconv")
@@ -403,6 +404,44 @@ def _batchnorm_check(x, train, seed):
     return _compare(loss, {"x": x, "gamma": gamma, "beta": beta}, {"x": dx, "gamma": g["gamma"], "beta": g["beta"]})
 
 
+def _bn_kernel_check(fused: bool, relu: bool, seed: int):
+    """The training-mode kernels on their own: the fused Numba passes, or the plain-xp reference
+    (the CuPy path).  With relu, beta = +-2.5 and |gamma xhat| < 1.7 keep y away from the kink."""
+    r = _rng(seed)
+    M, C = 9, 4
+    x = _randn(r, (M, C), 2.0, 1.5)
+    gamma = 0.4 + 0.2 * r.random(C)
+    beta = 2.5 * np.array([1.0, -1.0, 1.0, -1.0]) if relu else _randn(r, (C,))
+    dy = _randn(r, (M, C))
+    fwd_fn = bn_kernels.bn_train_forward if fused else bn_kernels.bn_train_forward_ref
+    bwd_fn = bn_kernels.bn_train_backward if fused else bn_kernels.bn_train_backward_ref
+
+    def loss():
+        return gradcheck.dot(fwd_fn(x, gamma, beta, 1e-4, relu)[0], dy)
+
+    y, mu, _, inv_std = fwd_fn(x, gamma, beta, 1e-4, relu)
+    dx, dgamma, dbeta = bwd_fn(dy, x, y if relu else None, mu, inv_std, gamma, relu)
+    return _compare(loss, {"x": x, "gamma": gamma, "beta": beta}, {"x": dx, "gamma": dgamma, "beta": dbeta})
+
+
+_BN_KERNEL = ("jmvae_cupy.kernels.batchnorm.bn_train_backward",)
+
+
+@register("batchnorm_kernel", 1e-6, "fused training-mode passes, x (9, 4)", covers=_BN_KERNEL)
+def _bn_kernel():
+    return _bn_kernel_check(True, False, 38)
+
+
+@register("batchnorm_kernel_relu", 1e-6, "fused passes + ReLU, y kept 0.8 away from the kink", covers=_BN_KERNEL)
+def _bn_kernel_relu():
+    return _bn_kernel_check(True, True, 39)
+
+
+@register("batchnorm_kernel_ref", 1e-6, "plain-xp reference (the CuPy path) + ReLU, x (9, 4)", covers=_BN_KERNEL)
+def _bn_kernel_ref():
+    return _bn_kernel_check(False, True, 40)
+
+
 if batchnorm is not None:
     _BN = ("jmvae_cupy.layers.batchnorm.batchnorm_backward",)
 
@@ -585,6 +624,7 @@ DERIVATIONS: dict[str, str] = {
     _L + "dense.dense_backward": "dense.md",
     _L + "dense.dense_relu_backward": "dense.md",
     "jmvae_cupy.kernels.bias_relu.bias_relu_backward": "dense.md",
+    "jmvae_cupy.kernels.batchnorm.bn_train_backward": "batchnorm.md",
     _L + "reshape.flatten_backward": "dense.md",
     _L + "reshape.reshape_backward": "dense.md",
     _L + "activations.relu_backward": "activations.md",

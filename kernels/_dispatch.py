@@ -16,11 +16,23 @@ the only place where the NumPy and CuPy paths part.
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 
 from jmvae_cupy.backend import get_array_module
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# The parallel CPU twins (im2col.py, batchnorm.py) run between BLAS calls: Numba's OpenMP
+# threading layer keeps its threads spinning after each parallel region, which on a 2-core machine
+# takes the cores from the OpenBLAS GEMM that follows (measured: bench/conv.py slower with the
+# twins than without them; a batch-norm kernel 100x slower on a loaded machine).  The "workqueue"
+# layer's threads sleep at once.  Process-wide, and only where the user has not chosen a layer
+# (NUMBA_THREADING_LAYER); every kernel file imports this one, before the first parallel launch.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 # Threads per block of the element-wise kernels: x runs along D (neighbouring threads touch
 # neighbouring addresses of a C-contiguous (N, D) array: coalesced loads), y along N.

@@ -31,7 +31,6 @@ Derivation: docs/derivations/conv.md.  Checked by tests/kernels/test_im2col.py.
 from __future__ import annotations
 
 import functools
-import os
 from types import SimpleNamespace
 
 import numba
@@ -42,14 +41,6 @@ from ._dispatch import FLOAT_DTYPES, KernelArgumentError, launch, numba_cuda
 
 # Threads per block of the 1-D CUDA kernels (one thread per output element).
 THREADS = 256
-
-# The CPU twins run between BLAS calls: Numba's OpenMP threading layer keeps its threads
-# spinning after each parallel region, which on a 2-core machine takes the cores from the
-# OpenBLAS GEMM that follows (measured: bench/conv.py slower with the twins than without them).
-# The "workqueue" layer's threads sleep at once.  Process-wide, and only where the user has not
-# chosen a layer (NUMBA_THREADING_LAYER); it must be set before the first parallel launch.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 # --------------------------------------------------------------------------------------------
 # Public API

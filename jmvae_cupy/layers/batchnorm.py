@@ -33,6 +33,7 @@ Derivation: docs/derivations/batchnorm.md.  Checked by tests/layers/test_batchno
 from __future__ import annotations
 
 from ..backend import get_array_module
+from ..kernels.batchnorm import bn_train_backward, bn_train_forward
 from ..kernels.bias_relu import bias_relu_backward, bias_relu_forward
 
 EPS = 1e-4
@@ -68,39 +69,36 @@ def batchnorm_forward(
 
     x: (N, C) or (N, C, H, W); gamma, beta: (C,); state: {"mean": (C,), "var": (C,)}.
     train=True: batch statistics (mu, biased var); state updated in place (see module docstring).
+    The passes run fused (kernels/batchnorm.py: multi-threaded Numba on NumPy, the plain-xp
+    reference on CuPy), "+ beta" and the ReLU of the paper's ...BR layers included.
     train=False: mu, var = state["mean"], state["var"]; state untouched.
-    relu=True: the "+ beta" and the ReLU that follows batch norm in the paper's ...BR layers run
-    as one pass (kernels/bias_relu.py).
-    Returns y (shape of x) and the cache (xc = x - mu as (M, C), inv_std (C,), gamma, x.shape,
-    train, y as (M, C) if relu else None).
+    Returns y (shape of x) and the cache (x as (M, C) rows, mu (C,), inv_std (C,), gamma, x.shape,
+    train, y as (M, C) rows if relu else None).
     """
     xp = get_array_module(x)
     x_rows = _rows(x)  # (M, C)
     M = x_rows.shape[0]
     if train:
-        mu = x_rows.mean(axis=0)  # (C,)   pass 1
-        xc = x_rows - mu  # (M, C)
-        var = xp.einsum("mc,mc->c", xc, xc) / M  # (C,)   pass 2: biased variance, no cancellation
+        x_rows = xp.ascontiguousarray(x_rows)  # (a no-op for a conv output: channels-last in memory)
+        y_rows, mu, var, inv_std = bn_train_forward(x_rows, gamma, beta, eps, relu)
         # running statistics, in place (the arrays are shared with the model's state dict)
         state["mean"] *= 1.0 - momentum
         state["mean"] += momentum * mu
         state["var"] *= 1.0 - momentum
         state["var"] += (momentum * M / max(M - 1, 1)) * var  # unbiased
     else:
-        xc = x_rows - state["mean"]  # (M, C)
-        var = state["var"]
-    inv_std = 1.0 / (var + eps) ** 0.5  # (C,)
-    y_rows = xc * (gamma * inv_std)  # (M, C) = gamma * xhat
-    if relu:
-        y_rows = xp.ascontiguousarray(y_rows)  # (a no-op unless x was an odd view)
-        bias_relu_forward(y_rows, beta)  # y_rows <- max(y_rows + beta, 0), in place
-    else:
-        y_rows += beta
-    return _unrows(y_rows, x.shape), (xc, inv_std, gamma, x.shape, train, y_rows if relu else None)
+        mu = state["mean"]
+        inv_std = 1.0 / (state["var"] + eps) ** 0.5  # (C,)
+        y_rows = (x_rows - mu) * (gamma * inv_std)  # (M, C) = gamma * xhat
+        if relu:
+            bias_relu_forward(y_rows, beta)  # y_rows <- max(y_rows + beta, 0), in place
+        else:
+            y_rows += beta
+    return _unrows(y_rows, x.shape), (x_rows, mu, inv_std, gamma, x.shape, train, y_rows if relu else None)
 
 
 def batchnorm_backward(dy, cache):
-    """Closed form, per channel, with xhat = xc * inv_std, dbeta = sum_m dy_m, dgamma = sum_m dy_m xhat_m (C,):
+    """Closed form, per channel, with xhat = (x - mu) inv_std, dbeta = sum_m dy_m, dgamma = sum_m dy_m xhat_m (C,):
 
     train:  dx = gamma * inv_std * (dy - dbeta / M - xhat * dgamma / M)     (shape of x)
     eval:   dx = gamma * inv_std * dy          (mu, var are constants)
@@ -109,21 +107,15 @@ def batchnorm_backward(dy, cache):
     dy: shape of x. Returns (dx, {"gamma": dgamma, "beta": dbeta}).
     """
     xp = get_array_module(dy)
-    xc, inv_std, gamma, shape, train, y_relu = cache
-    dy_rows = _rows(dy)  # (M, C)
-    M = dy_rows.shape[0]
-    if y_relu is not None:
-        dy_rows, dbeta = bias_relu_backward(dy_rows, y_relu)  # dy [y > 0] and its column sums, one pass
-    else:
-        dbeta = dy_rows.sum(axis=0)  # (C,)
-    dgamma = xp.einsum("mc,mc->c", dy_rows, xc) * inv_std  # (C,) = sum_m dy_m xhat_m
-    scale = gamma * inv_std  # (C,)
+    x_rows, mu, inv_std, gamma, shape, train, y_relu = cache
+    dy_rows = xp.ascontiguousarray(_rows(dy))  # (M, C)
     if train:
-        # the batch statistics depend on x: remove from dy its mean and its projection on xhat
-        dx_rows = xc * (-inv_std * dgamma / M)  # (M, C) = -xhat dgamma / M
-        dx_rows += dy_rows
-        dx_rows -= dbeta / M
-        dx_rows *= scale
+        dx_rows, dgamma, dbeta = bn_train_backward(dy_rows, x_rows, y_relu, mu, inv_std, gamma, y_relu is not None)
     else:
-        dx_rows = dy_rows * scale  # (M, C)
+        if y_relu is not None:
+            dy_rows, dbeta = bias_relu_backward(dy_rows, y_relu)  # dy [y > 0] and its column sums, one pass
+        else:
+            dbeta = dy_rows.sum(axis=0)  # (C,)
+        dgamma = xp.einsum("mc,mc->c", dy_rows, x_rows - mu) * inv_std  # (C,) = sum_m dy_m xhat_m
+        dx_rows = dy_rows * (gamma * inv_std)  # (M, C)
     return _unrows(dx_rows, shape), {"gamma": dgamma, "beta": dbeta}
