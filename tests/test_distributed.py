@@ -183,6 +183,8 @@ def test_nccl_names_exist_in_installed_cupy():
 def test_exact_noise_needs_distributed(tmp_path, capsys):
     assert main(TINY + ["--out", str(tmp_path / "r"), "--exact-noise"]) == 1
     assert "--exact-noise applies to --distributed only" in capsys.readouterr().err
+    assert main(TINY + ["--out", str(tmp_path / "r"), "--ordered-reduce"]) == 1
+    assert "--ordered-reduce applies to --distributed only" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- under mpiexec -n 2
@@ -224,8 +226,10 @@ ORDERED = textwrap.dedent("""
     assert b.tolist() == [0.25] * 5, b  # (((v0 + v1) + v2) + v3) / 4 on every rank
     p = np.full(5, v[c.rank])
     c.allreduce_mean_(p)  # the all-reduce's own order
+    plain = c.allgather_obj(float(p[0]))
     from mpi4py import MPI
-    print("ok plain", p[0], "MPICH" in MPI.Get_library_version(), flush=True)
+    if c.rank == 0:  # (one line: the ranks' output may interleave)
+        print("ok", *plain, "MPICH" in MPI.Get_library_version(), flush=True)
 """)
 
 
@@ -233,11 +237,10 @@ ORDERED = textwrap.dedent("""
 def test_ordered_allreduce_adds_in_rank_order(tmp_path):
     (tmp_path / "o.py").write_text(ORDERED)
     p = _mpirun([str(tmp_path / "o.py")], n=4, timeout=60)
-    assert p.returncode == 0, p.stderr
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("ok")]
-    assert len(lines) == 4
-    if lines[0].endswith("True"):  # MPICH pairs (r0 + r1) + (r2 + r3) for 4 ranks: the plain mean differs
-        assert all(ln.split()[2] == "0.0" for ln in lines), lines
+    assert p.returncode == 0, p.stderr  # every rank checked its ordered mean
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("ok")][0].split()
+    if line[-1] == "True":  # MPICH pairs (r0 + r1) + (r2 + r3) for 4 ranks: the plain mean differs
+        assert line[1:-1] == ["0.0"] * 4, line
 
 
 def _assert_bit_identical(a, b, groups=("params", "adam_m", "adam_v", "state")):
@@ -330,6 +333,10 @@ def test_batch_not_divisible_by_ranks_is_one_line(tmp_path):
     assert p.returncode != 0
     err = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert err == ["error: --batch-size 75 is not divisible by the 2 ranks (each rank takes B/P rows)"]
+    p = _train_mpi(TINY + ["--micro-batches", "4", "--out", str(tmp_path / "r")])  # 100 rows, 2 x 4 parts
+    err = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode != 0 and err == ["error: --batch-size 100 is not divisible by 2 ranks x 4 micro-batches "
+                                         "(each micro-batch takes B/(P K) rows)"]
 
 
 @pytest.fixture(scope="module")
