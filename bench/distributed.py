@@ -8,6 +8,8 @@ builds the Trainer exactly as ``train --distributed`` does, runs one warm-up epo
 ``--epochs`` training epochs (no evaluation, no checkpoints) and rank 0 prints the global samples
 per second (global batch x steps / seconds).  BLAS threads per rank: cores // P (``--threads``),
 so P ranks share the same cores as one process.  P = 1 goes through the same distributed path.
+``--ordered-reduce`` times the bit-reproducible reduction instead (an all-gather of the step's
+buffer, P times the bytes received, then the P rows added in rank order; not measured yet).
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ def worker(args) -> None:
     from jmvae_cupy.distributed import DataParallel, init_distributed  # noqa: PLC0415
     from jmvae_cupy.train import Trainer, build_parser, config_from_args  # noqa: PLC0415
 
-    dp = DataParallel(init_distributed(args.device))
+    dp = DataParallel(init_distributed(args.device), ordered_reduce=args.ordered_reduce)
     targs = build_parser().parse_args([args.dataset, "--variant", args.variant, "--batch-size", str(args.batch_size),
                                        "--train-subset", str(args.train_subset), "--dtype", args.dtype])
     cfg = config_from_args(targs)
-    cfg["distributed"] = {"ranks": dp.comm.size, "exact_noise": False}
+    cfg["distributed"] = {"ranks": dp.comm.size, "exact_noise": False, "ordered_reduce": args.ordered_reduce}
     with tempfile.TemporaryDirectory() as out:
         t = Trainer(cfg, out, device=args.device, progress=False, log=lambda *a, **k: None, dist=dp)
         t.train_epoch()  # warm-up (allocations, the fused buffer, BLAS)
@@ -65,6 +67,8 @@ def main() -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="BLAS threads per rank (0: cores // P)")
+    p.add_argument("--ordered-reduce", action="store_true",
+                   help="all-gather + rank-order sum instead of the all-reduce (train --ordered-reduce)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -76,6 +80,7 @@ def main() -> int:
         return 1
     cores = os.cpu_count() or 1
     print(f"# {args.dataset} {args.variant} {args.dtype}, global batch {args.batch_size}, "
+          f"{'ordered reduction (all-gather), ' if args.ordered_reduce else ''}"
           f"{args.train_subset} rows x {args.epochs} epochs, device {args.device}, {cores} cores")
     for n in args.ranks:
         threads = args.threads or max(1, cores // n)
@@ -84,6 +89,7 @@ def main() -> int:
         cmd = [mpiexec, "-n", str(n), sys.executable, os.path.abspath(__file__), "--worker"]
         for k in ("dataset", "variant", "batch_size", "train_subset", "epochs", "dtype", "device"):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        cmd += ["--ordered-reduce"] if args.ordered_reduce else []
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         if r.returncode != 0:
             print(r.stderr, file=sys.stderr)

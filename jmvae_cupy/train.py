@@ -13,6 +13,11 @@ Writes into the run directory (``--out``, default ``runs/<dataset>-<variant>``):
 to an uninterrupted run (the data order, the binarisation and the noise all come from RNG
 streams whose states are checkpointed).  Ctrl-C / SIGTERM save a checkpoint at the next step
 boundary and exit with code 130.  Every error a user can cause is one line on stderr, exit 1.
+
+``--micro-batches K`` runs each step's batch as K chunks of B/K rows, one after the other, and
+averages them (gradient accumulation); ``mpiexec -n P ... --distributed`` splits it over P ranks.
+Both go through ``distributed.StepMean`` (docs/distributed.md); without them a step is one
+``loss_and_grads`` call on the whole batch.
 """
 
 from __future__ import annotations
