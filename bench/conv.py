@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before each block (default 1)")
     p.add_argument("--repeat", type=int, default=24, help="timed steps per network and library (default 24)")
     p.add_argument("--blocks", type=int, default=8, help="alternating blocks the steps are split into (default 8)")
-    p.add_argument("--threads", type=int, default=None, help="BLAS / torch threads (default: as found)")
+    p.add_argument("--threads", type=int, default=None, help="BLAS / Numba / torch threads (default: as found)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--input-grad", action="store_true", help="the encoder computes dx to the image too (both sides)")
     p.add_argument("--serve", nargs=3, metavar=("SIDE", "NET", "NEED_DX"), help=argparse.SUPPRESS)
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         side, name, need_dx = args.serve
         return serve(lambda: build(side, name, args.batch, need_dx == "1", args.threads))
     if args.threads is not None:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
             os.environ[var] = str(args.threads)
 
     sys.path.insert(0, ROOT)

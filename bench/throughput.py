@@ -4,7 +4,7 @@ and PyTorch eager.
     python bench/throughput.py                          # the default set, a table
     python bench/throughput.py --models mnist:kl --batch-sizes 100 --steps 40 --json
     python bench/throughput.py --breakdown              # where MNIST JMVAE-kl batch 100 spends a step
-    python bench/throughput.py --threads 1              # BLAS and torch threads (default: as found)
+    python bench/throughput.py --threads 1              # BLAS, Numba and torch threads (default: as found)
 
 A step is ``model.loss_and_grads(x, w, rng, beta=1)`` + ``Adam.step`` on random data of the
 model's shapes (binary images and one-hot labels for MNIST, Gaussian noise for CelebA).  Per
@@ -315,8 +315,10 @@ def build_side(side: str, key: str, batch: int, device: str):
     if xp is not np:  # the CuPy pool keeps what it ever held: its peak
         info["quit_extra"] = lambda: {"gpu_pool_mb": xp.get_default_memory_pool().total_bytes() / 2**20}
     if side == "ours":
+        import numba
+
         threads, blas = blas_threads()
-        info.update(blas=blas, blas_threads=threads)
+        info.update(blas=blas, blas_threads=threads, numba_threads=numba.get_num_threads())
         return our_step(model, x, w), sync, info
     if side == "floor":
         gemms = gemm_list(model, batch)
@@ -371,7 +373,8 @@ def run_config(key: str, batch: int, args) -> dict:
     ours, floor = workers["ours"].info, workers["floor"].info
     res = {
         "model": key, "batch": batch, "device": ours["device"], "dtype": "float32",
-        "blas": ours["blas"], "blas_threads": ours["blas_threads"], "steps": len(times["ours"]),
+        "blas": ours["blas"], "blas_threads": ours["blas_threads"], "numba_threads": ours["numba_threads"],
+        "steps": len(times["ours"]),
         "step_s": med["ours"], "samples_per_s": batch / med["ours"],
         "floor_s": med["floor"], "floor_pct": 100.0 * med["floor"] / med["ours"],
         "gemms": floor["gemms"], "gemm_gflop": floor["gemm_flop"] / 1e9,
@@ -487,7 +490,8 @@ def machine() -> dict:
 def print_table(results):
     r0 = results[0]
     torch_line = f"torch {r0['torch']['version']} x{r0['torch']['threads']} threads" if "torch" in r0 else "no torch"
-    print(f"device {r0['device']}; BLAS {r0['blas']} x{r0['blas_threads']} threads; {torch_line}; "
+    print(f"device {r0['device']}; BLAS {r0['blas']} x{r0['blas_threads']} threads; Numba x{r0['numba_threads']} "
+          f"threads; {torch_line}; "
           f"median of {r0['steps']} steps")
     hdr = (f"{'model':12s} {'N':>5s} {'ours/s':>9s} {'ms/step':>8s} {'floor ms':>8s} {'%floor':>6s} "
            f"{'torch/s':>9s} {'ours/torch':>10s} {'GFLOP':>6s} {'RSS MB ours/torch':>17s}")
@@ -509,7 +513,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per side (default 20)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each block (default 2)")
     p.add_argument("--blocks", type=int, default=4, help="alternating blocks (default 4)")
-    p.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: as found)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS, Numba and torch threads (default: as found)")
     p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -520,7 +525,7 @@ def main(argv=None) -> int:
         side, key, batch = args.serve
         return serve(lambda: build_side(side, key, int(batch), args.device))
     if args.threads is not None:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
             os.environ[var] = str(args.threads)
     if args.breakdown:
         out = {"machine": machine(), "breakdown": breakdown(args)}
