@@ -1,12 +1,16 @@
 """Host-memory policy of a training process: keep freed memory for the next step.
 
-A training step allocates and frees the same few dozen arrays of 0.1-2 MB (activations, gradients)
-every time.  With glibc's default policy the heap's top is returned to the kernel when such an
-array is freed (``M_TRIM_THRESHOLD``) and large arrays may be mmap-ed afresh (``M_MMAP_THRESHOLD``),
-so the next step touches new pages: measured on MNIST JMVAE-kl at batch 100, ~2,300-3,600 minor
-page faults per step and a step ~25 % slower, depending on what the process allocated before
-(docs/performance.md).  Whether it happens is luck of the heap's layout; :func:`keep_freed_memory`
-removes the luck: memory freed by a step stays in the process and the next step reuses it.
+A training step allocates and frees the same arrays every time: on MNIST a few dozen of 0.1-2 MB
+(activations, gradients), on CelebA im2col matrices of up to 67 MB.  With glibc's default policy
+the heap's top is returned to the kernel when such an array is freed (``M_TRIM_THRESHOLD``), and
+arrays above a threshold (at most 32 MiB) are mmap-ed afresh on every allocation
+(``M_MMAP_THRESHOLD``; NumPy asks for transparent huge pages on them, which the kernel may compact
+memory for on the first touch), so every step touches new pages.  Measured: on MNIST JMVAE-kl at
+batch 100, ~2,300-3,600 minor page faults per step and a step ~25 % slower, depending on what the
+process allocated before; the CelebA encoder's second im2col, 17-45 ms instead of 7-8 ms
+(docs/performance.md).  :func:`keep_freed_memory` removes the luck: no array is mmap-ed on its own
+(``M_MMAP_MAX`` = 0; glibc still falls back to mmap if the heap cannot grow), and memory freed by
+a step stays in the process, so the next step reuses it.
 
 The cost: the process keeps its peak heap (it does not shrink after a large temporary).  That is
 what a training run wants; a library must not decide it for its host process, so only the
@@ -22,6 +26,7 @@ import ctypes.util
 # mallopt parameters (glibc malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 
 # glibc's upper bound for its own dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 MMAP_THRESHOLD = 32 * 1024 * 1024
@@ -31,8 +36,8 @@ _applied = None
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory (trim threshold 1 GiB) and to serve arrays up to 32 MiB from
-    the heap.  Idempotent.  Returns True when applied, False when this is not glibc."""
+    """Ask glibc to serve every array from the heap (no per-array mmap) and to keep freed memory
+    (trim threshold 1 GiB).  Idempotent.  Returns True when applied, False when this is not glibc."""
     global _applied
     if _applied is None:
         _applied = False
@@ -42,5 +47,6 @@ def keep_freed_memory() -> bool:
         except (OSError, AttributeError):
             return False
         mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        _applied = all(mallopt(param, value) for param, value in (
+            (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
     return _applied

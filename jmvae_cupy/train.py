@@ -38,6 +38,7 @@ from .checkpoint import CheckpointError, list_checkpoints, load_latest, restore_
 from .checkpoint import save as save_checkpoint
 from .data import DataError, binarize, binarized_test_set, iterate_batches, load_mnist, one_hot
 from .distributed import DataParallel, DistributedError, GlobalNoiseRng, StepMean, init_distributed, rows_of
+from .hostmem import keep_freed_memory
 from .inference import x_from_w
 from .models import ModelError, build_model
 from .optim import Adam
@@ -644,4 +645,5 @@ def _quiet(*args, **kwargs):
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # the process is ours: reuse each step's memory (hostmem.py; not for library callers)
     sys.exit(main())

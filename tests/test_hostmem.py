@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-# A step-like pattern: arrays of 2-12 MB allocated and freed in an order that leaves the heap's top
+# A step-like pattern: arrays of 2-42 MB allocated and freed in an order that leaves the heap's top
 # free at the end of every iteration.  Prints the minor page faults per iteration once warm.
 PATTERN = textwrap.dedent("""
     import resource, sys
@@ -21,7 +21,8 @@ PATTERN = textwrap.dedent("""
         c = a[:1000, :500] + b
         del a
         d = np.ones((3000, 1000), np.float32)
-        return float(c.sum() + d.sum())
+        e = np.ones((10_500_000,), np.float32)  # 42 MB: above any mmap threshold glibc allows
+        return float(c.sum() + d.sum() + e[::4096].sum())
     for _ in range(5):
         step()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
