@@ -158,6 +158,7 @@ def main(argv=None) -> int:
             est = evaluate_run(model, x, w, args.samples, args.iterations, args.importance, args.repeats)
             results.append({
                 "run": rd, "model": NAMES[cfg["variant"]], "variant": cfg["variant"], "epoch": epoch,
+                "dataset": cfg.get("dataset", "mnist"),
                 "direction": cfg.get("direction"), "test_size": int(x.shape[0]), "samples": args.samples,
                 "iterations": args.iterations, "importance": args.importance, "repeats": args.repeats,
                 "estimates": {d: {k: {"mean": m, "std": s, "repeats": v} for k, (m, s, v) in e.items()}
@@ -169,7 +170,9 @@ def main(argv=None) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(table(results))
-        print(f"\n(test digits: {results[0]['test_size']}; N = {args.samples}, K = {args.iterations}, "
+        items = "faces" if all(r["dataset"] == "celeba" for r in results) else \
+            "digits" if all(r["dataset"] == "mnist" for r in results) else "examples"
+        print(f"\n(test {items}: {results[0]['test_size']}; N = {args.samples}, K = {args.iterations}, "
               f"S = {args.importance}, mean ± std over {args.repeats} repeat(s); estimators: jmvae_cupy/estimators.py)")
     return 0
 

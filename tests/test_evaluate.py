@@ -22,6 +22,7 @@ def test_table_names_the_estimators(tiny_run, capsys):
     for name in ("eq5-unimodal", "snis3", "iw3-joint"):
         assert name in out
     assert "| JMVAE-kl |" in out
+    assert "(test digits: 100;" in out
 
 
 def test_json_parses(tiny_run, capsys):

@@ -128,3 +128,8 @@ def test_celeba_runs_evaluate_both_directions(runs, capsys, variant):
     paper = "eq5-unimodal" if variant == "kl" else "eq5-iter1"
     # a fixed-variance Gaussian over 3*32*32 pixels costs at least 0.5*log(2 pi) nats a pixel
     assert res["estimates"]["label2image"][paper]["mean"] < -0.9 * 3 * 32 * 32
+    assert res["dataset"] == "celeba"
+    if variant == "kl":  # the table's footer names what was evaluated
+        assert evaluate_main([str(runs[variant]), "--test-size", "2", "--samples", "1", "--iterations", "1",
+                              "--importance", "1"]) == 0
+        assert "(test faces: 2;" in capsys.readouterr().out
