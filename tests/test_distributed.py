@@ -340,22 +340,12 @@ def test_batch_not_divisible_by_ranks_is_one_line(tmp_path):
                                          "(each micro-batch takes B/(P K) rows)"]
 
 
-@pytest.fixture(scope="module")
-def celeba_h5(tmp_path_factory):
-    from jmvae_cupy.data.__main__ import main as data_main
-    from tests.data.test_celeba import make_celeba
-
-    root = tmp_path_factory.mktemp("celeba")
-    make_celeba(root / "src", n=40)
-    h5 = root / "c.h5"
-    assert data_main(["prepare", "celeba", str(root / "src"), "--out", str(h5), "--size", "32",
-                      "--no-progress"]) == 0
-    return h5
+from tests.test_train_celeba import celeba_h5  # noqa: E402, F401  (the synthetic CelebA fixture)
 
 
 @needs_mpi
 @pytest.mark.parametrize("gan", [False, True], ids=["bn", "bn-gan"])
-def test_batchnorm_two_ranks_equal_two_micro_batches(tmp_path, celeba_h5, gan):
+def test_batchnorm_two_ranks_equal_two_micro_batches(tmp_path, celeba_h5, gan):  # noqa: F811
     """CelebA (batch norm everywhere; with --gan the discriminator's gradients and statistics share the
     step's buffer): each rank normalises its B/P rows like each micro-batch its B/K rows, and the
     running statistics after a step are the mean over the parts of what each part's forward made of
