@@ -132,6 +132,62 @@ def to_device(a, xp, dtype=None):
     return xp.asarray(a, dtype=dtype)
 
 
+class _PinnedStaging:
+    """Host -> device copies that do not make the host wait (GPU only).
+
+    ``xp.asarray(host_array)`` copies from pageable memory, which blocks the host until the GPU
+    has worked through everything queued before the copy.  Inside a training step (the noise of
+    the reparameterisation, drawn on the host between the encoders and the decoders) that is a
+    synchronisation point that stalls the CPU until the GPU catches up.  Here the array is first
+    copied into a pinned (page-locked) host buffer, then copied to the device with
+    ``ndarray.set(..., stream=)``: asynchronous, queued on CuPy's current stream, in stream order.
+
+    The pinned buffer must not be reused before its copy has run: a ring of ``SLOTS`` buffers,
+    each with the CUDA event recorded after its copy; a slot is reused only after its event (in
+    practice long done: the copy was queued ``SLOTS`` draws earlier) and regrown when too small.
+    UNTESTED ON HARDWARE in this project's sessions (no GPU lent): written from CuPy's API
+    (``cuda.alloc_pinned_memory``, ``ndarray.set(arr, stream)``, ``Stream.record``).
+    """
+
+    SLOTS = 8
+
+    def __init__(self, cp):
+        self.cp = cp
+        self.slots = [None] * self.SLOTS  # [pinned memory, capacity in bytes, event or None]
+        self.next = 0
+
+    def copy(self, a):
+        cp = self.cp
+        a = np.ascontiguousarray(a)
+        i, self.next = self.next, (self.next + 1) % self.SLOTS
+        slot = self.slots[i]
+        if slot is not None and slot[2] is not None:
+            slot[2].synchronize()  # the copy that last used this buffer has run
+        if slot is None or slot[1] < a.nbytes:
+            slot = self.slots[i] = [cp.cuda.alloc_pinned_memory(max(a.nbytes, 1)), max(a.nbytes, 1), None]
+        host = np.ndarray(a.shape, dtype=a.dtype, buffer=slot[0])  # a view of the pinned buffer
+        host[...] = a
+        out = cp.empty(a.shape, dtype=a.dtype)
+        stream = cp.cuda.get_current_stream()
+        out.set(host, stream=stream)  # asynchronous: pinned source, explicit stream
+        slot[2] = stream.record()
+        return out
+
+
+_staging: dict = {}
+
+
+def to_device_async(a, xp):
+    """A host array ``a`` on ``xp``'s device without making the host wait for the GPU
+    (:class:`_PinnedStaging`); on the CPU, ``a`` itself.  The result is ready in stream order."""
+    if xp is np:
+        return asnumpy(a)
+    dev = xp.cuda.Device().id
+    if dev not in _staging:
+        _staging[dev] = _PinnedStaging(xp)
+    return _staging[dev].copy(a)
+
+
 def synchronize(xp) -> None:
     """Wait for queued GPU work (no-op on the CPU). For timing only, never inside a step."""
     if xp is not np:

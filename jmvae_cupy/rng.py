@@ -4,14 +4,16 @@ Every random draw in the library comes from an :class:`Rng` handed in as an argu
 same seed gives the same numbers (finite-difference checks of stochastic objectives, exact
 resume after a crash).  The stream is NumPy's PCG64 on the host on every device: on a GPU the
 draws are copied to the device (the noise of a step is small next to its GEMMs), which keeps a
-run reproducible across devices and its state a small JSON-able dict for checkpoints.
+run reproducible across devices and its state a small JSON-able dict for checkpoints.  The copy
+goes through pinned memory on CuPy's current stream (``backend.to_device_async``), so a draw in
+the middle of a step does not make the host wait for the GPU.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .backend import to_device
+from .backend import to_device_async
 
 
 class Rng:
@@ -23,12 +25,12 @@ class Rng:
     def normal(self, shape, dtype=np.float32, xp=np):
         """Standard normal draws, shape ``shape``, as ``xp`` array of ``dtype``."""
         a = self.gen.standard_normal(shape, dtype=np.float64).astype(dtype, copy=False)
-        return a if xp is np else to_device(a, xp)
+        return a if xp is np else to_device_async(a, xp)
 
     def uniform(self, shape, dtype=np.float32, xp=np):
         """Uniform [0, 1) draws, shape ``shape``."""
         a = self.gen.random(shape, dtype=np.float64).astype(dtype, copy=False)
-        return a if xp is np else to_device(a, xp)
+        return a if xp is np else to_device_async(a, xp)
 
     def permutation(self, n: int) -> np.ndarray:
         """A random permutation of range(n) (host array: used for indexing data)."""

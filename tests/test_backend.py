@@ -128,3 +128,34 @@ def test_dtypes_and_arrays():
     assert backend.get_array_module(a) is np
     assert backend.asnumpy(a) is a
     assert backend.to_device([1, 2], np, np.float32).dtype == np.float32
+
+
+def test_to_device_async_on_the_cpu_is_the_array():
+    a = np.arange(6.0).reshape(2, 3)
+    assert backend.to_device_async(a, np) is a
+
+
+def test_pinned_staging_names_exist_in_installed_cupy():
+    """Every CuPy name the pinned staging ring calls exists (it cannot run without a GPU)."""
+    cupy = pytest.importorskip("cupy", reason="cupy not installed (pip install cupy-cuda13x)")
+    for chain in (("cuda", "alloc_pinned_memory"), ("cuda", "Device"), ("cuda", "get_current_stream"),
+                  ("cuda", "Stream", "record"), ("cuda", "Event", "synchronize"), ("ndarray", "set"),
+                  ("empty",)):
+        assert _resolve(cupy, chain), ".".join(chain)
+
+
+@pytest.mark.skipif(not backend.gpu_available(), reason="needs a usable CUDA device")
+def test_pinned_staging_round_trips_more_draws_than_slots():
+    """On a GPU: many copies of varying sizes and dtypes (the ring wraps and regrows), each
+    queued behind GPU work, arrive intact."""
+    xp = backend.select_device("gpu")
+    r = np.random.default_rng(0)
+    busy = xp.ones((2048, 2048), dtype=np.float32)
+    sent, got = [], []
+    for k in range(3 * backend._PinnedStaging.SLOTS):
+        busy = busy @ busy * np.float32(1e-3)  # keep the stream busy
+        a = r.standard_normal((k % 5 + 1, 300 * (k % 7 + 1))).astype(np.float32 if k % 2 else np.float64)
+        sent.append(a)
+        got.append(backend.to_device_async(a, xp))
+    for a, d in zip(sent, got):
+        assert d.dtype == a.dtype and np.array_equal(backend.asnumpy(d), a)
