@@ -326,6 +326,11 @@ def build_side(side: str, key: str, batch: int, device: str):
         return floor_step(gemms, xp), sync, info
     if side == "adam":
         return adam_step(model, x, w), sync, info
+    if side == "grads":  # the step without the optimiser
+        from jmvae_cupy.rng import Rng
+
+        rng = Rng(0)
+        return (lambda: model.loss_and_grads(x, w, rng, beta=1.0)), sync, info
     if side == "torch":
         try:
             import torch
@@ -431,7 +436,8 @@ def breakdown(args) -> dict:
     reductions, concatenate and zeros_like form their own category; everything else -- the
     models' and nets' Python glue -- is "python glue").  The shares are then scaled to the
     median un-profiled step time (cProfile's own per-call cost inflates the glue).  The GEMM
-    floor and the Adam step are also timed in isolation (each in a worker process), as a cross-check.
+    floor, the step without its Adam update (``loss_and_grads`` alone) and the Adam update alone
+    are also timed, each in a worker process, as a cross-check.
     """
     import cProfile
     import pstats
@@ -443,13 +449,12 @@ def breakdown(args) -> dict:
     x, w = make_batch(model, 100, np)
     step = our_step(model, x, w)
 
-    floor, adam = worker("floor", "mnist:kl", 100, "cpu"), worker("adam", "mnist:kl", 100, "cpu")
+    others = {side: worker(side, "mnist:kl", 100, "cpu") for side in ("floor", "grads", "adam")}
     try:
-        times, _ = alternate({"step": Local(step), "floor": floor, "adam": adam}, args.warmup, args.steps,
-                             args.blocks)
+        times, _ = alternate({"step": Local(step), **others}, args.warmup, args.steps, args.blocks)
     finally:
-        floor.close()
-        adam.close()
+        for wk in others.values():
+            wk.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     prof = cProfile.Profile()
     prof.enable()
@@ -464,7 +469,7 @@ def breakdown(args) -> dict:
     total = sum(own.values())
     shares = {k: v / total for k, v in sorted(own.items(), key=lambda kv: -kv[1])}
     return {"model": "mnist:kl", "batch": 100, "step_ms": med["step"] * 1e3, "floor_ms": med["floor"] * 1e3,
-            "adam_alone_ms": med["adam"] * 1e3,
+            "adam_alone_ms": med["adam"] * 1e3, "grads_alone_ms": med["grads"] * 1e3,
             "categories_ms": {k: s * med["step"] * 1e3 for k, s in shares.items()},
             "categories_pct": {k: 100 * s for k, s in shares.items()}}
 
@@ -534,7 +539,8 @@ def main(argv=None) -> int:
         else:
             b = out["breakdown"]
             print(f"MNIST JMVAE-kl batch 100: step {b['step_ms']:.1f} ms (median); GEMM floor alone "
-                  f"{b['floor_ms']:.1f} ms; Adam step alone {b['adam_alone_ms']:.1f} ms")
+                  f"{b['floor_ms']:.1f} ms; loss_and_grads alone {b['grads_alone_ms']:.1f} ms; "
+                  f"Adam step alone {b['adam_alone_ms']:.1f} ms")
             for k, v in b["categories_ms"].items():
                 print(f"  {k:44s} {v:7.2f} ms  {b['categories_pct'][k]:5.1f} %")
         return 0
