@@ -23,9 +23,17 @@ from jmvae_cupy.layers.deconv import deconv2d_forward
 from jmvae_cupy.layers.im2col import col2im, conv_outsize, deconv_outsize, im2col
 from jmvae_cupy.rng import Rng
 
-TOL_ORACLE = 1e-12
-TOL_FD = 1e-8
+from .strided_checks import (
+    TOL_ORACLE,
+    check_against_oracle,
+    check_by_finite_differences,
+    check_oracle_by_finite_differences,
+)
+
 TOL_ADJOINT = 1e-10
+
+FAST = (conv2d_forward, conv2d_backward)  # the layer under test
+ORACLE = (conv2d_forward_naive, conv2d_backward_naive)  # its loop oracle
 
 # (N, C_in, H, W, C_out, K, stride, pad): odd, non-square, stride 2, the paper's 4x4/2/1, a
 # floor-dividing size (H + 2p - K not a multiple of the stride), anisotropic stride and padding
@@ -49,28 +57,13 @@ def _inputs(rng, N, C, H, W, Co, K):
 @pytest.mark.parametrize("case", CASES)
 def test_forward_and_backward_match_the_loop_oracle(rng, case):
     N, C, H, W, Co, K, s, p = case
-    x, Wt, b = _inputs(rng, N, C, H, W, Co, K)
-    y, cache = conv2d_forward(x, Wt, b, s, p)
-    assert rel_error(y, conv2d_forward_naive(x, Wt, b, s, p)) < TOL_ORACLE
-    dy = rng.standard_normal(y.shape)
-    dx, g = conv2d_backward(dy, cache)
-    dx_n, g_n = conv2d_backward_naive(dy, x, Wt, s, p)
-    assert dx.shape == x.shape and g["W"].shape == Wt.shape and g["b"].shape == b.shape
-    for a, n in ((dx, dx_n), (g["W"], g_n["W"]), (g["b"], g_n["b"])):
-        assert rel_error(a, n) < TOL_ORACLE
+    check_against_oracle(rng, *FAST, *ORACLE, *_inputs(rng, N, C, H, W, Co, K), s, p)
 
 
 @pytest.mark.parametrize("case", CASES[:4])
 def test_gradients_by_finite_differences(rng, case):
     N, C, H, W, Co, K, s, p = case
-    x, Wt, b = _inputs(rng, N, C, H, W, Co, K)
-    y, cache = conv2d_forward(x, Wt, b, s, p)
-    dy = rng.standard_normal(y.shape)  # random upstream gradient, never all ones
-    dx, g = conv2d_backward(dy, cache)
-    errs = check_gradients(
-        lambda: dot(conv2d_forward(x, Wt, b, s, p)[0], dy), {"x": x, "W": Wt, "b": b}, {"x": dx, **g}
-    )
-    assert max(errs.values()) < TOL_FD, errs
+    check_by_finite_differences(rng, *FAST, *_inputs(rng, N, C, H, W, Co, K), s, p)
 
 
 def test_fused_relu_and_parameter_gradients_only(rng):
@@ -95,13 +88,7 @@ def test_fused_relu_and_parameter_gradients_only(rng):
 
 
 def test_the_oracle_itself_by_finite_differences(rng):
-    x, Wt, b = _inputs(rng, 1, 2, 5, 4, 2, 3)
-    dy = rng.standard_normal(conv2d_forward_naive(x, Wt, b, 2, 1).shape)
-    dx, g = conv2d_backward_naive(dy, x, Wt, 2, 1)
-    errs = check_gradients(
-        lambda: dot(conv2d_forward_naive(x, Wt, b, 2, 1), dy), {"x": x, "W": Wt, "b": b}, {"x": dx, **g}
-    )
-    assert max(errs.values()) < TOL_FD, errs
+    check_oracle_by_finite_differences(rng, *ORACLE, *_inputs(rng, 1, 2, 5, 4, 2, 3), 2, 1)
 
 
 def test_without_bias(rng):

@@ -7,7 +7,7 @@ equality where the two layers run the very same primitive.
 import numpy as np
 import pytest
 
-from jmvae_cupy.gradcheck import check_gradients, dot, rel_error
+from jmvae_cupy.gradcheck import rel_error
 from jmvae_cupy.layers.conv import ConvShapeError, conv2d_forward
 from jmvae_cupy.layers.deconv import (
     deconv2d_backward,
@@ -18,8 +18,15 @@ from jmvae_cupy.layers.deconv import (
 )
 from jmvae_cupy.rng import Rng
 
-TOL_ORACLE = 1e-12
-TOL_FD = 1e-8
+from .strided_checks import (
+    TOL_ORACLE,
+    check_against_oracle,
+    check_by_finite_differences,
+    check_oracle_by_finite_differences,
+)
+
+FAST = (deconv2d_forward, deconv2d_backward)  # the layer under test
+ORACLE = (deconv2d_forward_naive, deconv2d_backward_naive)  # its loop oracle
 
 # (N, C_in, H, W, C_out, K, stride, pad)
 CASES = [
@@ -42,38 +49,17 @@ def _inputs(rng, N, C, H, W, Co, K):
 @pytest.mark.parametrize("case", CASES)
 def test_forward_and_backward_match_the_loop_oracle(rng, case):
     N, C, H, W, Co, K, s, p = case
-    x, Wt, b = _inputs(rng, N, C, H, W, Co, K)
-    y, cache = deconv2d_forward(x, Wt, b, s, p)
-    assert rel_error(y, deconv2d_forward_naive(x, Wt, b, s, p)) < TOL_ORACLE
-    dy = rng.standard_normal(y.shape)
-    dx, g = deconv2d_backward(dy, cache)
-    dx_n, g_n = deconv2d_backward_naive(dy, x, Wt, s, p)
-    assert dx.shape == x.shape and g["W"].shape == Wt.shape and g["b"].shape == b.shape
-    for a, n in ((dx, dx_n), (g["W"], g_n["W"]), (g["b"], g_n["b"])):
-        assert rel_error(a, n) < TOL_ORACLE
+    check_against_oracle(rng, *FAST, *ORACLE, *_inputs(rng, N, C, H, W, Co, K), s, p)
 
 
 @pytest.mark.parametrize("case", CASES[:4])
 def test_gradients_by_finite_differences(rng, case):
     N, C, H, W, Co, K, s, p = case
-    x, Wt, b = _inputs(rng, N, C, H, W, Co, K)
-    y, cache = deconv2d_forward(x, Wt, b, s, p)
-    dy = rng.standard_normal(y.shape)
-    dx, g = deconv2d_backward(dy, cache)
-    errs = check_gradients(
-        lambda: dot(deconv2d_forward(x, Wt, b, s, p)[0], dy), {"x": x, "W": Wt, "b": b}, {"x": dx, **g}
-    )
-    assert max(errs.values()) < TOL_FD, errs
+    check_by_finite_differences(rng, *FAST, *_inputs(rng, N, C, H, W, Co, K), s, p)
 
 
 def test_the_oracle_itself_by_finite_differences(rng):
-    x, Wt, b = _inputs(rng, 1, 2, 3, 4, 2, 3)
-    dy = rng.standard_normal(deconv2d_forward_naive(x, Wt, b, 2, 1).shape)
-    dx, g = deconv2d_backward_naive(dy, x, Wt, 2, 1)
-    errs = check_gradients(
-        lambda: dot(deconv2d_forward_naive(x, Wt, b, 2, 1), dy), {"x": x, "W": Wt, "b": b}, {"x": dx, **g}
-    )
-    assert max(errs.values()) < TOL_FD, errs
+    check_oracle_by_finite_differences(rng, *ORACLE, *_inputs(rng, 1, 2, 3, 4, 2, 3), 2, 1)
 
 
 def test_backward_data_is_the_convolution(rng):
