@@ -26,7 +26,7 @@ Determinism: the rows are cut into fixed blocks of ``ROW_BLOCK``; each block's c
 accumulated in float64 by one thread, and the block sums are added in block order, so the result
 does not depend on the number of threads (and float32 sums carry no accumulation error worth the
 name).  The reference sums in its dtype, so the two agree to rounding, not to the bit: the tests
-(tests/kernels/test_batchnorm.py) compare them at 1e-5 relative in float32 and 1e-12 in float64.
+(tests/kernels/test_batchnorm.py) compare them at 2e-5 relative in float32 and 1e-12 in float64.
 Derivation: docs/derivations/batchnorm.md.
 """
 
