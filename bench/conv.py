@@ -134,7 +134,10 @@ def main(argv=None) -> int:
         try:
             for side in ("ours",) + (() if args.no_torch else ("torch",)):
                 workers[side] = Worker(side, __file__, [side, name, need_dx, *common])
-            workers = {k: w for k, w in workers.items() if w.available}
+            for side in [side for side, w in workers.items() if not w.available]:  # e.g. no torch
+                if name == "encoder":
+                    print(f"{side} not importable ({workers[side].info['unavailable']}): no comparison")
+                workers.pop(side).close()
             if "torch" in workers and name == "encoder":
                 info = workers["torch"].info
                 print(f"torch {info['version']}; torch.get_num_threads() = {info['threads']}")

@@ -369,7 +369,8 @@ def run_config(key: str, batch: int, args) -> dict:
                 continue
             wk = worker(side, key, batch, args.device)
             workers[side] = wk
-        workers = {side: wk for side, wk in workers.items() if wk.available}
+        for side in [side for side, wk in workers.items() if not wk.available]:  # e.g. no torch
+            workers.pop(side).close()
         times, _ = alternate(workers, args.warmup, args.steps, args.blocks)
     finally:
         for side, wk in workers.items():
