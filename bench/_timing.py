@@ -31,6 +31,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 
 
+# The environment variables that size the thread pools of NumPy's BLAS, torch (OpenMP / MKL) and
+# Numba; read when those libraries load, so set them before a worker starts.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def thread_env(threads: int) -> dict:
+    """{variable: str(threads)} for every pool in THREAD_VARS (one thread count on every side)."""
+    return {var: str(threads) for var in THREAD_VARS}
+
+
 def maxrss_mb() -> float:
     """Peak resident memory of this process in MB (ru_maxrss)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux

@@ -26,7 +26,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import ROOT, Worker, alternate, block_ratio, serve  # noqa: E402
+from _timing import ROOT, Worker, alternate, block_ratio, serve, thread_env  # noqa: E402
 
 NETS = {"encoder": ("C64R-C128BR-C256BR-C256BR-F-D1024R", (3, 64, 64)),
         "decoder": ("D4096R-DC256BR-DC128BR-DC64BR-DC3", (128,))}
@@ -116,8 +116,7 @@ def main(argv=None) -> int:
         side, name, need_dx = args.serve
         return serve(lambda: build(side, name, args.batch, need_dx == "1", args.threads))
     if args.threads is not None:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
+        os.environ.update(thread_env(args.threads))  # the workers inherit it
 
     sys.path.insert(0, ROOT)
     import numpy as np

@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import ROOT, thread_env  # noqa: E402
 
 
 def worker(args) -> None:
@@ -84,8 +85,7 @@ def main() -> int:
           f"{args.train_subset} rows x {args.epochs} epochs, device {args.device}, {cores} cores")
     for n in args.ranks:
         threads = args.threads or max(1, cores // n)
-        env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                            "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+        env = {**os.environ, **thread_env(threads)}
         cmd = [mpiexec, "-n", str(n), sys.executable, os.path.abspath(__file__), "--worker"]
         for k in ("dataset", "variant", "batch_size", "train_subset", "epochs", "dtype", "device"):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]

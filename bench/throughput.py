@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from _timing import Local, Worker, alternate, serve  # noqa: E402
+from _timing import Local, Worker, alternate, serve, thread_env  # noqa: E402
 
 from jmvae_cupy.hostmem import keep_freed_memory  # noqa: E402
 
@@ -531,8 +531,7 @@ def main(argv=None) -> int:
         side, key, batch = args.serve
         return serve(lambda: build_side(side, key, int(batch), args.device))
     if args.threads is not None:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
+        os.environ.update(thread_env(args.threads))  # the workers inherit it
     if args.breakdown:
         out = {"machine": machine(), "breakdown": breakdown(args)}
         if args.json:
