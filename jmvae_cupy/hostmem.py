@@ -25,11 +25,8 @@ import ctypes.util
 
 # mallopt parameters (glibc malloc.h)
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 
-# glibc's upper bound for its own dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
-MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1 << 30
 
 _applied = None
@@ -47,6 +44,5 @@ def keep_freed_memory() -> bool:
         except (OSError, AttributeError):
             return False
         mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        _applied = all(mallopt(param, value) for param, value in (
-            (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
+        _applied = all(mallopt(param, value) for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
     return _applied
