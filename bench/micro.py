@@ -1,0 +1,170 @@
+"""Micro-benchmarks behind the explanations in docs/performance.md (not tests).
+
+    python bench/micro.py heap          # page faults per step: alone, after the floor's operands, after torch;
+                                        # default glibc policy vs jmvae_cupy.hostmem.keep_freed_memory
+    python bench/micro.py batchnorm     # fused batch-norm kernels vs the plain-NumPy reference, (65536, 64)
+    python bench/micro.py gemm          # the same products in NumPy (OpenBLAS) and torch (MKL), 1 thread
+
+Every measurement of ``heap`` runs in a fresh process of its own (the point is what a process's
+history does to its heap).  ``--threads N`` sets the BLAS / Numba / torch threads (default 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _timing import ROOT, thread_env  # noqa: E402
+
+sys.path.insert(0, ROOT)
+
+
+def _timed(fn, n: int, warmup: int = 3):
+    """(median ms per call, minor page faults per call) over n calls after warm-up."""
+    for _ in range(warmup):
+        fn()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n
+    return statistics.median(times) * 1e3, faults
+
+
+# ---------------------------------------------------------------------------------------------- heap
+HEAP_CASES = {
+    "alone": "our MNIST JMVAE-kl step (batch 100), alone in the process",
+    "after-floor": "the same, after 23 steps, then building the GEMM floor's operands in the process",
+    "after-torch": "the same, after 23 steps, then 5 steps of the torch twin in the process",
+    "im2col": "im2col of the CelebA encoder's 2nd conv input (64, 32, 32, 64): a 67 MB matrix",
+}
+
+
+def heap_one(case: str, policy: str) -> dict:
+    import numpy as np
+
+    if policy == "keep":
+        from jmvae_cupy.hostmem import keep_freed_memory
+
+        keep_freed_memory()
+    if case == "im2col":
+        from jmvae_cupy.kernels.im2col import im2col
+
+        x = np.random.default_rng(0).standard_normal((64, 32, 32, 64)).astype(np.float32)
+        ms, faults = _timed(lambda: im2col(x, 4, 4, 2, 2, 1, 1), 5, warmup=2)
+        return {"ms": ms, "faults": faults}
+    import throughput as T
+
+    model = T.make_model("mnist:kl", np)
+    x, w = T.make_batch(model, 100, np)
+    step = T.our_step(model, x, w)
+    if case != "alone":  # some steps first, as a benchmark does (the heap's layout is its history)
+        for _ in range(23):
+            step()
+    if case == "after-floor":
+        T.floor_step(T.gemm_list(model, 100), np)
+    elif case == "after-torch":
+        import torch
+
+        torch.set_num_threads(T.blas_threads()[0])
+        twin = T.torch_twin(model, x, w, "cpu")
+        for _ in range(5):
+            twin()
+    ms, faults = _timed(step, 20)
+    return {"ms": ms, "faults": faults}
+
+
+def heap(args) -> None:
+    print(f"{'case':12s} {'policy':8s} {'faults/step':>12s} {'ms/step':>8s}   (each in a fresh process)")
+    for case in HEAP_CASES:
+        for policy in ("default", "keep"):
+            p = subprocess.run([sys.executable, os.path.abspath(__file__), "heap", "--one", case, policy],
+                               capture_output=True, text=True, env=os.environ.copy())
+            if p.returncode != 0:
+                print(f"{case:12s} {policy:8s} failed: {p.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            print(f"{case:12s} {policy:8s} {r['faults']:12.0f} {r['ms']:8.1f}")
+    print("cases: " + "; ".join(f"{k}: {v}" for k, v in HEAP_CASES.items()))
+    print("policy keep = jmvae_cupy.hostmem.keep_freed_memory() (what python -m jmvae_cupy.train does)")
+
+
+# ----------------------------------------------------------------------------------------- batchnorm
+def batchnorm(args) -> None:
+    import numba
+    import numpy as np
+
+    from jmvae_cupy.kernels import batchnorm as K
+
+    r = np.random.default_rng(0)
+    x = r.standard_normal((65536, 64)).astype(np.float32)
+    dy = r.standard_normal(x.shape).astype(np.float32)
+    g, b = np.ones(64, np.float32), np.zeros(64, np.float32)
+    print(f"batch norm + ReLU, training mode, rows (65536, 64) float32, Numba threads {numba.get_num_threads()}")
+    for name, fwd, bwd in (("fused", K.bn_train_forward, K.bn_train_backward),
+                           ("reference", K.bn_train_forward_ref, K.bn_train_backward_ref)):
+        y, mu, _, inv = fwd(x, g, b, 1e-4, True)
+        t_f, _ = _timed(lambda: fwd(x, g, b, 1e-4, True), 10)  # noqa: B023
+        t_b, _ = _timed(lambda: bwd(dy, x, y, mu, inv, g, True), 10)  # noqa: B023
+        print(f"  {name:10s} forward {t_f:6.2f} ms   backward {t_b:6.2f} ms")
+
+
+# ---------------------------------------------------------------------------------------------- gemm
+GEMM_SHAPES = [(16384, 1024, 128), (4096, 2048, 256), (1024, 4096, 256), (65536, 48, 64), (64, 4096, 1024),
+               (100, 784, 512), (100, 512, 512)]
+
+
+def gemm(args) -> None:
+    import numpy as np
+
+    try:
+        import torch
+    except ImportError:
+        print("torch not importable: nothing to compare")
+        return
+    torch.set_num_threads(args.threads)
+    r = np.random.default_rng(0)
+    print(f"C = A @ B.T, float32, {args.threads} thread(s): NumPy (OpenBLAS) vs torch (MKL), median ms")
+    for M, K_, N in GEMM_SHAPES:
+        A = r.standard_normal((M, K_)).astype(np.float32)
+        B = r.standard_normal((N, K_)).astype(np.float32)
+        At, Bt = torch.from_numpy(A), torch.from_numpy(B)
+        n = 200 if M * K_ * N < 1e8 else 10
+        t_np, _ = _timed(lambda: A @ B.T, n)  # noqa: B023
+        t_th, _ = _timed(lambda: At @ Bt.T, n)  # noqa: B023
+        print(f"  M {M:6d} K {K_:5d} N {N:5d}:  numpy {t_np:7.3f}   torch {t_th:7.3f}   numpy/torch {t_np / t_th:5.2f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("heap", "batchnorm", "gemm"))
+    p.add_argument("--threads", type=int, default=1, help="BLAS / Numba / torch threads (default 1)")
+    p.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:  # a heap measurement in this fresh process
+        print(json.dumps(heap_one(*args.one)))
+        return 0
+    os.environ.update(thread_env(args.threads))
+    if args.what == "heap":
+        heap(args)
+    else:
+        # the thread variables must be set before NumPy / Numba load: run in a fresh process
+        if os.environ.get("_MICRO_CHILD") != "1":
+            return subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
+                                  env={**os.environ, "_MICRO_CHILD": "1"}).returncode
+        {"batchnorm": batchnorm, "gemm": gemm}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
