@@ -1,10 +1,10 @@
 """Timing harness shared by the benchmarks: each side (ours, torch, the GEMM floor, ...) runs in a
 worker process of its own, and the driver times the sides in alternating blocks.
 
-Why processes: in one process the sides disturb each other through the allocator.  After the
-GEMM floor's operands were built, or torch had run a few steps, glibc returned our per-step arrays
-to the kernel on every free, and our MNIST step took ~3,600 minor page faults (ru_minflt) and
-~30 % longer (0 faults per step alone; docs/performance.md).  Every worker also sets glibc to keep
+Why processes: in one process the sides disturb each other through the allocator.  After torch
+had run a few steps, glibc returned our per-step arrays to the kernel on every free, and our
+MNIST step took ~2,800 minor page faults (ru_minflt) and ~25 % longer, against 0 faults alone
+(``python bench/micro.py heap``; docs/performance.md).  Every worker also sets glibc to keep
 freed memory (jmvae_cupy/hostmem.py), as ``python -m jmvae_cupy.train`` does, so no side's time
 depends on the luck of its heap's layout.
 

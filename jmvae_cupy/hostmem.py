@@ -5,10 +5,11 @@ A training step allocates and frees the same arrays every time: on MNIST a few d
 the heap's top is returned to the kernel when such an array is freed (``M_TRIM_THRESHOLD``), and
 arrays above a threshold (at most 32 MiB) are mmap-ed afresh on every allocation
 (``M_MMAP_THRESHOLD``; NumPy asks for transparent huge pages on them, which the kernel may compact
-memory for on the first touch), so every step touches new pages.  Measured: on MNIST JMVAE-kl at
-batch 100, ~2,300-3,600 minor page faults per step and a step ~25 % slower, depending on what the
-process allocated before; the CelebA encoder's second im2col, 17-45 ms instead of 7-8 ms
-(docs/performance.md).  :func:`keep_freed_memory` removes the luck: no array is mmap-ed on its own
+memory for on the first touch), so every step touches new pages.  Measured by
+``python bench/micro.py heap`` (docs/performance.md): the MNIST JMVAE-kl step at batch 100, after
+torch had run in the process, ~2,800 minor page faults per step and ~25 % slower, with 0 faults
+alone (whether it happens depends on what the process allocated before); the CelebA encoder's
+second im2col, 14 ms instead of 5-7 ms.  :func:`keep_freed_memory` removes the luck: no array is mmap-ed on its own
 (``M_MMAP_MAX`` = 0; glibc still falls back to mmap if the heap cannot grow), and memory freed by
 a step stays in the process, so the next step reuses it.
 
