@@ -4,6 +4,8 @@
                                         # default glibc policy vs jmvae_cupy.hostmem.keep_freed_memory
     python bench/micro.py batchnorm     # fused batch-norm kernels vs the plain-NumPy reference, (65536, 64)
     python bench/micro.py gemm          # the same products in NumPy (OpenBLAS) and torch (MKL), 1 thread
+    python bench/micro.py winograd      # conv forward + both gradients, im2col vs Winograd F(2x2, 2x2), per
+                                        # correlation of the CelebA nets (the rule of conv.use_winograd)
 
 Every measurement of ``heap`` runs in a fresh process of its own (the point is what a process's
 history does to its heap).  ``--threads N`` sets the BLAS / Numba / torch threads (default 1).
@@ -145,9 +147,40 @@ def gemm(args) -> None:
         print(f"  M {M:6d} K {K_:5d} N {N:5d}:  numpy {t_np:7.3f}   torch {t_th:7.3f}   numpy/torch {t_np / t_th:5.2f}")
 
 
+# ------------------------------------------------------------------------------------------ winograd
+# (H, B, A): a 4x4 / stride-2 / pad-1 correlation of an H x H input with B channels into A channels,
+# as in the CelebA nets (a conv: B = C_in; a deconv: B = C_out, its correlation runs output -> input)
+WINOGRAD_CASES = [(64, 3, 64), (32, 64, 128), (16, 128, 256), (8, 256, 256)]
+
+
+def winograd(args) -> None:
+    import numpy as np
+
+    from jmvae_cupy.layers.conv import conv2d_backward, conv2d_forward, use_winograd
+
+    r = np.random.default_rng(0)
+    n = 64
+    print(f"conv 4x4 stride 2 pad 1, N = {n}, float32, {args.threads} thread(s): forward + backward "
+          "(dx and dW), median ms")
+    for h, b, a in WINOGRAD_CASES:
+        x = r.standard_normal((n, h, h, b)).astype(np.float32).transpose(0, 3, 1, 2)  # NCHW view, channels-last
+        W = (r.standard_normal((a, b, 4, 4)) * 0.05).astype(np.float32)
+        dy = r.standard_normal((n, a, h // 2, h // 2)).astype(np.float32)
+        row = []
+        for method in ("im2col", "winograd"):
+            def step(x=x, W=W, dy=dy, method=method):
+                _, cache = conv2d_forward(x, W, None, 2, 1, method=method)
+                conv2d_backward(dy, cache)
+
+            row.append(_timed(step, 5, warmup=1)[0])
+        auto = "winograd" if use_winograd(h, h, 4, 4, (2, 2), (1, 1), b, a) else "im2col"
+        print(f"  {h:2d}x{h:<2d} {b:3d} -> {a:3d} channels:  im2col {row[0]:7.1f}   winograd {row[1]:7.1f}   "
+              f"winograd/im2col {row[1] / row[0]:5.2f}   auto: {auto}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("heap", "batchnorm", "gemm"))
+    p.add_argument("what", choices=("heap", "batchnorm", "gemm", "winograd"))
     p.add_argument("--threads", type=int, default=1, help="BLAS / Numba / torch threads (default 1)")
     p.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -162,7 +195,7 @@ def main(argv=None) -> int:
         if os.environ.get("_MICRO_CHILD") != "1":
             return subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
                                   env={**os.environ, "_MICRO_CHILD": "1"}).returncode
-        {"batchnorm": batchnorm, "gemm": gemm}[args.what](args)
+        {"batchnorm": batchnorm, "gemm": gemm, "winograd": winograd}[args.what](args)
     return 0
 
 

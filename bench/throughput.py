@@ -98,16 +98,20 @@ def our_step(model, x, w):
 
 def gemm_list(model, n: int) -> list:
     """Every matrix product of one training step as (what, (a_shape, a_transposed), (b_shape,
-    b_transposed)): a_transposed means the operand is the transpose of a C-ordered array of
-    a_shape, as in the implementation (``dy @ W.T``, ``x.T @ dy``).
+    b_transposed)): a_transposed means the operand is the transpose (of the last two axes) of a
+    C-ordered array of a_shape, as in the implementation (``dy @ W.T``, ``x.T @ dy``).
 
     Walks every component of the model (all of them run forward and backward in a step):
     Dense (N, D_in) -> (N, D_out): x@W, dy@W.T, x.T@dy;  Conv2D with M = N*OH*OW rows and
     K = KH*KW*C_in: col@Wm.T, dY.T@col, dY@Wm;  Deconv2D with M = N*H*W input pixels and
     K = KH*KW*C_out: X@Wm, dcol@Wm.T, X.T@dcol;  GaussianHead: a dense layer D_in -> 2 D_z.
-    The input gradient of a component in ``model.data_inputs`` is not computed (its input is
-    data), so its first layer has no dx product.
+    A conv or deconv layer that runs as Winograd F(2x2, 2x2) (``conv.use_winograd``, as the
+    layers decide) does 9 GEMMs per product instead, batched: with T = N * tiles, B and A the
+    channels of its correlation's input and output: V@U (9, T, 4B) x (9, 4B, A), V.T@dM and
+    dM@U.T.  The input gradient of a component in ``model.data_inputs`` is not computed (its
+    input is data), so its first layer has no dx product.
     """
+    from jmvae_cupy.layers.conv import use_winograd
     from jmvae_cupy.layers.im2col import conv_outsize, deconv_outsize
     from jmvae_cupy.models.base import GaussianHead
     from jmvae_cupy.nets import Conv2D, Deconv2D, Dense, Flatten, Reshape
@@ -120,6 +124,13 @@ def gemm_list(model, n: int) -> list:
         if need_dx:
             out.append((f"{name} dy@W.T", ((n, d_out), False), ((d_in, d_out), True)))
         out.append((f"{name} x.T@dy", ((n, d_in), True), ((n, d_out), False)))
+
+    def winograd(name, t, b, a, need_dx, deconv):
+        """The 9-fold batched products of a Winograd layer (forward / backward roles per ``deconv``)."""
+        fwd = (f"{name} V@U", ((9, t, 4 * b), False), ((9, 4 * b, a), False))
+        adj = (f"{name} dM@U.T", ((9, t, a), False), ((9, 4 * b, a), True))
+        out.extend([adj, fwd] if deconv else [fwd] + ([adj] if need_dx else []))
+        out.append((f"{name} V.T@dM", ((9, t, 4 * b), True), ((9, t, a), False)))
 
     for cname, comp in model.components.items():
         if isinstance(comp, GaussianHead):
@@ -137,6 +148,10 @@ def gemm_list(model, n: int) -> list:
                 k, s, p = layer.ksize, layer.stride, layer.pad
                 oh, ow = conv_outsize(h, k, s, p), conv_outsize(wd, k, s, p)
                 m, kk = n * oh * ow, k * k * c
+                if use_winograd(h, wd, k, k, (s, s), (p, p), c, layer.channels):
+                    winograd(name, m // 4, c, layer.channels, need_dx, deconv=False)
+                    shape = (layer.channels, oh, ow)
+                    continue
                 out.append((f"{name} col@Wm.T", ((m, kk), False), ((layer.channels, kk), True)))
                 out.append((f"{name} dY.T@col", ((m, layer.channels), True), ((m, kk), False)))
                 if need_dx:
@@ -146,10 +161,15 @@ def gemm_list(model, n: int) -> list:
                 c, h, wd = shape
                 k, s, p = layer.ksize, layer.stride, layer.pad
                 m, kk = n * h * wd, k * k * layer.channels
+                oh, ow = deconv_outsize(h, k, s, p), deconv_outsize(wd, k, s, p)
+                if use_winograd(oh, ow, k, k, (s, s), (p, p), layer.channels, c):
+                    winograd(name, m // 4, layer.channels, c, True, deconv=True)
+                    shape = (layer.channels, oh, ow)
+                    continue
                 out.append((f"{name} X@Wm", ((m, c), False), ((c, kk), False)))
                 out.append((f"{name} dcol@Wm.T", ((m, kk), False), ((c, kk), True)))
                 out.append((f"{name} X.T@dcol", ((m, c), True), ((m, kk), False)))
-                shape = (layer.channels, deconv_outsize(h, k, s, p), deconv_outsize(wd, k, s, p))
+                shape = (layer.channels, oh, ow)
             elif isinstance(layer, Flatten):
                 shape = (prod(shape),)
             elif isinstance(layer, Reshape):
@@ -160,9 +180,10 @@ def gemm_list(model, n: int) -> list:
 def gemm_flops(gemms) -> float:
     total = 0.0
     for _, (a, ta), (b, tb) in gemms:
-        m, k = (a[1], a[0]) if ta else a
-        n = b[0] if tb else b[1]
-        total += 2.0 * m * k * n
+        batch = a[0] if len(a) == 3 else 1
+        m, k = (a[-1], a[-2]) if ta else a[-2:]
+        n = b[-2] if tb else b[-1]
+        total += 2.0 * batch * m * k * n
     return total
 
 
@@ -175,7 +196,7 @@ def floor_step(gemms, xp):
     for _, (a, ta), (b, tb) in gemms:
         A = xp.asarray(gen.standard_normal(a).astype(np.float32))
         B = xp.asarray(gen.standard_normal(b).astype(np.float32))
-        ops.append((A.T if ta else A, B.T if tb else B))
+        ops.append((A.swapaxes(-1, -2) if ta else A, B.swapaxes(-1, -2) if tb else B))
 
     def step():
         for A, B in ops:
@@ -417,9 +438,12 @@ def blas_threads():
 # ---------------------------------------------------------------------------------------------
 
 CATEGORIES = [  # (category, predicate on (file, function)) -- first match wins
-    ("gemm (+bias add)", lambda f, fn: f.endswith(("layers/dense.py", "layers/conv.py", "layers/deconv.py"))
-     and fn not in ("to_rows", "weight_matrix", "weight_from_matrix", "_check")),
-    ("im2col/col2im", lambda f, fn: f.endswith("layers/im2col.py")),
+    ("gemm (+bias add)", lambda f, fn: f.endswith(("layers/dense.py", "layers/conv.py", "layers/deconv.py",
+                                                    "layers/winograd.py"))
+     and fn not in ("to_rows", "weight_matrix", "weight_from_matrix", "_check", "weight_transform",
+                    "weight_transform_adj")),
+    ("im2col/col2im, Winograd transforms", lambda f, fn: f.endswith(("layers/im2col.py", "kernels/im2col.py",
+                                                                      "kernels/winograd.py", "layers/winograd.py"))),
     ("kernels reparam/KL", lambda f, fn: "kernels/reparam.py" in f or "kernels/gauss_kl.py" in f
      or "kernels/_dispatch.py" in f),
     ("optimiser", lambda f, fn: "kernels/adam.py" in f or f.endswith("jmvae_cupy/optim.py")),

@@ -352,21 +352,31 @@ def _adam():
 # Convolution stack (registered only when the modules exist)
 # --------------------------------------------------------------------------------------------
 
+def _strided_check(module, name, seed, x_shape, W_shape, b_shape, stride, pad, method):
+    """conv2d or deconv2d (``name``) of ``module``: <forward(x, W, b), dy> against its backward."""
+    forward, backward = getattr(module, f"{name}_forward"), getattr(module, f"{name}_backward")
+    r = _rng(seed)
+    x, W, b = _randn(r, x_shape), _randn(r, W_shape, 0.5), _randn(r, b_shape)
+    dy = _randn(r, forward(x, W, b, stride, pad, method=method)[0].shape)
+
+    def loss():
+        return gradcheck.dot(forward(x, W, b, stride, pad, method=method)[0], dy)
+
+    dx, g = backward(dy, forward(x, W, b, stride, pad, method=method)[1])
+    return _compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
+
+
 if conv is not None:
 
     @register("conv2d", 1e-7, "x (2,3,7,6) * W (4,3,3,2), stride (2,1), pad (1,0), bias",
               covers=("jmvae_cupy.layers.conv.conv2d_backward",))
     def _conv2d():
-        r = _rng(30)
-        x, W, b = _randn(r, (2, 3, 7, 6)), _randn(r, (4, 3, 3, 2), 0.5), _randn(r, (4,))
-        stride, pad = (2, 1), (1, 0)
-        dy = _randn(r, conv.conv2d_forward(x, W, b, stride, pad)[0].shape)
+        return _strided_check(conv, "conv2d", 30, (2, 3, 7, 6), (4, 3, 3, 2), (4,), (2, 1), (1, 0), "im2col")
 
-        def loss():
-            return gradcheck.dot(conv.conv2d_forward(x, W, b, stride, pad)[0], dy)
-
-        dx, g = conv.conv2d_backward(dy, conv.conv2d_forward(x, W, b, stride, pad)[1])
-        return _compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
+    @register("conv2d_winograd", 1e-7, "x (2,5,8,12) * W (6,5,4,4), stride 2, pad 1, bias, Winograd F(2x2, 2x2)",
+              covers=("jmvae_cupy.layers.conv.conv2d_backward",))
+    def _conv2d_winograd():
+        return _strided_check(conv, "conv2d", 32, (2, 5, 8, 12), (6, 5, 4, 4), (6,), 2, 1, "winograd")
 
 
 if deconv is not None:
@@ -374,16 +384,12 @@ if deconv is not None:
     @register("deconv2d", 1e-7, "x (2,3,4,5) transposed-conv W (3,2,3,4), stride 2, pad (1,2), bias",
               covers=("jmvae_cupy.layers.deconv.deconv2d_backward",))
     def _deconv2d():
-        r = _rng(31)
-        x, W, b = _randn(r, (2, 3, 4, 5)), _randn(r, (3, 2, 3, 4), 0.5), _randn(r, (2,))
-        stride, pad = 2, (1, 2)
-        dy = _randn(r, deconv.deconv2d_forward(x, W, b, stride, pad)[0].shape)
+        return _strided_check(deconv, "deconv2d", 31, (2, 3, 4, 5), (3, 2, 3, 4), (2,), 2, (1, 2), "im2col")
 
-        def loss():
-            return gradcheck.dot(deconv.deconv2d_forward(x, W, b, stride, pad)[0], dy)
-
-        dx, g = deconv.deconv2d_backward(dy, deconv.deconv2d_forward(x, W, b, stride, pad)[1])
-        return _compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
+    @register("deconv2d_winograd", 1e-7, "x (2,6,4,2) transposed-conv W (6,5,4,4), stride 2, pad 1, bias, "
+              "Winograd F(2x2, 2x2)", covers=("jmvae_cupy.layers.deconv.deconv2d_backward",))
+    def _deconv2d_winograd():
+        return _strided_check(deconv, "deconv2d", 33, (2, 6, 4, 2), (6, 5, 4, 4), (5,), 2, 1, "winograd")
 
 
 def _batchnorm_check(x, train, seed):

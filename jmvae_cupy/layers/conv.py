@@ -25,8 +25,11 @@ Derivation: docs/derivations/conv.md.  Checked by tests/layers/test_conv.py.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..backend import get_array_module
 from ..kernels.bias_relu import bias_relu_backward, bias_relu_forward
+from . import winograd
 from .im2col import SMALL_C, col2im, conv_outsize, deconv_outsize, im2col, pair
 
 
@@ -69,6 +72,46 @@ def weight_from_matrix(Wm, shape):
     xp = get_array_module(Wm)
     A, B, KH, KW = shape
     return xp.ascontiguousarray(Wm.reshape(A, KH, KW, B).transpose(0, 3, 1, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# The method: im2col + one GEMM, or Winograd F(2x2, 2x2) (layers/winograd.py)
+# ---------------------------------------------------------------------------------------------
+
+METHODS = ("auto", "im2col", "winograd")
+
+
+class WinogradCache(NamedTuple):
+    """What a Winograd layer keeps for its backward, in place of im2col's ``col``: the transformed
+    correlation input V (9, T, 4B) -- or, in a deconv, the transformed correlation output dM
+    (9, T, A) -- and the transformed kernel U (9, 4B, A)."""
+
+    T: object
+    U: object
+
+
+def use_winograd(h: int, w: int, kh: int, kw: int, stride, pad, b_channels: int, a_channels: int,
+                 method: str = "auto") -> bool:
+    """Whether a correlation of an (h, w, B) input into A channels runs as Winograd F(2x2, 2x2).
+
+    method "im2col": never; "winograd": always (a ConvShapeError where the geometry does not
+    allow it: layers/winograd.applies); "auto": where it applies and was measured faster on a
+    CPU (layers/winograd.pays: both channel counts >= 16 and the input at least 16 x 16, e.g. the
+    paper's 32x32x64 -> 16x16x128 conv: python bench/micro.py winograd).
+    A conv and the deconv with the same kernel decide alike (the deconv's correlation runs from
+    its output to its input), so deconv backward-data is still exactly conv forward.
+    """
+    if method not in METHODS:
+        raise ConvShapeError(f"conv method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "im2col":
+        return False
+    ok = winograd.applies(h, w, kh, kw, stride, pad)
+    if method == "winograd":
+        if not ok:
+            raise ConvShapeError(f"winograd: needs a 4x4 kernel, stride 2, padding 1, sides multiples of 4; "
+                                 f"got a {kh}x{kw} kernel, stride {tuple(stride)}, padding {tuple(pad)}, {h}x{w}")
+        return True
+    return ok and winograd.pays(h, w, b_channels, a_channels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,23 +238,31 @@ def _check(x, W, b, stride, pad):
         raise ConvShapeError(f"conv2d: a {KH}x{KW} kernel does not fit a {x.shape[2]}x{x.shape[3]} input")
 
 
-def conv2d_forward(x, W, b=None, stride=1, pad=0, relu: bool = False):
+def conv2d_forward(x, W, b=None, stride=1, pad=0, relu: bool = False, method: str = "auto"):
     """y = conv(x, W) + b, or with relu=True y = max(conv(x, W) + b, 0).
 
     x: (N, C_in, H, W); W: (C_out, C_in, KH, KW); b: (C_out,) or None (no bias);
     stride, pad: int or (sy, sx), (ph, pw) (zero padding).  relu=True (needs b): the bias and the
     ReLU run as one pass over the GEMM output (kernels/bias_relu.py), as the paper's CkR layers.
+    method: "auto", "im2col" or "winograd" (:func:`use_winograd`).
     Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8
     channels) -- and the cache (col, Wm, x.shape, W.shape, stride, pad, has_bias, y_rows if relu
-    else None) that backward needs.
+    else None) that backward needs; a Winograd layer keeps a :class:`WinogradCache` (V, U) in
+    place of col and None in place of Wm.
     """
     stride, pad = pair(stride), pair(pad)
     _check(x, W, b, stride, pad)
     if relu and b is None:
         raise ConvShapeError("conv2d: relu=True fuses the bias and the ReLU, it needs a bias b")
-    C_out, _, KH, KW = W.shape
-    Wm = weight_matrix(W)  # (C_out, KH*KW*C_in)
-    y_rows, col, (N, OH, OW) = correlate(to_nhwc(x), Wm, KH, KW, stride, pad)  # (M, C_out)
+    C_out, C_in, KH, KW = W.shape
+    if use_winograd(x.shape[2], x.shape[3], KH, KW, stride, pad, C_in, C_out, method):
+        U = winograd.weight_transform(W)  # (9, 4 C_in, C_out)
+        y4, V = winograd.correlate(to_nhwc(x), U)  # (N, OH, OW, C_out), (9, T, 4 C_in)
+        N, OH, OW = y4.shape[:3]
+        y_rows, col, Wm = y4.reshape(N * OH * OW, C_out), WinogradCache(V, U), None
+    else:
+        Wm = weight_matrix(W)  # (C_out, KH*KW*C_in)
+        y_rows, col, (N, OH, OW) = correlate(to_nhwc(x), Wm, KH, KW, stride, pad)  # (M, C_out)
     if relu:
         bias_relu_forward(y_rows, b)  # y_rows <- max(y_rows + b, 0), in place
     elif b is not None:
@@ -228,12 +279,15 @@ def conv2d_backward(dy, cache):
 
     Returns (dx, {"W": dW, "b": db}) ("b" only when the forward had a bias).
     """
-    _, Wm, x_shape, W_shape, stride, pad, _, _ = cache
+    col, Wm, x_shape, W_shape, stride, pad, _, _ = cache
     N, _, H, W = x_shape
     _, _, KH, KW = W_shape
     OH, OW = dy.shape[2:]
-    dy_rows, grads = _param_grads(dy, cache)  # (M, C_out)
-    dx = correlate_transpose(dy_rows, Wm, (N, OH, OW), (H, W), KH, KW, stride, pad)  # (N, H, W, C_in)
+    dy_rows, grads, dM = _param_grads(dy, cache)  # (M, C_out)
+    if dM is not None:  # Winograd: dx = B (dM U^T) B^T
+        dx = winograd.correlate_transpose(dM, col.U, N, H, W)  # (N, H, W, C_in)
+    else:
+        dx = correlate_transpose(dy_rows, Wm, (N, OH, OW), (H, W), KH, KW, stride, pad)  # (N, H, W, C_in)
     return to_nchw(dx), grads
 
 
@@ -244,17 +298,24 @@ def conv2d_param_grads(dy, cache):
 
 
 def _param_grads(dy, cache):
-    """dY (M, C_out) -- masked by the fused ReLU if any -- and {"W": dY^T col, "b": sum_rows dY}."""
+    """dY (M, C_out) -- masked by the fused ReLU if any --, {"W": dY^T col, "b": sum_rows dY}, and
+    for a Winograd layer dM = A dY A^T (9, T, C_out), which dx needs too (else None)."""
     col, _, _, W_shape, _, _, has_bias, y_relu = cache
     dy_rows = to_rows(dy)  # (M, C_out)
     if y_relu is not None:
         dy_rows, db = bias_relu_backward(dy_rows, y_relu)  # dY [y > 0] and its column sums, one pass
     elif has_bias:
         db = dy_rows.sum(axis=0)  # (C_out,)
-    grads = {"W": weight_from_matrix(dy_rows.T @ col, W_shape)}  # (C_out, C_in, KH, KW)
+    dM = None
+    if isinstance(col, WinogradCache):  # dW = G^T (V^T dM) G
+        N, _, OH, OW = dy.shape
+        dM = winograd.wino_output_adj(dy_rows.reshape(N, OH, OW, -1))
+        grads = {"W": winograd.weight_grad(col.T, dM, W_shape)}
+    else:
+        grads = {"W": weight_from_matrix(dy_rows.T @ col, W_shape)}  # (C_out, C_in, KH, KW)
     if has_bias:
         grads["b"] = db
-    return dy_rows, grads
+    return dy_rows, grads, dM
 
 
 def conv2d_init(rng, c_in: int, c_out: int, kh: int, kw: int, dtype, xp, bias: bool = True):

@@ -21,14 +21,17 @@ Derivation: docs/derivations/deconv.md.  Checked by tests/layers/test_conv_trans
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import winograd
 from .conv import (
     ConvShapeError,
+    WinogradCache,
     _pad_nchw,
     correlate,
     correlate_transpose,
     to_nchw,
     to_nhwc,
     to_rows,
+    use_winograd,
     weight_from_matrix,
     weight_matrix,
 )
@@ -50,43 +53,58 @@ def _check(x, W, b, stride, pad):
         raise ConvShapeError(f"deconv2d: padding {pad} crops away the whole output")
 
 
-def deconv2d_forward(x, W, b=None, stride=1, pad=0):
+def deconv2d_forward(x, W, b=None, stride=1, pad=0, method: str = "auto"):
     """y = conv_transpose(x, W) + b.
 
     x: (N, C_in, H, W); W: (C_in, C_out, KH, KW); b: (C_out,) or None;
     stride, pad: int or (sy, sx), (ph, pw) (pad = rows / columns cropped from each border).
+    method: "auto", "im2col" or "winograd", decided for the correlation y -> x that this layer
+    is the adjoint of (conv.use_winograd: the conv with this kernel decides alike).
     Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8
     channels) -- and the cache (x_rows, Wm, x.shape, W.shape, stride, pad, has_bias) that
-    backward needs.
+    backward needs; a Winograd layer keeps a conv.WinogradCache (dM = A x A^T, U) in place of
+    x_rows and None in place of Wm.
     """
     stride, pad = pair(stride), pair(pad)
     _check(x, W, b, stride, pad)
-    N, _, H, Wd = x.shape
+    N, C_in, H, Wd = x.shape
     _, C_out, KH, KW = W.shape
     OH, OW = deconv_outsize(H, KH, stride[0], pad[0]), deconv_outsize(Wd, KW, stride[1], pad[1])
-    x_rows = to_rows(x)  # (N*H*W, C_in)
-    Wm = weight_matrix(W)  # (C_in, KH*KW*C_out)
-    y = correlate_transpose(x_rows, Wm, (N, H, Wd), (OH, OW), KH, KW, stride, pad)  # (N, OH, OW, C_out)
+    if use_winograd(OH, OW, KH, KW, stride, pad, C_out, C_in, method):
+        U = winograd.weight_transform(W)  # (9, 4 C_out, C_in)
+        dM = winograd.wino_output_adj(to_nhwc(x))  # (9, T, C_in)
+        y = winograd.correlate_transpose(dM, U, N, OH, OW)  # (N, OH, OW, C_out): B (dM U^T) B^T
+        first, Wm = WinogradCache(dM, U), None
+    else:
+        first = to_rows(x)  # (N*H*W, C_in)
+        Wm = weight_matrix(W)  # (C_in, KH*KW*C_out)
+        y = correlate_transpose(first, Wm, (N, H, Wd), (OH, OW), KH, KW, stride, pad)  # (N, OH, OW, C_out)
     if b is not None:
         y += b
-    return to_nchw(y), (x_rows, Wm, x.shape, W.shape, stride, pad, b is not None)
+    return to_nchw(y), (first, Wm, x.shape, W.shape, stride, pad, b is not None)
 
 
 def deconv2d_backward(dy, cache):
     """Closed form, with X (N*H*W, C_in) the input pixels as rows and dcol = im2col(dy)
     (N*H*W, KH*KW*C_out):  dx = dcol Wm^T (N, C_in, H, W) -- a convolution of dy with W;
     dW = X^T dcol (C_in, C_out, KH, KW after reshaping); db = sum_{n,h,w} dy (C_out,).
+    Winograd (layers/winograd.py): V = B^T dy B, dx = A^T (V U) A, dW = G^T (V^T dM) G.
 
     Returns (dx, {"W": dW, "b": db}) ("b" only when the forward had a bias).
     """
-    x_rows, Wm, x_shape, W_shape, stride, pad, has_bias = cache
+    first, Wm, x_shape, W_shape, stride, pad, has_bias = cache
     N, C_in, H, Wd = x_shape
     _, _, KH, KW = W_shape
-    dx_rows, dcol, _ = correlate(to_nhwc(dy), Wm, KH, KW, stride, pad)  # (N*H*W, C_in), (N*H*W, K)
-    grads = {"W": weight_from_matrix(x_rows.T @ dcol, W_shape)}  # (C_in, C_out, KH, KW)
+    if isinstance(first, WinogradCache):
+        dx, V = winograd.correlate(to_nhwc(dy), first.U)  # (N, H, W, C_in), (9, T, 4 C_out)
+        grads = {"W": winograd.weight_grad(V, first.T, W_shape)}
+    else:
+        dx_rows, dcol, _ = correlate(to_nhwc(dy), Wm, KH, KW, stride, pad)  # (N*H*W, C_in), (N*H*W, K)
+        grads = {"W": weight_from_matrix(first.T @ dcol, W_shape)}  # (C_in, C_out, KH, KW)
+        dx = dx_rows.reshape(N, H, Wd, C_in)
     if has_bias:
         grads["b"] = dy.sum(axis=(0, 2, 3))  # (C_out,)
-    return to_nchw(dx_rows.reshape(N, H, Wd, C_in)), grads
+    return to_nchw(dx), grads
 
 
 def deconv2d_init(rng, c_in: int, c_out: int, kh: int, kw: int, dtype, xp, bias: bool = True):

@@ -1,0 +1,322 @@
+"""The four data transforms of the Winograd convolution F(2x2, 2x2) on the sub-pixel (space-to-
+depth) view of a 4x4, stride-2, pad-1 convolution, as parallel Numba CPU kernels, with their
+plain-xp references (the oracles of the tests, and what runs on CuPy).
+
+The layer-level algebra (why these transforms compute the convolution, the weight transform and
+the GEMMs between them) is in jmvae_cupy/layers/winograd.py and docs/derivations/winograd.md.
+Here only the data movement, channels-last, with B input and A output channels of the
+correlation, T = N * TH * TW tiles of 2x2 outputs, TH = H / 4, TW = W / 4:
+
+* ``wino_input(x) -> V`` (9, T, 4B): x (N, H, W, B) -> every tile's 3x3 window of the space-to-
+  depth image S, transformed by B^T . B along both axes (rows: d0 - d1, d1, d2 - d1).
+  S[n, i, j, (r, q, b)] = xpad[n, 2i + r, 2j + q, b], xpad = x zero-padded by 1; the window of
+  tile (t, s) is S rows 2t .. 2t + 2, columns 2s .. 2s + 2.
+  V[3 alpha + beta, (n, t, s), (r, q, b)].
+* ``wino_input_adj(dV, h, w) -> dx`` (N, h, w, B): the adjoint of wino_input (B . B^T, the
+  overlapping windows summed back, the padding dropped).
+* ``wino_output(M, n, oh, ow) -> y`` (N, OH, OW, A): M (9, T, A) -> every tile's 2x2 outputs,
+  A^T . A along both axes (rows: m0 + m1, m1 + m2).
+* ``wino_output_adj(dy) -> dM`` (9, T, A): the adjoint of wino_output (rows: dy0, dy0 + dy1, dy1).
+
+Every output element has one writer (no races); the kernels only add and subtract, in the order
+of the references, so the twins and the references agree exactly (the tests check equality).
+Inputs of any layout (the conv layers pass NCHW arrays seen as NHWC); outputs C-contiguous.
+Checked by tests/kernels/test_winograd.py.
+"""
+
+from __future__ import annotations
+
+import numba
+
+from jmvae_cupy.backend import get_array_module, is_gpu_array
+
+from ._dispatch import FLOAT_DTYPES, KernelArgumentError
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def _checked(where, a, ndim):
+    if not (hasattr(a, "dtype") and hasattr(a, "shape")):
+        raise KernelArgumentError(f"{where}: expected a NumPy or CuPy array, got {type(a).__name__}")
+    if a.ndim != ndim or a.dtype not in FLOAT_DTYPES:
+        raise KernelArgumentError(f"{where}: expected a {ndim}-D float32/float64 array, got {a.shape} {a.dtype}")
+    return get_array_module(a)
+
+
+def _tiles(where, h, w):
+    if h % 4 or w % 4 or h < 4 or w < 4:
+        raise KernelArgumentError(f"{where}: the image is {h}x{w}; F(2x2, 2x2) of a stride-2 conv needs "
+                                  "both sides a positive multiple of 4")
+    return h // 4, w // 4
+
+
+def wino_input(x):
+    """V (9, N*TH*TW, 4B) from x (N, H, W, B), H and W multiples of 4 (see the module docstring)."""
+    xp = _checked("wino_input", x, 4)
+    N, H, W, B = x.shape
+    TH, TW = _tiles("wino_input", H, W)
+    if is_gpu_array(x):  # CuPy: the reference (each of its array operations is a GPU kernel)
+        return wino_input_ref(x)
+    V = xp.empty((3, 3, N, TH, TW, 2, 2, B), dtype=x.dtype)
+    _input_cpu(x, V)
+    return V.reshape(9, N * TH * TW, 4 * B)
+
+
+def wino_input_adj(dV, n: int, h: int, w: int):
+    """dx (n, h, w, B) from dV (9, n*TH*TW, 4B): the adjoint of :func:`wino_input`."""
+    xp = _checked("wino_input_adj", dV, 3)
+    TH, TW = _tiles("wino_input_adj", h, w)
+    if dV.shape[0] != 9 or dV.shape[1] != n * TH * TW or dV.shape[2] % 4:
+        raise KernelArgumentError(f"wino_input_adj: dV is {dV.shape}, expected (9, {n * TH * TW}, 4B)")
+    B = dV.shape[2] // 4
+    if is_gpu_array(dV):
+        return wino_input_adj_ref(dV, n, h, w)
+    dx = xp.empty((n, h, w, B), dtype=dV.dtype)
+    _input_adj_cpu(xp.ascontiguousarray(dV).reshape(3, 3, n, TH, TW, 2, 2, B), dx)
+    return dx
+
+
+def wino_output(M, n: int, oh: int, ow: int):
+    """y (n, oh, ow, A) from M (9, n*(oh/2)*(ow/2), A): every tile's A^T . A (oh, ow even)."""
+    xp = _checked("wino_output", M, 3)
+    if oh % 2 or ow % 2 or M.shape[0] != 9 or M.shape[1] != n * (oh // 2) * (ow // 2):
+        raise KernelArgumentError(f"wino_output: M is {M.shape}, expected (9, {n * (oh // 2) * (ow // 2)}, A) "
+                                  f"for {oh}x{ow} outputs (even sides)")
+    if is_gpu_array(M):
+        return wino_output_ref(M, n, oh, ow)
+    A = M.shape[2]
+    y = xp.empty((n, oh, ow, A), dtype=M.dtype)
+    _output_cpu(xp.ascontiguousarray(M).reshape(3, 3, n, oh // 2, ow // 2, A), y, False)
+    return y
+
+
+def wino_output_adj(dy):
+    """dM (9, N*(OH/2)*(OW/2), A) from dy (N, OH, OW, A): the adjoint of :func:`wino_output`."""
+    xp = _checked("wino_output_adj", dy, 4)
+    N, OH, OW, A = dy.shape
+    if OH % 2 or OW % 2:
+        raise KernelArgumentError(f"wino_output_adj: {OH}x{OW} outputs, both sides must be even")
+    if is_gpu_array(dy):
+        return wino_output_adj_ref(dy)
+    dM = xp.empty((3, 3, N, OH // 2, OW // 2, A), dtype=dy.dtype)
+    _output_cpu(dM, dy, True)
+    return dM.reshape(9, N * (OH // 2) * (OW // 2), A)
+
+
+# --------------------------------------------------------------------------------------------
+# Plain-xp references: strided slices of the padded, space-to-depth image
+# --------------------------------------------------------------------------------------------
+
+
+def _rows3(d0, d1, d2):
+    """B^T along one axis: the 3 window rows d0, d1, d2 -> (d0 - d1, d1, d2 - d1)."""
+    return (d0 - d1, d1, d2 - d1)
+
+
+def wino_input_ref(x):
+    xp = get_array_module(x)
+    N, H, W, B = x.shape
+    TH, TW = H // 4, W // 4
+    xpad = xp.zeros((N, H + 2, W + 2, B), dtype=x.dtype)
+    xpad[:, 1:H + 1, 1:W + 1] = x
+    S = xpad.reshape(N, H // 2 + 1, 2, W // 2 + 1, 2, B)  # S[n, i, r, j, q, b]: a view
+    V = xp.empty((3, 3, N, TH, TW, 2, 2, B), dtype=x.dtype)
+    R = _rows3(*(S[:, u:u + 2 * TH:2] for u in range(3)))  # (N, TH, r, 2TW+1, q, B) each
+    for a in range(3):
+        cols = _rows3(*(R[a][:, :, :, v:v + 2 * TW:2] for v in range(3)))  # (N, TH, r, TW, q, B)
+        for b in range(3):
+            V[a, b] = cols[b].transpose(0, 1, 3, 2, 4, 5)
+    return V.reshape(9, N * TH * TW, 4 * B)
+
+
+def wino_input_adj_ref(dV, n, h, w):
+    xp = get_array_module(dV)
+    TH, TW = h // 4, w // 4
+    B = dV.shape[2] // 4
+    dV = dV.reshape(3, 3, n, TH, TW, 2, 2, B).transpose(0, 1, 2, 3, 5, 4, 6, 7)  # [a, b, n, t, r, s, q, c]
+    dS = xp.zeros((n, h // 2 + 1, 2, w // 2 + 1, 2, B), dtype=dV.dtype)  # [n, i, r, j, q, c]
+
+    def adj3(v0, v1, v2):  # the adjoint of _rows3: window rows u = 0, 1, 2
+        return (v0, v1 - v0 - v2, v2)
+
+    rows = [adj3(*(dV[a, b] for a in range(3))) for b in range(3)]  # rows[b][u]: (n, t, r, s, q, c)
+    for u in range(3):
+        win = adj3(rows[0][u], rows[1][u], rows[2][u])  # win[v]: (n, t, r, s, q, c)
+        for v in range(3):
+            dS[:, u:u + 2 * TH:2, :, v:v + 2 * TW:2] += win[v]
+    return dS.reshape(n, h + 2, w + 2, B)[:, 1:h + 1, 1:w + 1].copy()
+
+
+def wino_output_ref(M, n, oh, ow):
+    xp = get_array_module(M)
+    A = M.shape[2]
+    TH, TW = oh // 2, ow // 2
+    M = M.reshape(3, 3, n, TH, TW, A)
+    y = xp.empty((n, TH, 2, TW, 2, A), dtype=M.dtype)
+    for i, rows in enumerate((M[0] + M[1], M[1] + M[2])):  # A^T along the rows: (3, n, TH, TW, A)
+        y[:, :, i, :, 0] = rows[0] + rows[1]
+        y[:, :, i, :, 1] = rows[1] + rows[2]
+    return y.reshape(n, oh, ow, A)
+
+
+def wino_output_adj_ref(dy):
+    xp = get_array_module(dy)
+    N, OH, OW, A = dy.shape
+    TH, TW = OH // 2, OW // 2
+    t = dy.reshape(N, TH, 2, TW, 2, A)
+    dM = xp.empty((3, 3, N, TH, TW, A), dtype=dy.dtype)
+    for a, rows in enumerate((t[:, :, 0], t[:, :, 0] + t[:, :, 1], t[:, :, 1])):  # (N, TH, TW, 2, A)
+        dM[a, 0] = rows[:, :, :, 0]
+        dM[a, 1] = rows[:, :, :, 0] + rows[:, :, :, 1]
+        dM[a, 2] = rows[:, :, :, 1]
+    return dM.reshape(9, N * TH * TW, A)
+
+
+# --------------------------------------------------------------------------------------------
+# Numba CPU kernels: prange over (image, tile row) or (image, pixel row); inner loop along the
+# channels (contiguous).  The arithmetic is the references', term for term.
+# --------------------------------------------------------------------------------------------
+
+
+@numba.njit(inline="always")
+def _adj3(v0, v1, v2, u):
+    """Component u of the adjoint of _rows3: (v0, v1 - v0 - v2, v2)[u]."""
+    if u == 0:
+        return v0
+    if u == 1:
+        return v1 - v0 - v2
+    return v2
+
+
+@numba.njit(inline="always")
+def _adj3_rows(dV, b, n, t, s, r, q, c, u):
+    """Component u of the adjoint along the rows (index a) of window column b of dV."""
+    return _adj3(dV[0, b, n, t, s, r, q, c], dV[1, b, n, t, s, r, q, c], dV[2, b, n, t, s, r, q, c], u)
+
+
+@numba.njit(inline="always")
+def _load(x, n, hh, ww, c, inside, zero):
+    return x[n, hh, ww, c] if inside else zero
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _input_cpu(x, V):
+    N, H, W, B = x.shape
+    TH, TW = V.shape[3], V.shape[4]
+    zero = x.dtype.type(0)
+    for nt in numba.prange(N * TH):
+        n = nt // TH
+        t = nt - n * TH
+        for s in range(TW):
+            for r in range(2):
+                h0, h1, h2 = 4 * t + r - 1, 4 * t + r + 1, 4 * t + r + 3  # window rows u = 0, 1, 2
+                a0, a1, a2 = 0 <= h0 < H, 0 <= h1 < H, 0 <= h2 < H
+                for q in range(2):
+                    w0, w1, w2 = 4 * s + q - 1, 4 * s + q + 1, 4 * s + q + 3
+                    b0, b1, b2 = 0 <= w0 < W, 0 <= w1 < W, 0 <= w2 < W
+                    for c in range(B):
+                        d00 = _load(x, n, h0, w0, c, a0 and b0, zero)
+                        d01 = _load(x, n, h0, w1, c, a0 and b1, zero)
+                        d02 = _load(x, n, h0, w2, c, a0 and b2, zero)
+                        d10 = _load(x, n, h1, w0, c, a1 and b0, zero)
+                        d11 = _load(x, n, h1, w1, c, a1 and b1, zero)
+                        d12 = _load(x, n, h1, w2, c, a1 and b2, zero)
+                        d20 = _load(x, n, h2, w0, c, a2 and b0, zero)
+                        d21 = _load(x, n, h2, w1, c, a2 and b1, zero)
+                        d22 = _load(x, n, h2, w2, c, a2 and b2, zero)
+                        # rows: (d0 - d1, d1, d2 - d1), for each window column
+                        r00, r01, r02 = d00 - d10, d01 - d11, d02 - d12
+                        r20, r21, r22 = d20 - d10, d21 - d11, d22 - d12
+                        # columns, the same, for each row a
+                        V[0, 0, n, t, s, r, q, c] = r00 - r01
+                        V[0, 1, n, t, s, r, q, c] = r01
+                        V[0, 2, n, t, s, r, q, c] = r02 - r01
+                        V[1, 0, n, t, s, r, q, c] = d10 - d11
+                        V[1, 1, n, t, s, r, q, c] = d11
+                        V[1, 2, n, t, s, r, q, c] = d12 - d11
+                        V[2, 0, n, t, s, r, q, c] = r20 - r21
+                        V[2, 1, n, t, s, r, q, c] = r21
+                        V[2, 2, n, t, s, r, q, c] = r22 - r21
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _input_adj_cpu(dV, dx):
+    N, H, W, B = dx.shape
+    TH, TW = dV.shape[3], dV.shape[4]
+    for nh in numba.prange(N * H):
+        n, h = nh // H, nh % H
+        i, r = (h + 1) // 2, (h + 1) % 2  # S row i, phase r
+        for w in range(W):
+            j, q = (w + 1) // 2, (w + 1) % 2
+            for c in range(B):
+                dx[n, h, w, c] = 0  # (the sums below start from 0, as the reference's)
+            # the windows that hold S[i, j]: (t, u) with 2t + u = i, (s, v) with 2s + v = j, in
+            # the reference's order (u outer, v inner)
+            for u in range(3):
+                t2 = i - u
+                if t2 < 0 or t2 % 2 != 0 or t2 // 2 >= TH:
+                    continue
+                t = t2 // 2
+                for v in range(3):
+                    s2 = j - v
+                    if s2 < 0 or s2 % 2 != 0 or s2 // 2 >= TW:
+                        continue
+                    s = s2 // 2
+                    for c in range(B):
+                        # adj3 along the rows (index a) for each column b, then along the columns
+                        k0 = _adj3_rows(dV, 0, n, t, s, r, q, c, u)
+                        k1 = _adj3_rows(dV, 1, n, t, s, r, q, c, u)
+                        k2 = _adj3_rows(dV, 2, n, t, s, r, q, c, u)
+                        dx[n, h, w, c] += _adj3(k0, k1, k2, v)
+
+
+@numba.njit(inline="always")
+def _output_tile(M, y, n, t, s, c):
+    """y's 2x2 outputs of tile (n, t, s), channel c: A^T M A."""
+    p00 = M[0, 0, n, t, s, c] + M[1, 0, n, t, s, c]  # rows: (m0 + m1, m1 + m2)
+    p01 = M[0, 1, n, t, s, c] + M[1, 1, n, t, s, c]
+    p02 = M[0, 2, n, t, s, c] + M[1, 2, n, t, s, c]
+    p10 = M[1, 0, n, t, s, c] + M[2, 0, n, t, s, c]
+    p11 = M[1, 1, n, t, s, c] + M[2, 1, n, t, s, c]
+    p12 = M[1, 2, n, t, s, c] + M[2, 2, n, t, s, c]
+    y[n, 2 * t, 2 * s, c] = p00 + p01  # columns, the same
+    y[n, 2 * t, 2 * s + 1, c] = p01 + p02
+    y[n, 2 * t + 1, 2 * s, c] = p10 + p11
+    y[n, 2 * t + 1, 2 * s + 1, c] = p11 + p12
+
+
+@numba.njit(inline="always")
+def _output_adj_tile(dy, dM, n, t, s, c):
+    """dM (3x3) of tile (n, t, s), channel c, from dy's 2x2 outputs: A dy A^T."""
+    y00 = dy[n, 2 * t, 2 * s, c]
+    y01 = dy[n, 2 * t, 2 * s + 1, c]
+    y10 = dy[n, 2 * t + 1, 2 * s, c]
+    y11 = dy[n, 2 * t + 1, 2 * s + 1, c]
+    s0, s1 = y00 + y10, y01 + y11  # rows: (dy0, dy0 + dy1, dy1), per column
+    dM[0, 0, n, t, s, c] = y00  # columns, the same
+    dM[0, 1, n, t, s, c] = y00 + y01
+    dM[0, 2, n, t, s, c] = y01
+    dM[1, 0, n, t, s, c] = s0
+    dM[1, 1, n, t, s, c] = s0 + s1
+    dM[1, 2, n, t, s, c] = s1
+    dM[2, 0, n, t, s, c] = y10
+    dM[2, 1, n, t, s, c] = y10 + y11
+    dM[2, 2, n, t, s, c] = y11
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _output_cpu(M, y, adjoint):
+    """adjoint False: y (N, OH, OW, A) <- A^T M A; True: M (3, 3, N, TH, TW, A) <- A y A^T."""
+    TH, TW, A = M.shape[3], M.shape[4], M.shape[5]
+    N = y.shape[0]
+    for nt in numba.prange(N * TH):
+        n = nt // TH
+        t = nt - n * TH
+        for s in range(TW):
+            for c in range(A):
+                if adjoint:
+                    _output_adj_tile(y, M, n, t, s, c)
+                else:
+                    _output_tile(M, y, n, t, s, c)
