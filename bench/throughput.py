@@ -107,9 +107,10 @@ def gemm_list(model, n: int) -> list:
     K = KH*KW*C_out: X@Wm, dcol@Wm.T, X.T@dcol;  GaussianHead: a dense layer D_in -> 2 D_z.
     A conv or deconv layer that runs as Winograd F(2x2, 2x2) (``conv.use_winograd``, as the
     layers decide) does 9 GEMMs per product instead, batched: with T = N * tiles, B and A the
-    channels of its correlation's input and output: V@U (9, T, 4B) x (9, 4B, A), V.T@dM and
-    dM@U.T.  The input gradient of a component in ``model.data_inputs`` is not computed (its
-    input is data), so its first layer has no dx product.
+    channels of its correlation's input and output: V@U (9, T, 4B) x (9, 4B, A), dM.T@V and
+    dM@U.T (U stored transposed, (9, A, 4B), as the layers keep it).  The input gradient of a
+    component in ``model.data_inputs`` is not computed (its input is data), so its first layer has
+    no dx product.
     """
     from jmvae_cupy.layers.conv import use_winograd
     from jmvae_cupy.layers.im2col import conv_outsize, deconv_outsize
@@ -127,10 +128,10 @@ def gemm_list(model, n: int) -> list:
 
     def winograd(name, t, b, a, need_dx, deconv):
         """The 9-fold batched products of a Winograd layer (forward / backward roles per ``deconv``)."""
-        fwd = (f"{name} V@U", ((9, t, 4 * b), False), ((9, 4 * b, a), False))
-        adj = (f"{name} dM@U.T", ((9, t, a), False), ((9, 4 * b, a), True))
+        fwd = (f"{name} V@U", ((9, t, 4 * b), False), ((9, a, 4 * b), True))
+        adj = (f"{name} dM@U.T", ((9, t, a), False), ((9, a, 4 * b), False))
         out.extend([adj, fwd] if deconv else [fwd] + ([adj] if need_dx else []))
-        out.append((f"{name} V.T@dM", ((9, t, 4 * b), True), ((9, t, a), False)))
+        out.append((f"{name} dM.T@V", ((9, t, a), True), ((9, t, 4 * b), False)))
 
     for cname, comp in model.components.items():
         if isinstance(comp, GaussianHead):

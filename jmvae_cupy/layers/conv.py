@@ -84,7 +84,7 @@ METHODS = ("auto", "im2col", "winograd")
 class WinogradCache(NamedTuple):
     """What a Winograd layer keeps for its backward, in place of im2col's ``col``: the transformed
     correlation input V (9, T, 4B) -- or, in a deconv, the transformed correlation output dM
-    (9, T, A) -- and the transformed kernel U (9, 4B, A)."""
+    (9, T, A) -- and the transformed kernel, stored transposed: Ut (9, A, 4B)."""
 
     T: object
     U: object
@@ -96,8 +96,8 @@ def use_winograd(h: int, w: int, kh: int, kw: int, stride, pad, b_channels: int,
 
     method "im2col": never; "winograd": always (a ConvShapeError where the geometry does not
     allow it: layers/winograd.applies); "auto": where it applies and was measured faster on a
-    CPU (layers/winograd.pays: both channel counts >= 16 and the input at least 16 x 16, e.g. the
-    paper's 32x32x64 -> 16x16x128 conv: python bench/micro.py winograd).
+    CPU (layers/winograd.pays: both channel counts >= 16 and the input at least 8 x 8: every
+    CelebA conv and deconv but the RGB ones; python bench/micro.py winograd).
     A conv and the deconv with the same kernel decide alike (the deconv's correlation runs from
     its output to its input), so deconv backward-data is still exactly conv forward.
     """
@@ -256,7 +256,7 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, relu: bool = False, method: st
         raise ConvShapeError("conv2d: relu=True fuses the bias and the ReLU, it needs a bias b")
     C_out, C_in, KH, KW = W.shape
     if use_winograd(x.shape[2], x.shape[3], KH, KW, stride, pad, C_in, C_out, method):
-        U = winograd.weight_transform(W)  # (9, 4 C_in, C_out)
+        U = winograd.weight_transform(W)  # (9, C_out, 4 C_in)
         y4, V = winograd.correlate(to_nhwc(x), U)  # (N, OH, OW, C_out), (9, T, 4 C_in)
         N, OH, OW = y4.shape[:3]
         y_rows, col, Wm = y4.reshape(N * OH * OW, C_out), WinogradCache(V, U), None

@@ -71,7 +71,7 @@ def deconv2d_forward(x, W, b=None, stride=1, pad=0, method: str = "auto"):
     _, C_out, KH, KW = W.shape
     OH, OW = deconv_outsize(H, KH, stride[0], pad[0]), deconv_outsize(Wd, KW, stride[1], pad[1])
     if use_winograd(OH, OW, KH, KW, stride, pad, C_out, C_in, method):
-        U = winograd.weight_transform(W)  # (9, 4 C_out, C_in)
+        U = winograd.weight_transform(W)  # (9, C_in, 4 C_out)
         dM = winograd.wino_output_adj(to_nhwc(x))  # (9, T, C_in)
         y = winograd.correlate_transpose(dM, U, N, OH, OW)  # (N, OH, OW, C_out): B (dM U^T) B^T
         first, Wm = WinogradCache(dM, U), None

@@ -20,6 +20,8 @@ Two steps turn the strided convolution into one Winograd can do (docs/derivation
 
        V = B^T d B  (9, T, 4B)     U = G g G^T  (9, 4B, A)     M = V @ U  (9, T, A)     y = A^T M A
 
+   (U is stored transposed, Ut (9, A, 4B), output channel first as in W; BLAS reads it transposed.)
+
    (T = N * OH/2 * OW/2 tiles).  The GEMMs do 9/16 of the work of the im2col GEMM (K = 16B).
 
 The three products of a convolution layer (the transforms are linear, so each adjoint is the
@@ -27,7 +29,7 @@ transposed transform; kernels/winograd.py has the data transforms, this module t
 
     forward        y  = A^T (V @ U) A                      correlate
     input grad     dx = B (dM @ U^T) B^T,  dM = A dy A^T   correlate_transpose
-    weight grad    dW = G^T (V^T @ dM) G                    weight_grad
+    weight grad    dW = G^T (dM^T @ V)^T G                  weight_grad
 
 A transposed convolution (deconv.py) is the same three with the roles of x and y exchanged.
 Exact in exact arithmetic; in floating point the sums run in another order than im2col's, so the
@@ -42,11 +44,12 @@ from ..kernels.winograd import wino_input, wino_input_adj, wino_output, wino_out
 
 # The method "auto" picks Winograd for a correlation whose input and output both have at least
 # MIN_CHANNELS channels and whose input is at least MIN_SIDE on both sides.  Measured on a CPU
-# (python bench/micro.py winograd: N = 64, 1 thread, forward + both gradients): the RGB layers
-# (3 channels: 9 GEMMs with K or N = 12) and the 8x8 layer (T = 256 tiles: 9 small GEMMs) are
-# faster with im2col; the 32x32 and 16x16 layers are faster with Winograd.
+# (python bench/micro.py winograd: N = 64, forward + both gradients): the RGB layers (3 channels:
+# 9 GEMMs with K or N = 12) are faster with im2col; the 32x32, 16x16 and 8x8 layers with
+# Winograd (0.65-0.75x, 0.70-0.85x and 0.90x the time with 1 thread; the 8x8 one breaks even
+# with 2).  A 4x4 input (one tile per image) was not measured, so it keeps im2col.
 MIN_CHANNELS = 16
-MIN_SIDE = 16
+MIN_SIDE = 8
 
 
 def applies(h: int, w: int, kh: int, kw: int, stride, pad) -> bool:
@@ -62,49 +65,52 @@ def pays(h: int, w: int, b_channels: int, a_channels: int) -> bool:
 
 
 def weight_transform(W):
-    """U = G g G^T (9, 4B, A) from a kernel W (A, B, 4, 4) (a conv's (C_out, C_in, ...), a deconv's
-    (C_in, C_out, ...)): row (r, q, b) of U[3 alpha + beta] transforms the taps (2a' + r, 2b' + q)."""
+    """Ut = (G g G^T)^T (9, A, 4B) from a kernel W (A, B, 4, 4) (a conv's (C_out, C_in, ...), a
+    deconv's (C_in, C_out, ...)): column (r, q, b) of Ut[3 alpha + beta] transforms the taps
+    (2a' + r, 2b' + q) of input channel b.  Stored transposed -- U^T, output channel first, as W
+    is -- so that no pass moves the output channel innermost; the GEMMs read it transposed."""
     xp = get_array_module(W)
     A, B = W.shape[:2]
-    Wp = W.reshape(A, B, 2, 2, 2, 2).transpose(2, 4, 3, 5, 1, 0)  # [a', b', r, q, b, a]
-    U = xp.empty((3, 3, 2, 2, B, A), dtype=W.dtype)
-    rows = (Wp[0], Wp[0] + Wp[1], Wp[1])  # G along a': (g0, g0 + g1, g1), each [b', r, q, b, a]
-    for al in range(3):
-        U[al, 0] = rows[al][0]
-        U[al, 1] = rows[al][0] + rows[al][1]
-        U[al, 2] = rows[al][1]
-    return U.reshape(9, 4 * B, A)
+    # [a, a', b', r, q, b]: W's taps split into (a', r) x (b', q); one pass, within each row a
+    Wc = xp.ascontiguousarray(W.reshape(A, B, 2, 2, 2, 2).transpose(0, 2, 4, 3, 5, 1))
+    rows = (Wc[:, 0], Wc[:, 0] + Wc[:, 1], Wc[:, 1])  # G along a': (g0, g0 + g1, g1), each [a, b', r, q, b]
+    Ut = xp.empty((3, 3, A, 2, 2, B), dtype=W.dtype)
+    for al in range(3):  # G along b'
+        Ut[al, 0] = rows[al][:, 0]
+        Ut[al, 1] = rows[al][:, 0] + rows[al][:, 1]
+        Ut[al, 2] = rows[al][:, 1]
+    return Ut.reshape(9, A, 4 * B)
 
 
-def weight_transform_adj(dU, W_shape):
-    """dW (A, B, 4, 4) from dU (9, 4B, A): the adjoint G^T dU G (g0 <- u0 + u1, g1 <- u1 + u2)."""
+def weight_transform_adj(dUt, W_shape):
+    """dW (A, B, 4, 4) from dUt (9, A, 4B): the adjoint G^T dU G (g0 <- u0 + u1, g1 <- u1 + u2)."""
+    xp = get_array_module(dUt)
     A, B = W_shape[:2]
-    t = dU.reshape(3, 3, 2, 2, B, A)
-    cols = (t[:, 0] + t[:, 1], t[:, 1] + t[:, 2])  # along beta -> b' = 0, 1: each [alpha, r, q, b, a]
-    xp = get_array_module(dU)
-    dWp = xp.empty((2, 2, 2, 2, B, A), dtype=dU.dtype)  # [a', b', r, q, b, a]
-    for bp in range(2):
-        dWp[0, bp] = cols[bp][0] + cols[bp][1]
-        dWp[1, bp] = cols[bp][1] + cols[bp][2]
-    return xp.ascontiguousarray(dWp.transpose(5, 4, 0, 2, 1, 3).reshape(A, B, 4, 4))
+    t = dUt.reshape(3, 3, A, 2, 2, B)
+    cols = (t[:, 0] + t[:, 1], t[:, 1] + t[:, 2])  # along beta -> b' = 0, 1: each [alpha, a, r, q, b]
+    dWc = xp.empty((A, 2, 2, 2, 2, B), dtype=dUt.dtype)  # [a, a', b', r, q, b]
+    for bp in range(2):  # along alpha -> a' = 0, 1
+        dWc[:, 0, bp] = cols[bp][0] + cols[bp][1]
+        dWc[:, 1, bp] = cols[bp][1] + cols[bp][2]
+    return xp.ascontiguousarray(dWc.transpose(0, 5, 1, 3, 2, 4)).reshape(A, B, 4, 4)  # [a, b, a', r, b', q]
 
 
-def correlate(x, U):
-    """The forward product: x (N, H, W, B) (a view is fine), U (9, 4B, A) -> y (N, H/2, W/2, A)
-    (C-contiguous) and V (9, T, 4B), which the weight gradient needs."""
+def correlate(x, Ut):
+    """The forward product: x (N, H, W, B) (a view is fine), Ut (9, A, 4B) -> y (N, H/2, W/2, A)
+    (C-contiguous) and V (9, T, 4B), which the weight gradient needs.  M = V U."""
     N, H, W = x.shape[:3]
     V = wino_input(x)
-    return wino_output(V @ U, N, H // 2, W // 2), V
+    return wino_output(V @ Ut.transpose(0, 2, 1), N, H // 2, W // 2), V
 
 
-def correlate_transpose(dM, U, n: int, h: int, w: int):
-    """The adjoint with respect to x: dM (9, T, A) = wino_output_adj(dy) -> dx (n, h, w, B)."""
-    return wino_input_adj(dM @ U.transpose(0, 2, 1), n, h, w)
+def correlate_transpose(dM, Ut, n: int, h: int, w: int):
+    """The adjoint with respect to x: dM (9, T, A) = wino_output_adj(dy) -> dx (n, h, w, B).  dV = dM U^T."""
+    return wino_input_adj(dM @ Ut, n, h, w)
 
 
 def weight_grad(V, dM, W_shape):
-    """The adjoint with respect to W: V (9, T, 4B), dM (9, T, A) -> dW (A, B, 4, 4)."""
-    return weight_transform_adj(V.transpose(0, 2, 1) @ dM, W_shape)
+    """The adjoint with respect to W: V (9, T, 4B), dM (9, T, A) -> dW (A, B, 4, 4).  dU^T = dM^T V."""
+    return weight_transform_adj(dM.transpose(0, 2, 1) @ V, W_shape)
 
 
 __all__ = ["applies", "pays", "weight_transform", "weight_transform_adj", "correlate", "correlate_transpose",

@@ -114,19 +114,20 @@ def test_deconv_backward_data_is_still_exactly_conv_forward(rng):
 
 def test_weight_transform_is_the_adjoint_of_its_partner(rng):
     W = rng.standard_normal((5, 3, 4, 4))
-    dU = rng.standard_normal((9, 12, 5))
+    dU = rng.standard_normal((9, 5, 12))  # (9, A, 4B): U stored transposed
     lhs = np.vdot(winograd.weight_transform(W), dU)
     rhs = np.vdot(W, winograd.weight_transform_adj(dU, W.shape))
     assert abs(lhs - rhs) < 1e-12 * abs(lhs)
 
 
 def test_the_auto_rule():
-    """Winograd where it applies and pays: >= 16 channels both sides, input >= 16 x 16 (the CelebA
-    32x32 and 16x16 layers); im2col for the RGB layers, the 8x8 layer and other geometries."""
+    """Winograd where it applies and pays: >= 16 channels both sides, input >= 8 x 8 (the CelebA
+    32x32, 16x16 and 8x8 layers); im2col for the RGB layers, 4x4 inputs and other geometries."""
     s, p = (2, 2), (1, 1)
     assert use_winograd(32, 32, 4, 4, s, p, 64, 128) and use_winograd(16, 16, 4, 4, s, p, 128, 256)
     assert not use_winograd(64, 64, 4, 4, s, p, 3, 64)  # RGB
-    assert not use_winograd(8, 8, 4, 4, s, p, 256, 256)  # 8x8
+    assert use_winograd(8, 8, 4, 4, s, p, 256, 256)  # 8x8
+    assert not use_winograd(4, 4, 4, 4, s, p, 256, 256)  # 4x4: one tile per image, not measured
     assert not use_winograd(30, 32, 4, 4, s, p, 64, 64)  # 30 is not a multiple of 4
     assert not use_winograd(32, 32, 3, 3, s, p, 64, 64) and not use_winograd(32, 32, 4, 4, (1, 1), p, 64, 64)
     assert not use_winograd(32, 32, 4, 4, s, p, 64, 128, method="im2col")
