@@ -455,7 +455,8 @@ CATEGORIES = [  # (category, predicate on (file, function)) -- first match wins
 
 
 def breakdown(args) -> dict:
-    """Attribute a step of MNIST JMVAE-kl (batch 100) to categories.
+    """Attribute a step of one model (the first of ``--models``, default MNIST JMVAE-kl; the first
+    of ``--batch-sizes``, default that dataset's first) to categories.
 
     Method: cProfile over ``--steps`` steps; every function's *own* time (tottime) goes to the
     category of the file it is in (CATEGORIES; numpy's C functions and methods such as ufunc
@@ -470,12 +471,14 @@ def breakdown(args) -> dict:
 
     import numpy as np
 
+    key = (args.models or ["mnist:kl"])[0]
+    batch = (args.batch_sizes or DEFAULT_BATCH[key.split(":")[0]])[0]
     keep_freed_memory()
-    model = make_model("mnist:kl", np)
-    x, w = make_batch(model, 100, np)
+    model = make_model(key, np)
+    x, w = make_batch(model, batch, np)
     step = our_step(model, x, w)
 
-    others = {side: worker(side, "mnist:kl", 100, "cpu") for side in ("floor", "grads", "adam")}
+    others = {side: worker(side, key, batch, "cpu") for side in ("floor", "grads", "adam")}
     try:
         times, _ = alternate({"step": Local(step), **others}, args.warmup, args.steps, args.blocks)
     finally:
@@ -494,7 +497,7 @@ def breakdown(args) -> dict:
         own[cat] = own.get(cat, 0.0) + tt
     total = sum(own.values())
     shares = {k: v / total for k, v in sorted(own.items(), key=lambda kv: -kv[1])}
-    return {"model": "mnist:kl", "batch": 100, "step_ms": med["step"] * 1e3, "floor_ms": med["floor"] * 1e3,
+    return {"model": key, "batch": batch, "step_ms": med["step"] * 1e3, "floor_ms": med["floor"] * 1e3,
             "adam_alone_ms": med["adam"] * 1e3, "grads_alone_ms": med["grads"] * 1e3,
             "categories_ms": {k: s * med["step"] * 1e3 for k, s in shares.items()},
             "categories_pct": {k: 100 * s for k, s in shares.items()}}
@@ -549,7 +552,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-    p.add_argument("--breakdown", action="store_true", help="attribute a MNIST JMVAE-kl batch-100 step")
+    p.add_argument("--breakdown", action="store_true",
+                   help="attribute a step of the first --models / --batch-sizes (default mnist:kl, 100) to categories")
     p.add_argument("--serve", nargs=3, metavar=("SIDE", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
@@ -563,7 +567,7 @@ def main(argv=None) -> int:
             print(json.dumps(out, indent=1))
         else:
             b = out["breakdown"]
-            print(f"MNIST JMVAE-kl batch 100: step {b['step_ms']:.1f} ms (median); GEMM floor alone "
+            print(f"{b['model']} batch {b['batch']}: step {b['step_ms']:.1f} ms (median); GEMM floor alone "
                   f"{b['floor_ms']:.1f} ms; loss_and_grads alone {b['grads_alone_ms']:.1f} ms; "
                   f"Adam step alone {b['adam_alone_ms']:.1f} ms")
             for k, v in b["categories_ms"].items():

@@ -1,0 +1,86 @@
+"""bench/throughput.py: its GEMM floor lists the products the implementation performs (checked
+against counts written independently of ``gemm_list``, and against the method each conv layer
+really runs), and the benchmark runs end to end.  A smoke run only: no time is asserted (speed
+is measured by the benchmark, never by a test)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import throughput as T  # noqa: E402
+
+from jmvae_cupy.layers import conv as conv_mod  # noqa: E402
+from jmvae_cupy.layers.conv import WinogradCache  # noqa: E402
+from jmvae_cupy.nets import Conv2D, Deconv2D  # noqa: E402
+
+
+@pytest.mark.parametrize("key", ["mnist:jmvae", "mnist:kl", "mnist:h"])
+def test_the_dense_floor_is_three_products_per_weight_less_the_data_inputs_dx(key):
+    """Every weight W (D_in, D_out) costs 3 products of 2 N D_in D_out flops (forward, dx, dW),
+    except that the first layer of a component reading data computes no dx."""
+    n = 7
+    model = T.make_model(key, np)
+    first_of_data = {f"{c}.0.W" for c in model.data_inputs}
+    want = sum((2 if k in first_of_data else 3) * 2.0 * n * W.size
+               for k, W in model.params.items() if k.endswith(".W"))
+    assert T.gemm_flops(T.gemm_list(model, n)) == want
+
+
+def test_the_celeba_floor_follows_the_method_each_layer_runs(monkeypatch):
+    """A layer is listed with Winograd's 9 batched products exactly when a forward through the
+    model runs it as Winograd, and its products then cost 9/16 of im2col's."""
+    n = 2
+    model = T.make_model("celeba:kl", np)
+    listed = T.gemm_list(model, n)
+    wino_layers = {name.split(" ")[0] for name, (a, _), _ in listed if len(a) == 3}
+    assert wino_layers  # the CelebA nets do have such layers
+
+    ran = set()
+    x, w = T.make_batch(model, n, np)
+    z = np.zeros((n, model.arch.latent), np.float32)
+    inputs = {"qxw.x": x, "qx.net": x, "px": z, "pw": z}
+    for cname, inp in inputs.items():
+        comp = model.components[cname]
+        _, caches = model.run(cname, inp)
+        for i, layer in enumerate(comp.layers):
+            if isinstance(layer, (Conv2D, Deconv2D)) and isinstance(caches[i][0], WinogradCache):
+                ran.add(f"{cname}.{i}")
+    assert ran == wino_layers
+
+    monkeypatch.setattr(conv_mod, "use_winograd", lambda *a, **k: False)  # the same model, all im2col
+    im2col = T.gemm_list(model, n)
+
+    def per_layer(gemms):
+        out = {}
+        for g in gemms:
+            layer = g[0].split(" ")[0]
+            out[layer] = out.get(layer, 0.0) + T.gemm_flops([g])
+        return out
+
+    a, b = per_layer(listed), per_layer(im2col)
+    for layer in wino_layers:
+        assert a[layer] == pytest.approx(9 / 16 * b[layer], rel=1e-12)
+    assert all(a[k] == b[k] for k in b if k not in wino_layers)
+
+
+def test_the_benchmark_runs_end_to_end_and_reports_every_column():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--models", "mnist:kl", "--batch-sizes", "8",
+         "--steps", "1", "--blocks", "1", "--warmup", "0", "--no-torch", "--threads", "1", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout)
+    (r,) = doc["results"]
+    assert (r["model"], r["batch"], r["device"]) == ("mnist:kl", 8, "cpu")
+    for k in ("step_s", "samples_per_s", "floor_s", "floor_pct", "gemm_gflop", "rss_ours_mb"):
+        assert r[k] > 0, k
+    assert "cpu" in doc["machine"]
