@@ -201,6 +201,24 @@ def _load(x, n, hh, ww, c, inside, zero):
     return x[n, hh, ww, c] if inside else zero
 
 
+@numba.njit(inline="always")
+def _input_window(V, n, t, s, r, q, c, d00, d01, d02, d10, d11, d12, d20, d21, d22):
+    """V[:, :, n, t, s, r, q, c] = B^T d B of one 3x3 window d (channel c)."""
+    # rows: (d0 - d1, d1, d2 - d1), for each window column
+    r00, r01, r02 = d00 - d10, d01 - d11, d02 - d12
+    r20, r21, r22 = d20 - d10, d21 - d11, d22 - d12
+    # columns, the same, for each row a
+    V[0, 0, n, t, s, r, q, c] = r00 - r01
+    V[0, 1, n, t, s, r, q, c] = r01
+    V[0, 2, n, t, s, r, q, c] = r02 - r01
+    V[1, 0, n, t, s, r, q, c] = d10 - d11
+    V[1, 1, n, t, s, r, q, c] = d11
+    V[1, 2, n, t, s, r, q, c] = d12 - d11
+    V[2, 0, n, t, s, r, q, c] = r20 - r21
+    V[2, 1, n, t, s, r, q, c] = r21
+    V[2, 2, n, t, s, r, q, c] = r22 - r21
+
+
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _input_cpu(x, V):
     N, H, W, B = x.shape
@@ -216,29 +234,24 @@ def _input_cpu(x, V):
                 for q in range(2):
                     w0, w1, w2 = 4 * s + q - 1, 4 * s + q + 1, 4 * s + q + 3
                     b0, b1, b2 = 0 <= w0 < W, 0 <= w1 < W, 0 <= w2 < W
-                    for c in range(B):
-                        d00 = _load(x, n, h0, w0, c, a0 and b0, zero)
-                        d01 = _load(x, n, h0, w1, c, a0 and b1, zero)
-                        d02 = _load(x, n, h0, w2, c, a0 and b2, zero)
-                        d10 = _load(x, n, h1, w0, c, a1 and b0, zero)
-                        d11 = _load(x, n, h1, w1, c, a1 and b1, zero)
-                        d12 = _load(x, n, h1, w2, c, a1 and b2, zero)
-                        d20 = _load(x, n, h2, w0, c, a2 and b0, zero)
-                        d21 = _load(x, n, h2, w1, c, a2 and b1, zero)
-                        d22 = _load(x, n, h2, w2, c, a2 and b2, zero)
-                        # rows: (d0 - d1, d1, d2 - d1), for each window column
-                        r00, r01, r02 = d00 - d10, d01 - d11, d02 - d12
-                        r20, r21, r22 = d20 - d10, d21 - d11, d22 - d12
-                        # columns, the same, for each row a
-                        V[0, 0, n, t, s, r, q, c] = r00 - r01
-                        V[0, 1, n, t, s, r, q, c] = r01
-                        V[0, 2, n, t, s, r, q, c] = r02 - r01
-                        V[1, 0, n, t, s, r, q, c] = d10 - d11
-                        V[1, 1, n, t, s, r, q, c] = d11
-                        V[1, 2, n, t, s, r, q, c] = d12 - d11
-                        V[2, 0, n, t, s, r, q, c] = r20 - r21
-                        V[2, 1, n, t, s, r, q, c] = r21
-                        V[2, 2, n, t, s, r, q, c] = r22 - r21
+                    if a0 and a2 and b0 and b2:  # inside the image (most windows): no bounds checks
+                        for c in range(B):
+                            _input_window(V, n, t, s, r, q, c,
+                                          x[n, h0, w0, c], x[n, h0, w1, c], x[n, h0, w2, c],
+                                          x[n, h1, w0, c], x[n, h1, w1, c], x[n, h1, w2, c],
+                                          x[n, h2, w0, c], x[n, h2, w1, c], x[n, h2, w2, c])
+                    else:  # on the border: the padding's zeros
+                        for c in range(B):
+                            _input_window(V, n, t, s, r, q, c,
+                                          _load(x, n, h0, w0, c, a0 and b0, zero),
+                                          _load(x, n, h0, w1, c, a0 and b1, zero),
+                                          _load(x, n, h0, w2, c, a0 and b2, zero),
+                                          _load(x, n, h1, w0, c, a1 and b0, zero),
+                                          _load(x, n, h1, w1, c, a1 and b1, zero),
+                                          _load(x, n, h1, w2, c, a1 and b2, zero),
+                                          _load(x, n, h2, w0, c, a2 and b0, zero),
+                                          _load(x, n, h2, w1, c, a2 and b1, zero),
+                                          _load(x, n, h2, w2, c, a2 and b2, zero))
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
