@@ -65,3 +65,32 @@ def test_conv_model_gradient_matches_finite_differences(variant, term):
     worst = max(errs, key=errs.get)
     assert errs[worst] < TOL, f"{variant} {term}: {worst} rel err {errs[worst]:.2e}"
     assert any(np.any(g) for g in grads.values())
+
+
+def test_a_conv_model_through_winograd_layers_matches_im2col_and_finite_differences(monkeypatch):
+    """The CelebA JMVAE-kl family at a width where "auto" runs the 8x8 convolutions and their
+    deconvolutions as Winograd F(2x2, 2x2): the loss and every gradient equal the im2col model's
+    (float64, to rounding), and finite differences agree term by term."""
+    from jmvae_cupy.layers import conv as conv_mod
+    from jmvae_cupy.layers.conv import WinogradCache
+
+    arch = celeba_arch(size=16, width=0.25, latent=3, w_dim=5)  # C16R-C32BR: the 8x8 conv has 16 -> 32 channels
+    model = build_model(arch, "kl", seed=3, dtype="float64")
+    x, w = _batch()
+    caches = model.run("qxw.x", x)[1]
+    assert any(c is not None and isinstance(c[0], WinogradCache) for c in caches), "no Winograd layer ran"
+
+    loss_w, _, grads_w = model.loss_and_grads(x, w, Rng(NOISE_SEED), beta=0.7)
+    state = {k: v.copy() for k, v in model.state.items()}
+    with monkeypatch.context() as m:
+        m.setattr(conv_mod, "use_winograd", lambda *a, **k: False)  # the same model, all im2col
+        for k, v in state.items():
+            model.state[k][...] = v
+        loss_i, _, grads_i = model.loss_and_grads(x, w, Rng(NOISE_SEED), beta=0.7)
+    assert abs(float(loss_w) - float(loss_i)) <= 1e-12 * abs(float(loss_i))
+    for k in grads_i:
+        scale = float(np.abs(grads_i[k]).max()) or 1.0
+        assert float(np.abs(grads_w[k] - grads_i[k]).max()) <= 1e-10 * scale, k
+    for coef in ({"rec_x": 1.0}, {"kl_x": -1.0}):  # a reconstruction and a KL term through the Winograd layers
+        errs, _ = _check(model, coef, 1.0)
+        assert max(errs.values()) < TOL, errs
