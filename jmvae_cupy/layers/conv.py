@@ -12,6 +12,9 @@ on a CPU and by cuBLAS on a GPU.  The backward pass is two more GEMMs and a col2
 backward-data *is* a transposed convolution (deconv.py) and the two layers share the two
 primitives below, :func:`correlate` and its adjoint :func:`correlate_transpose` (which, on
 large grids, computes col2im(dY Wm) by a sub-pixel decomposition instead of a scatter).
+The paper's 4x4 / stride-2 / pad-1 layers with 8x8 or larger inputs and >= 16 channels skip
+im2col altogether: ``method="auto"`` runs them as Winograd F(2x2, 2x2) (layers/winograd.py,
+9/16 of the GEMM work; :func:`use_winograd` decides, for conv and deconv alike).
 
 Memory layout: the arithmetic runs channels-last (N, H, W, C), reached from NCHW by
 ``transpose(0, 2, 3, 1)``.  The outputs (y, dx) are NCHW-shaped *views* (channels-last memory,
@@ -86,8 +89,8 @@ class WinogradCache(NamedTuple):
     correlation input V (9, T, 4B) -- or, in a deconv, the transformed correlation output dM
     (9, T, A) -- and the transformed kernel, stored transposed: Ut (9, A, 4B)."""
 
-    T: object
-    U: object
+    data: object
+    Ut: object
 
 
 def use_winograd(h: int, w: int, kh: int, kw: int, stride, pad, b_channels: int, a_channels: int,
@@ -285,7 +288,7 @@ def conv2d_backward(dy, cache):
     OH, OW = dy.shape[2:]
     dy_rows, grads, dM = _param_grads(dy, cache)  # (M, C_out)
     if dM is not None:  # Winograd: dx = B (dM U^T) B^T
-        dx = winograd.correlate_transpose(dM, col.U, N, H, W)  # (N, H, W, C_in)
+        dx = winograd.correlate_transpose(dM, col.Ut, N, H, W)  # (N, H, W, C_in)
     else:
         dx = correlate_transpose(dy_rows, Wm, (N, OH, OW), (H, W), KH, KW, stride, pad)  # (N, H, W, C_in)
     return to_nchw(dx), grads
@@ -310,7 +313,7 @@ def _param_grads(dy, cache):
     if isinstance(col, WinogradCache):  # dW = G^T (V^T dM) G
         N, _, OH, OW = dy.shape
         dM = winograd.wino_output_adj(dy_rows.reshape(N, OH, OW, -1))
-        grads = {"W": winograd.weight_grad(col.T, dM, W_shape)}
+        grads = {"W": winograd.weight_grad(col.data, dM, W_shape)}
     else:
         grads = {"W": weight_from_matrix(dy_rows.T @ col, W_shape)}  # (C_out, C_in, KH, KW)
     if has_bias:

@@ -96,8 +96,8 @@ def deconv2d_backward(dy, cache):
     N, C_in, H, Wd = x_shape
     _, _, KH, KW = W_shape
     if isinstance(first, WinogradCache):
-        dx, V = winograd.correlate(to_nhwc(dy), first.U)  # (N, H, W, C_in), (9, T, 4 C_out)
-        grads = {"W": winograd.weight_grad(V, first.T, W_shape)}
+        dx, V = winograd.correlate(to_nhwc(dy), first.Ut)  # (N, H, W, C_in), (9, T, 4 C_out)
+        grads = {"W": winograd.weight_grad(V, first.data, W_shape)}
     else:
         dx_rows, dcol, _ = correlate(to_nhwc(dy), Wm, KH, KW, stride, pad)  # (N*H*W, C_in), (N*H*W, K)
         grads = {"W": weight_from_matrix(first.T @ dcol, W_shape)}  # (C_in, C_out, KH, KW)
