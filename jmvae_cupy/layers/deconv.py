@@ -62,7 +62,7 @@ def deconv2d_forward(x, W, b=None, stride=1, pad=0, method: str = "auto"):
     is the adjoint of (conv.use_winograd: the conv with this kernel decides alike).
     Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8
     channels) -- and the cache (x_rows, Wm, x.shape, W.shape, stride, pad, has_bias) that
-    backward needs; a Winograd layer keeps a conv.WinogradCache (dM = A x A^T, U) in place of
+    backward needs; a Winograd layer keeps a conv.WinogradCache (dM = A x A^T, Ut) in place of
     x_rows and None in place of Wm.
     """
     stride, pad = pair(stride), pair(pad)
