@@ -161,18 +161,24 @@ def winograd(args) -> None:
     r = np.random.default_rng(0)
     n = 64
     print(f"conv 4x4 stride 2 pad 1, N = {n}, float32, {args.threads} thread(s): forward + backward "
-          "(dx and dW), median ms")
+          f"(dx and dW), median ms of {args.repeat}, the two methods interleaved")
     for h, b, a in WINOGRAD_CASES:
         x = r.standard_normal((n, h, h, b)).astype(np.float32).transpose(0, 3, 1, 2)  # NCHW view, channels-last
         W = (r.standard_normal((a, b, 4, 4)) * 0.05).astype(np.float32)
         dy = r.standard_normal((n, a, h // 2, h // 2)).astype(np.float32)
-        row = []
+        steps = {}
         for method in ("im2col", "winograd"):
             def step(x=x, W=W, dy=dy, method=method):
                 _, cache = conv2d_forward(x, W, None, 2, 1, method=method)
                 conv2d_backward(dy, cache)
 
-            row.append(_timed(step, 5, warmup=1)[0])
+            steps[method] = step
+            step()  # warm-up
+        times = {m: [] for m in steps}
+        for _ in range(args.repeat):  # interleaved, so that a burst of load hits both methods alike
+            for m, step in steps.items():
+                times[m].append(_timed(step, 1, warmup=0)[0])
+        row = [statistics.median(times[m]) for m in steps]
         auto = "winograd" if use_winograd(h, h, 4, 4, (2, 2), (1, 1), b, a) else "im2col"
         print(f"  {h:2d}x{h:<2d} {b:3d} -> {a:3d} channels:  im2col {row[0]:7.1f}   winograd {row[1]:7.1f}   "
               f"winograd/im2col {row[1] / row[0]:5.2f}   auto: {auto}")
@@ -182,6 +188,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("heap", "batchnorm", "gemm", "winograd"))
     p.add_argument("--threads", type=int, default=1, help="BLAS / Numba / torch threads (default 1)")
+    p.add_argument("--repeat", type=int, default=9, help="winograd: interleaved repetitions per method (default 9)")
     p.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:  # a heap measurement in this fresh process

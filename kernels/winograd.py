@@ -17,6 +17,9 @@ correlation, T = N * TH * TW tiles of 2x2 outputs, TH = H / 4, TW = W / 4:
 * ``wino_output(M, n, oh, ow) -> y`` (N, OH, OW, A): M (9, T, A) -> every tile's 2x2 outputs,
   A^T . A along both axes (rows: m0 + m1, m1 + m2).
 * ``wino_output_adj(dy) -> dM`` (9, T, A): the adjoint of wino_output (rows: dy0, dy0 + dy1, dy1).
+* ``wino_weight(W) -> Ut`` (9, A, 4B): W (A, B, 4, 4) -> G g G^T of the 2x2 sub-kernels, stored
+  transposed (output channel first, as in W); G along one axis: (g0, g0 + g1, g1).
+* ``wino_weight_adj(dUt, shape) -> dW`` (A, B, 4, 4): its adjoint (g0 <- u0 + u1, g1 <- u1 + u2).
 
 Every output element has one writer (no races); the kernels only add and subtract, in the order
 of the references, so the twins and the references agree exactly (the tests check equality).
@@ -105,6 +108,33 @@ def wino_output_adj(dy):
     return dM.reshape(9, N * (OH // 2) * (OW // 2), A)
 
 
+def wino_weight(W):
+    """Ut (9, A, 4B) from a kernel W (A, B, 4, 4): column (r, q, b) of Ut[3 alpha + beta] transforms
+    the taps (2a' + r, 2b' + q) of input channel b (see the module docstring)."""
+    xp = _checked("wino_weight", W, 4)
+    if W.shape[2:] != (4, 4):
+        raise KernelArgumentError(f"wino_weight: W is {W.shape}, expected (A, B, 4, 4)")
+    if is_gpu_array(W):
+        return wino_weight_ref(W)
+    A, B = W.shape[:2]
+    Ut = xp.empty((3, 3, A, 2, 2, B), dtype=W.dtype)
+    _weight_cpu(W, Ut, False)
+    return Ut.reshape(9, A, 4 * B)
+
+
+def wino_weight_adj(dUt, W_shape):
+    """dW (A, B, 4, 4) from dUt (9, A, 4B): the adjoint of :func:`wino_weight`."""
+    xp = _checked("wino_weight_adj", dUt, 3)
+    A, B = W_shape[:2]
+    if dUt.shape != (9, A, 4 * B) or tuple(W_shape[2:]) != (4, 4):
+        raise KernelArgumentError(f"wino_weight_adj: dUt is {dUt.shape}, expected (9, {A}, {4 * B}) for W {W_shape}")
+    if is_gpu_array(dUt):
+        return wino_weight_adj_ref(dUt, W_shape)
+    dW = xp.empty((A, B, 4, 4), dtype=dUt.dtype)
+    _weight_cpu(dW, xp.ascontiguousarray(dUt).reshape(3, 3, A, 2, 2, B), True)
+    return dW
+
+
 # --------------------------------------------------------------------------------------------
 # Plain-xp references: strided slices of the padded, space-to-depth image
 # --------------------------------------------------------------------------------------------
@@ -172,6 +202,31 @@ def wino_output_adj_ref(dy):
         dM[a, 1] = rows[:, :, :, 0] + rows[:, :, :, 1]
         dM[a, 2] = rows[:, :, :, 1]
     return dM.reshape(9, N * TH * TW, A)
+
+
+def wino_weight_ref(W):
+    xp = get_array_module(W)
+    A, B = W.shape[:2]
+    # [a, a', b', r, q, b]: W's taps split into (a', r) x (b', q); one pass, within each row a
+    Wc = xp.ascontiguousarray(W.reshape(A, B, 2, 2, 2, 2).transpose(0, 2, 4, 3, 5, 1))
+    rows = (Wc[:, 0], Wc[:, 0] + Wc[:, 1], Wc[:, 1])  # G along a': (g0, g0 + g1, g1), each [a, b', r, q, b]
+    Ut = xp.empty((3, 3, A, 2, 2, B), dtype=W.dtype)
+    for al in range(3):  # G along b'
+        Ut[al, 0] = rows[al][:, 0]
+        Ut[al, 1] = rows[al][:, 0] + rows[al][:, 1]
+        Ut[al, 2] = rows[al][:, 1]
+    return Ut.reshape(9, A, 4 * B)
+
+
+def wino_weight_adj_ref(dUt, W_shape):
+    xp = get_array_module(dUt)
+    A, B = W_shape[:2]
+    t = dUt.reshape(3, 3, A, 2, 2, B)
+    dWc = xp.empty((A, 2, 2, 2, 2, B), dtype=dUt.dtype)  # [a, a', b', r, q, b]
+    for ap, rows in enumerate((t[0] + t[1], t[1] + t[2])):  # along alpha -> a' = 0, 1: each [beta, a, r, q, b]
+        dWc[:, ap, 0] = rows[0] + rows[1]  # along beta -> b' = 0, 1
+        dWc[:, ap, 1] = rows[1] + rows[2]
+    return xp.ascontiguousarray(dWc.transpose(0, 5, 1, 3, 2, 4)).reshape(A, B, 4, 4)  # [a, b, a', r, b', q]
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,38 +340,47 @@ def _input_adj_cpu(dV, dx):
                         dx[n, h, w, c] += _adj3(k0, k1, k2, v)
 
 
+# A^T = [[1, 1, 0], [0, 1, 1]] and G = [[1, 0], [1, 1], [0, 1]] = A: the output transform
+# (A^T M A) and the weight adjoint (G^T dU G) are one 3x3 -> 2x2 contraction, the output adjoint
+# (A dy A^T) and the weight transform (G g G^T) one 2x2 -> 3x3 expansion.
+
+
+@numba.njit(inline="always")
+def _contract(m00, m01, m02, m10, m11, m12, m20, m21, m22):
+    """A^T m A of one 3x3 block m: the 2x2 block (y00, y01, y10, y11)."""
+    p00, p01, p02 = m00 + m10, m01 + m11, m02 + m12  # rows: (m0 + m1, m1 + m2)
+    p10, p11, p12 = m10 + m20, m11 + m21, m12 + m22
+    return p00 + p01, p01 + p02, p10 + p11, p11 + p12  # columns, the same
+
+
+@numba.njit(inline="always")
+def _expand(y00, y01, y10, y11):
+    """A y A^T of one 2x2 block y: the 3x3 block (m00, m01, ..., m22), row by row."""
+    s0, s1 = y00 + y10, y01 + y11  # rows: (y0, y0 + y1, y1), per column
+    return (y00, y00 + y01, y01,  # columns, the same
+            s0, s0 + s1, s1,
+            y10, y10 + y11, y11)
+
+
 @numba.njit(inline="always")
 def _output_tile(M, y, n, t, s, c):
     """y's 2x2 outputs of tile (n, t, s), channel c: A^T M A."""
-    p00 = M[0, 0, n, t, s, c] + M[1, 0, n, t, s, c]  # rows: (m0 + m1, m1 + m2)
-    p01 = M[0, 1, n, t, s, c] + M[1, 1, n, t, s, c]
-    p02 = M[0, 2, n, t, s, c] + M[1, 2, n, t, s, c]
-    p10 = M[1, 0, n, t, s, c] + M[2, 0, n, t, s, c]
-    p11 = M[1, 1, n, t, s, c] + M[2, 1, n, t, s, c]
-    p12 = M[1, 2, n, t, s, c] + M[2, 2, n, t, s, c]
-    y[n, 2 * t, 2 * s, c] = p00 + p01  # columns, the same
-    y[n, 2 * t, 2 * s + 1, c] = p01 + p02
-    y[n, 2 * t + 1, 2 * s, c] = p10 + p11
-    y[n, 2 * t + 1, 2 * s + 1, c] = p11 + p12
+    y00, y01, y10, y11 = _contract(M[0, 0, n, t, s, c], M[0, 1, n, t, s, c], M[0, 2, n, t, s, c],
+                                   M[1, 0, n, t, s, c], M[1, 1, n, t, s, c], M[1, 2, n, t, s, c],
+                                   M[2, 0, n, t, s, c], M[2, 1, n, t, s, c], M[2, 2, n, t, s, c])
+    y[n, 2 * t, 2 * s, c] = y00
+    y[n, 2 * t, 2 * s + 1, c] = y01
+    y[n, 2 * t + 1, 2 * s, c] = y10
+    y[n, 2 * t + 1, 2 * s + 1, c] = y11
 
 
 @numba.njit(inline="always")
 def _output_adj_tile(dy, dM, n, t, s, c):
     """dM (3x3) of tile (n, t, s), channel c, from dy's 2x2 outputs: A dy A^T."""
-    y00 = dy[n, 2 * t, 2 * s, c]
-    y01 = dy[n, 2 * t, 2 * s + 1, c]
-    y10 = dy[n, 2 * t + 1, 2 * s, c]
-    y11 = dy[n, 2 * t + 1, 2 * s + 1, c]
-    s0, s1 = y00 + y10, y01 + y11  # rows: (dy0, dy0 + dy1, dy1), per column
-    dM[0, 0, n, t, s, c] = y00  # columns, the same
-    dM[0, 1, n, t, s, c] = y00 + y01
-    dM[0, 2, n, t, s, c] = y01
-    dM[1, 0, n, t, s, c] = s0
-    dM[1, 1, n, t, s, c] = s0 + s1
-    dM[1, 2, n, t, s, c] = s1
-    dM[2, 0, n, t, s, c] = y10
-    dM[2, 1, n, t, s, c] = y10 + y11
-    dM[2, 2, n, t, s, c] = y11
+    m = _expand(dy[n, 2 * t, 2 * s, c], dy[n, 2 * t, 2 * s + 1, c],
+                dy[n, 2 * t + 1, 2 * s, c], dy[n, 2 * t + 1, 2 * s + 1, c])
+    for k in range(9):
+        dM[k // 3, k % 3, n, t, s, c] = m[k]
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -333,3 +397,37 @@ def _output_cpu(M, y, adjoint):
                     _output_adj_tile(y, M, n, t, s, c)
                 else:
                     _output_tile(M, y, n, t, s, c)
+
+
+@numba.njit(inline="always")
+def _weight_elem(W, Ut, a, r, q, b):
+    """Ut[:, :, a, r, q, b] = G g G^T of sub-kernel (r, q): g[a', b'] = W[a, b, 2a' + r, 2b' + q]."""
+    u = _expand(W[a, b, r, q], W[a, b, r, 2 + q], W[a, b, 2 + r, q], W[a, b, 2 + r, 2 + q])
+    for k in range(9):
+        Ut[k // 3, k % 3, a, r, q, b] = u[k]
+
+
+@numba.njit(inline="always")
+def _weight_adj_elem(W, Ut, a, r, q, b):
+    """W[a, b, 2a' + r, 2b' + q] = (G^T dU G)[a', b'] of Ut[:, :, a, r, q, b] (here Ut holds dU)."""
+    g00, g01, g10, g11 = _contract(Ut[0, 0, a, r, q, b], Ut[0, 1, a, r, q, b], Ut[0, 2, a, r, q, b],
+                                   Ut[1, 0, a, r, q, b], Ut[1, 1, a, r, q, b], Ut[1, 2, a, r, q, b],
+                                   Ut[2, 0, a, r, q, b], Ut[2, 1, a, r, q, b], Ut[2, 2, a, r, q, b])
+    W[a, b, r, q] = g00
+    W[a, b, r, 2 + q] = g01
+    W[a, b, 2 + r, q] = g10
+    W[a, b, 2 + r, 2 + q] = g11
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _weight_cpu(W, Ut, adjoint):
+    """adjoint False: Ut (3, 3, A, 2, 2, B) <- G g G^T of W (A, B, 4, 4); True: W <- G^T Ut G."""
+    A, B = W.shape[0], W.shape[1]
+    for a in numba.prange(A):
+        for r in range(2):
+            for q in range(2):
+                for b in range(B):
+                    if adjoint:
+                        _weight_adj_elem(W, Ut, a, r, q, b)
+                    else:
+                        _weight_elem(W, Ut, a, r, q, b)

@@ -39,15 +39,21 @@ Checked by tests/layers/test_winograd.py.
 
 from __future__ import annotations
 
-from ..backend import get_array_module
-from ..kernels.winograd import wino_input, wino_input_adj, wino_output, wino_output_adj
+from ..kernels.winograd import (
+    wino_input,
+    wino_input_adj,
+    wino_output,
+    wino_output_adj,
+    wino_weight,
+    wino_weight_adj,
+)
 
 # The method "auto" picks Winograd for a correlation whose input and output both have at least
 # MIN_CHANNELS channels and whose input is at least MIN_SIDE on both sides.  Measured on a CPU
 # (python bench/micro.py winograd: N = 64, forward + both gradients): the RGB layers (3 channels:
 # 9 GEMMs with K or N = 12) are faster with im2col; the 32x32, 16x16 and 8x8 layers with
-# Winograd (0.65-0.75x, 0.70-0.85x and 0.90x the time with 1 thread; the 8x8 one breaks even
-# with 2).  A 4x4 input (one tile per image) was not measured, so it keeps im2col.
+# Winograd (0.67 / 0.69 / 0.70x the time with 1 thread, 0.72 / 0.77 / 0.74x with 2: the table in
+# docs/performance.md).  A 4x4 input (one tile per image) was not measured, so it keeps im2col.
 MIN_CHANNELS = 16
 MIN_SIDE = 8
 
@@ -68,31 +74,14 @@ def weight_transform(W):
     """Ut = (G g G^T)^T (9, A, 4B) from a kernel W (A, B, 4, 4) (a conv's (C_out, C_in, ...), a
     deconv's (C_in, C_out, ...)): column (r, q, b) of Ut[3 alpha + beta] transforms the taps
     (2a' + r, 2b' + q) of input channel b.  Stored transposed -- U^T, output channel first, as W
-    is -- so that no pass moves the output channel innermost; the GEMMs read it transposed."""
-    xp = get_array_module(W)
-    A, B = W.shape[:2]
-    # [a, a', b', r, q, b]: W's taps split into (a', r) x (b', q); one pass, within each row a
-    Wc = xp.ascontiguousarray(W.reshape(A, B, 2, 2, 2, 2).transpose(0, 2, 4, 3, 5, 1))
-    rows = (Wc[:, 0], Wc[:, 0] + Wc[:, 1], Wc[:, 1])  # G along a': (g0, g0 + g1, g1), each [a, b', r, q, b]
-    Ut = xp.empty((3, 3, A, 2, 2, B), dtype=W.dtype)
-    for al in range(3):  # G along b'
-        Ut[al, 0] = rows[al][:, 0]
-        Ut[al, 1] = rows[al][:, 0] + rows[al][:, 1]
-        Ut[al, 2] = rows[al][:, 1]
-    return Ut.reshape(9, A, 4 * B)
+    is -- so that no pass moves the output channel innermost; the GEMMs read it transposed.
+    One parallel pass (kernels/winograd.py)."""
+    return wino_weight(W)
 
 
 def weight_transform_adj(dUt, W_shape):
     """dW (A, B, 4, 4) from dUt (9, A, 4B): the adjoint G^T dU G (g0 <- u0 + u1, g1 <- u1 + u2)."""
-    xp = get_array_module(dUt)
-    A, B = W_shape[:2]
-    t = dUt.reshape(3, 3, A, 2, 2, B)
-    cols = (t[:, 0] + t[:, 1], t[:, 1] + t[:, 2])  # along beta -> b' = 0, 1: each [alpha, a, r, q, b]
-    dWc = xp.empty((A, 2, 2, 2, 2, B), dtype=dUt.dtype)  # [a, a', b', r, q, b]
-    for bp in range(2):  # along alpha -> a' = 0, 1
-        dWc[:, 0, bp] = cols[bp][0] + cols[bp][1]
-        dWc[:, 1, bp] = cols[bp][1] + cols[bp][2]
-    return xp.ascontiguousarray(dWc.transpose(0, 5, 1, 3, 2, 4)).reshape(A, B, 4, 4)  # [a, b, a', r, b', q]
+    return wino_weight_adj(dUt, W_shape)
 
 
 def correlate(x, Ut):

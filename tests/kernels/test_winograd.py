@@ -18,6 +18,10 @@ from jmvae_cupy.kernels.winograd import (
     wino_output_adj,
     wino_output_adj_ref,
     wino_output_ref,
+    wino_weight,
+    wino_weight_adj,
+    wino_weight_adj_ref,
+    wino_weight_ref,
 )
 
 DTYPES = [np.float32, np.float64]
@@ -57,6 +61,33 @@ def test_output_transform_kernels_equal_the_references(rng, dtype, shape):
     np.testing.assert_array_equal(y, wino_output_ref(M, N, OH, OW))
     dy = rng.standard_normal(y.shape).astype(dtype)
     np.testing.assert_array_equal(wino_output_adj(dy), wino_output_adj_ref(dy))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("A, B", [(1, 1), (5, 3), (17, 8)])
+def test_weight_transform_kernels_equal_the_references(rng, dtype, A, B):
+    W = rng.standard_normal((A, B, 4, 4)).astype(dtype)
+    Ut = wino_weight(W)
+    assert Ut.shape == (9, A, 4 * B)
+    np.testing.assert_array_equal(Ut, wino_weight_ref(W))
+    dUt = rng.standard_normal(Ut.shape).astype(dtype)
+    dW = wino_weight_adj(dUt, W.shape)
+    assert dW.shape == W.shape and dW.flags.c_contiguous
+    np.testing.assert_array_equal(dW, wino_weight_adj_ref(dUt, W.shape))
+    assert _adjoint_gap(wino_weight(W.astype(np.float64)), W, wino_weight_adj(dUt.astype(np.float64), W.shape),
+                        dUt) < 1e-13
+
+
+def test_the_weight_transform_is_g_g_g_transpose_of_the_sub_kernels(rng):
+    """Written out for one (output, input) channel pair: sub-kernel (r, q) holds taps
+    (2a' + r, 2b' + q), and U = G g G^T with G = [[1, 0], [1, 1], [0, 1]]."""
+    W = rng.standard_normal((1, 1, 4, 4))
+    G = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    U = wino_weight(W).reshape(3, 3, 2, 2)  # (alpha, beta, r, q)
+    for r in range(2):
+        for q in range(2):
+            g = W[0, 0, r::2, q::2]  # g[a', b'] = W[2a' + r, 2b' + q]
+            np.testing.assert_allclose(U[:, :, r, q], G @ g @ G.T, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -100,6 +131,8 @@ def test_strided_views_give_the_contiguous_result(rng):
     (lambda: wino_input_adj(np.zeros((9, 5, 8)), 1, 8, 8), r"expected \(9, 4, 4B\)"),
     (lambda: wino_output(np.zeros((9, 4, 3)), 1, 6, 4), "even sides"),
     (lambda: wino_output_adj(np.zeros((1, 3, 4, 2))), "must be even"),
+    (lambda: wino_weight(np.zeros((2, 3, 3, 3))), r"expected \(A, B, 4, 4\)"),
+    (lambda: wino_weight_adj(np.zeros((9, 2, 8)), (2, 3, 4, 4)), r"expected \(9, 2, 12\)"),
 ])
 def test_bad_arguments_get_one_clear_error(call, match):
     with pytest.raises(KernelArgumentError, match=match):
