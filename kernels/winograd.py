@@ -21,19 +21,26 @@ correlation, T = N * TH * TW tiles of 2x2 outputs, TH = H / 4, TW = W / 4:
   transposed (output channel first, as in W); G along one axis: (g0, g0 + g1, g1).
 * ``wino_weight_adj(dUt, shape) -> dW`` (A, B, 4, 4): its adjoint (g0 <- u0 + u1, g1 <- u1 + u2).
 
-Every output element has one writer (no races); the kernels only add and subtract, in the order
-of the references, so the twins and the references agree exactly (the tests check equality).
-Inputs of any layout (the conv layers pass NCHW arrays seen as NHWC); outputs C-contiguous.
+Dispatch on the array namespace: NumPy -> the parallel Numba CPU kernels; CuPy -> Numba CUDA
+kernels on CuPy's current stream, one thread per output element, for the four data transforms,
+and the plain-xp references for the (small) weight transforms.  Every output element has one
+writer (no races, no atomics); all kernels only add and subtract, in the order of the
+references, so kernels and references agree exactly (the tests check equality, the CUDA kernels
+under the simulator).  Inputs of any layout (the conv layers pass NCHW arrays seen as NHWC);
+outputs C-contiguous.
 Checked by tests/kernels/test_winograd.py.
 """
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
+
 import numba
 
 from jmvae_cupy.backend import get_array_module, is_gpu_array
 
-from ._dispatch import FLOAT_DTYPES, KernelArgumentError
+from ._dispatch import FLOAT_DTYPES, KernelArgumentError, launch, numba_cuda
 
 # --------------------------------------------------------------------------------------------
 # Public API
@@ -60,10 +67,8 @@ def wino_input(x):
     xp = _checked("wino_input", x, 4)
     N, H, W, B = x.shape
     TH, TW = _tiles("wino_input", H, W)
-    if is_gpu_array(x):  # CuPy: the reference (each of its array operations is a GPU kernel)
-        return wino_input_ref(x)
     V = xp.empty((3, 3, N, TH, TW, 2, 2, B), dtype=x.dtype)
-    _input_cpu(x, V)
+    launch(xp, _input_cpu, _input_cuda, (x, V))
     return V.reshape(9, N * TH * TW, 4 * B)
 
 
@@ -74,10 +79,8 @@ def wino_input_adj(dV, n: int, h: int, w: int):
     if dV.shape[0] != 9 or dV.shape[1] != n * TH * TW or dV.shape[2] % 4:
         raise KernelArgumentError(f"wino_input_adj: dV is {dV.shape}, expected (9, {n * TH * TW}, 4B)")
     B = dV.shape[2] // 4
-    if is_gpu_array(dV):
-        return wino_input_adj_ref(dV, n, h, w)
     dx = xp.empty((n, h, w, B), dtype=dV.dtype)
-    _input_adj_cpu(xp.ascontiguousarray(dV).reshape(3, 3, n, TH, TW, 2, 2, B), dx)
+    launch(xp, _input_adj_cpu, _input_adj_cuda, (xp.ascontiguousarray(dV).reshape(3, 3, n, TH, TW, 2, 2, B), dx))
     return dx
 
 
@@ -87,11 +90,9 @@ def wino_output(M, n: int, oh: int, ow: int):
     if oh % 2 or ow % 2 or M.shape[0] != 9 or M.shape[1] != n * (oh // 2) * (ow // 2):
         raise KernelArgumentError(f"wino_output: M is {M.shape}, expected (9, {n * (oh // 2) * (ow // 2)}, A) "
                                   f"for {oh}x{ow} outputs (even sides)")
-    if is_gpu_array(M):
-        return wino_output_ref(M, n, oh, ow)
     A = M.shape[2]
     y = xp.empty((n, oh, ow, A), dtype=M.dtype)
-    _output_cpu(xp.ascontiguousarray(M).reshape(3, 3, n, oh // 2, ow // 2, A), y, False)
+    launch(xp, _output_cpu, _output_cuda, (xp.ascontiguousarray(M).reshape(3, 3, n, oh // 2, ow // 2, A), y), (False,))
     return y
 
 
@@ -101,10 +102,8 @@ def wino_output_adj(dy):
     N, OH, OW, A = dy.shape
     if OH % 2 or OW % 2:
         raise KernelArgumentError(f"wino_output_adj: {OH}x{OW} outputs, both sides must be even")
-    if is_gpu_array(dy):
-        return wino_output_adj_ref(dy)
     dM = xp.empty((3, 3, N, OH // 2, OW // 2, A), dtype=dy.dtype)
-    _output_cpu(dM, dy, True)
+    launch(xp, _output_cpu, _output_cuda, (dM, dy), (True,))
     return dM.reshape(9, N * (OH // 2) * (OW // 2), A)
 
 
@@ -431,3 +430,164 @@ def _weight_cpu(W, Ut, adjoint):
                         _weight_adj_elem(W, Ut, a, r, q, b)
                     else:
                         _weight_elem(W, Ut, a, r, q, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Numba CUDA kernels (see kernels/reparam.py for why `cuda` is a module global): one thread per
+# output element, its flat C-order index; the arithmetic is the references', term for term.
+# --------------------------------------------------------------------------------------------
+
+cuda = None  # numba.cuda, bound by _cuda_kernels()
+
+# Threads per block of the 3-D CUDA grids: x runs along the channels (contiguous addresses).
+BLOCK = (32, 8, 1)
+
+
+def _input_kernel(x, V):
+    # V[al, be, n, t, s, r, q, c] = (B^T d B)[al, be] of the window of tile (t, s), phase (r, q);
+    # grid: x = c, y = (t, s, r, q), z = (al, be, n)
+    c, y, z = cuda.grid(3)
+    _, _, N, TH, TW, _, _, B = V.shape
+    if c < B and y < TH * TW * 4 and z < 9 * N:
+        t, s, r, q = y // (4 * TW), (y // 4) % TW, (y // 2) % 2, y % 2
+        al, be, n = z // (3 * N), (z // N) % 3, z % N
+        H, W = x.shape[1], x.shape[2]
+        zero = x.dtype.type(0)
+        c0 = zero  # the window's columns v = 0, 1, 2, each transformed along the rows: component al
+        c1 = zero
+        c2 = zero
+        for v in range(3):
+            ww = 4 * s + 2 * v + q - 1
+            d0 = zero
+            d1 = zero
+            d2 = zero
+            if 0 <= ww < W:
+                h0 = 4 * t + r - 1
+                if 0 <= h0 < H:
+                    d0 = x[n, h0, ww, c]
+                if 0 <= h0 + 2 < H:
+                    d1 = x[n, h0 + 2, ww, c]
+                if 0 <= h0 + 4 < H:
+                    d2 = x[n, h0 + 4, ww, c]
+            rv = d0 - d1 if al == 0 else (d1 if al == 1 else d2 - d1)  # rows: (d0 - d1, d1, d2 - d1)
+            if v == 0:
+                c0 = rv
+            elif v == 1:
+                c1 = rv
+            else:
+                c2 = rv
+        V[al, be, n, t, s, r, q, c] = c0 - c1 if be == 0 else (c1 if be == 1 else c2 - c1)  # columns
+
+
+def _input_adj_kernel(dV, dx):
+    # dx[n, h, w, c]: a gather over the (at most 2 x 2) windows that hold its S pixel, in the
+    # order of the CPU kernel (window row u outer, column v inner); grid: x = c, y = w, z = (n, h)
+    c, w, z = cuda.grid(3)
+    N, H, W, B = dx.shape
+    TH, TW = dV.shape[3], dV.shape[4]
+    if c < B and w < W and z < N * H:
+        n, h = z // H, z % H
+        si, r = (h + 1) // 2, (h + 1) % 2
+        sj, q = (w + 1) // 2, (w + 1) % 2
+        acc = dx.dtype.type(0)
+        for u in range(3):
+            t2 = si - u
+            if t2 >= 0 and t2 % 2 == 0 and t2 // 2 < TH:
+                t = t2 // 2
+                for v in range(3):
+                    s2 = sj - v
+                    if s2 >= 0 and s2 % 2 == 0 and s2 // 2 < TW:
+                        s = s2 // 2
+                        # the adjoint (v0, v1 - v0 - v2, v2) along the rows for each column b ...
+                        k0 = dV[0, 0, n, t, s, r, q, c]
+                        k1 = dV[0, 1, n, t, s, r, q, c]
+                        k2 = dV[0, 2, n, t, s, r, q, c]
+                        if u == 1:
+                            k0 = dV[1, 0, n, t, s, r, q, c] - k0 - dV[2, 0, n, t, s, r, q, c]
+                            k1 = dV[1, 1, n, t, s, r, q, c] - k1 - dV[2, 1, n, t, s, r, q, c]
+                            k2 = dV[1, 2, n, t, s, r, q, c] - k2 - dV[2, 2, n, t, s, r, q, c]
+                        elif u == 2:
+                            k0 = dV[2, 0, n, t, s, r, q, c]
+                            k1 = dV[2, 1, n, t, s, r, q, c]
+                            k2 = dV[2, 2, n, t, s, r, q, c]
+                        # ... then along the columns
+                        acc += k0 if v == 0 else (k1 - k0 - k2 if v == 1 else k2)
+        dx[n, h, w, c] = acc
+
+
+def _output_kernel(M, y):
+    # y[n, 2t + i, 2s + j, c] = (A^T M A)[i, j]: rows (m_i + m_{i+1}), then columns the same;
+    # grid: x = c, y = ow, z = (n, oh)
+    c, ow, z = cuda.grid(3)
+    N, OH, OW, A = y.shape
+    if c < A and ow < OW and z < N * OH:
+        n, oh = z // OH, z % OH
+        t, i = oh // 2, oh % 2
+        s, j = ow // 2, ow % 2
+        p0 = M[i, j, n, t, s, c] + M[i + 1, j, n, t, s, c]
+        p1 = M[i, j + 1, n, t, s, c] + M[i + 1, j + 1, n, t, s, c]
+        y[n, oh, ow, c] = p0 + p1
+
+
+def _output_adj_kernel(dM, dy):
+    # dM[al, be, n, t, s, c] = (A dy A^T)[al, be]: rows (y0, y0 + y1, y1), then columns the same;
+    # grid: x = c, y = (t, s), z = (al, be, n)
+    c, ts, z = cuda.grid(3)
+    _, _, N, TH, TW, A = dM.shape
+    if c < A and ts < TH * TW and z < 9 * N:
+        t, s = ts // TW, ts % TW
+        al, be, n = z // (3 * N), (z // N) % 3, z % N
+        y00 = dy[n, 2 * t, 2 * s, c]
+        y01 = dy[n, 2 * t, 2 * s + 1, c]
+        y10 = dy[n, 2 * t + 1, 2 * s, c]
+        y11 = dy[n, 2 * t + 1, 2 * s + 1, c]
+        q0 = y00 if al == 0 else (y00 + y10 if al == 1 else y10)  # column 0
+        q1 = y01 if al == 0 else (y01 + y11 if al == 1 else y11)  # column 1
+        dM[al, be, n, t, s, c] = q0 if be == 0 else (q0 + q1 if be == 1 else q1)
+
+
+@functools.cache
+def _cuda_kernels():
+    """The CUDA kernels of this file (imports numba.cuda)."""
+    global cuda
+    cuda = numba_cuda()
+    return SimpleNamespace(input=cuda.jit(_input_kernel), input_adj=cuda.jit(_input_adj_kernel),
+                           output=cuda.jit(_output_kernel), output_adj=cuda.jit(_output_adj_kernel))
+
+
+def _cuda_signatures(float_type):
+    """Numba signatures of the CUDA kernels for one float type (arrays of any layout)."""
+    a4, a6, a8 = float_type[:, :, :, :], float_type[:, :, :, :, :, :], float_type[:, :, :, :, :, :, :, :]
+    return {"input": (a4, a8), "input_adj": (a8, a4), "output": (a6, a4), "output_adj": (a6, a4)}
+
+
+def _grid(nx, ny, nz):
+    """Blocks of BLOCK covering an (nx, ny, nz) grid of threads."""
+    bx, by, bz = BLOCK
+    return (nx + bx - 1) // bx, (ny + by - 1) // by, (nz + bz - 1) // bz
+
+
+def _input_cuda(x, V, stream=0):
+    """Launch the input transform: V (3, 3, N, TH, TW, 2, 2, B) written from x; returns V."""
+    _, _, N, TH, TW, _, _, B = V.shape
+    if V.size:
+        _cuda_kernels().input[_grid(B, TH * TW * 4, 9 * N), BLOCK, stream](x, V)
+    return V
+
+
+def _input_adj_cuda(dV, dx, stream=0):
+    """Launch its adjoint: dx (N, H, W, B) gathered from dV (3, 3, N, TH, TW, 2, 2, B); returns dx."""
+    N, H, W, B = dx.shape
+    if dx.size:
+        _cuda_kernels().input_adj[_grid(B, W, N * H), BLOCK, stream](dV, dx)
+    return dx
+
+
+def _output_cuda(M, y, adjoint, stream=0):
+    """adjoint False: y (N, OH, OW, A) <- A^T M A; True: M (3, 3, N, TH, TW, A) <- A y A^T (as _output_cpu)."""
+    N, OH, OW, A = y.shape
+    if adjoint and M.size:
+        _cuda_kernels().output_adj[_grid(A, (OH // 2) * (OW // 2), 9 * N), BLOCK, stream](M, y)
+    elif not adjoint and y.size:
+        _cuda_kernels().output[_grid(A, OW, N * OH), BLOCK, stream](M, y)
+    return y

@@ -23,7 +23,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 
 from numba.cuda.cudadrv import nvvm
 
-from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, im2col, reparam
+from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, im2col, reparam, winograd
 
 if not nvvm.is_available():
     pytest.skip(
@@ -31,7 +31,7 @@ if not nvvm.is_available():
     )
 
 FLOAT_TYPES = {"float32": numba.float32, "float64": numba.float64}
-MODULES = (reparam, gauss_kl, adam, bernoulli, bias_relu, im2col)
+MODULES = (reparam, gauss_kl, adam, bernoulli, bias_relu, im2col, winograd)
 KERNELS = [(module, name) for module in MODULES for name in module._cuda_signatures(numba.float32)]
 
 

@@ -22,7 +22,7 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported", allow_module_level=True)
 
-from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, im2col, reparam
+from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, im2col, reparam, winograd
 
 from .kernel_checks import (
     DTYPES,
@@ -53,7 +53,7 @@ def test_kernels_are_simulated():
     from numba.cuda import config
 
     assert config.ENABLE_CUDASIM
-    for module in (reparam, gauss_kl, adam, bernoulli, bias_relu, im2col):
+    for module in (reparam, gauss_kl, adam, bernoulli, bias_relu, im2col, winograd):
         for kernel in vars(module._cuda_kernels()).values():
             assert type(kernel).__module__.startswith("numba.cuda.simulator"), type(kernel)
 
@@ -137,3 +137,24 @@ def test_im2col_kernels(rng, case, dtype):
     check_im2col(got, x, geometry)
     out = im2col._col2im_cuda(col, nans_like(x), *geometry[2:])
     check_col2im(out, col, x.shape[1:3], geometry)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_kernels(rng, dtype):
+    """The four data transforms equal the plain-xp references bit for bit (they only add and
+    subtract, in the same order); (2, 8, 4, 3): border and inner windows, 2 blocks of 256."""
+    n, h, w, b, a = 2, 8, 4, 3, 5
+    x = rng.standard_normal((n, h, w, b)).astype(dtype)
+    V = winograd.wino_input_ref(x)
+    got = winograd._input_cuda(x, nans_like(V, (3, 3, n, h // 4, w // 4, 2, 2, b)))
+    np.testing.assert_array_equal(got.reshape(V.shape), V)
+    dV = rng.standard_normal(V.shape).astype(dtype)
+    got = winograd._input_adj_cuda(dV.reshape(3, 3, n, h // 4, w // 4, 2, 2, b), nans_like(x))
+    np.testing.assert_array_equal(got, winograd.wino_input_adj_ref(dV, n, h, w))
+    M = rng.standard_normal((9, n * (h // 4) * (w // 4), a)).astype(dtype)
+    y = winograd.wino_output_ref(M, n, h // 2, w // 2)
+    got = winograd._output_cuda(M.reshape(3, 3, n, h // 4, w // 4, a), nans_like(y), False)
+    np.testing.assert_array_equal(got, y)
+    dM6 = nans_like(M, (3, 3, n, h // 4, w // 4, a))
+    winograd._output_cuda(dM6, y, True)
+    np.testing.assert_array_equal(dM6.reshape(M.shape), winograd.wino_output_adj_ref(y))
