@@ -31,6 +31,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 
 
+def require_installed() -> None:
+    """Exit with one line when jmvae_cupy is not installed in this Python: the library's kernels
+    are the package ``jmvae_cupy.kernels`` only once installed (``pip install -e .``), and a
+    worker started without them would die with a traceback in the middle of a run."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("jmvae_cupy.kernels") is not None
+    except ImportError:
+        found = False
+    if not found:
+        print(f"error: jmvae_cupy is not installed in this Python ({sys.executable}): run the README's "
+              "setup (python -m venv .venv && . .venv/bin/activate && pip install -e \".[test]\")", file=sys.stderr)
+        sys.exit(2)
+
+
 # The environment variables that size the thread pools of NumPy's BLAS, torch (OpenMP / MKL) and
 # Numba; read when those libraries load, so set them before a worker starts.
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import ROOT, thread_env  # noqa: E402
+from _timing import ROOT, require_installed, thread_env  # noqa: E402
 
 
 def worker(args) -> None:
@@ -72,6 +72,7 @@ def main() -> int:
                    help="all-gather + rank-order sum instead of the all-reduce (train --ordered-reduce)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    require_installed()
     if args.worker:
         worker(args)
         return 0

@@ -24,7 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _timing import ROOT, thread_env  # noqa: E402
+from _timing import ROOT, require_installed, thread_env  # noqa: E402
 
 sys.path.insert(0, ROOT)
 
@@ -191,6 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=9, help="winograd: interleaved repetitions per method (default 9)")
     p.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    require_installed()
     if args.one:  # a heap measurement in this fresh process
         print(json.dumps(heap_one(*args.one)))
         return 0

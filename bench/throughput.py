@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from _timing import Local, Worker, alternate, serve, thread_env  # noqa: E402
+from _timing import Local, Worker, alternate, require_installed, serve, thread_env  # noqa: E402
 
 from jmvae_cupy.hostmem import keep_freed_memory  # noqa: E402
 
@@ -556,6 +556,7 @@ def main(argv=None) -> int:
                    help="attribute a step of the first --models / --batch-sizes (default mnist:kl, 100) to categories")
     p.add_argument("--serve", nargs=3, metavar=("SIDE", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    require_installed()
     if args.serve:
         side, key, batch = args.serve
         return serve(lambda: build_side(side, key, int(batch), args.device))

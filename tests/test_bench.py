@@ -84,3 +84,15 @@ def test_the_benchmark_runs_end_to_end_and_reports_every_column():
     for k in ("step_s", "samples_per_s", "floor_s", "floor_pct", "gemm_gflop", "rss_ours_mb"):
         assert r[k] > 0, k
     assert "cpu" in doc["machine"]
+
+
+@pytest.mark.parametrize("script", ["throughput.py", "conv.py", "micro.py", "distributed.py"])
+def test_a_python_without_the_package_gets_one_line(script):
+    """``python -S`` skips site-packages (the install): each benchmark says so in one line and
+    exits 2, instead of a worker dying with a traceback in the middle of a run."""
+    args = ["winograd"] if script == "micro.py" else []
+    out = subprocess.run([sys.executable, "-S", str(ROOT / "bench" / script), *args],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "jmvae_cupy is not installed" in lines[0], out.stderr[-2000:]
