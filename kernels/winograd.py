@@ -1,9 +1,10 @@
-"""The four data transforms of the Winograd convolution F(2x2, 2x2) on the sub-pixel (space-to-
-depth) view of a 4x4, stride-2, pad-1 convolution, as parallel Numba CPU kernels, with their
-plain-xp references (the oracles of the tests, and what runs on CuPy).
+"""The transforms of the Winograd convolution F(2x2, 2x2) on the sub-pixel (space-to-depth) view
+of a 4x4, stride-2, pad-1 convolution -- four for the data, two for the weights -- as parallel
+Numba CPU kernels and (the data ones) Numba CUDA kernels, with their plain-xp references (the
+oracles of the tests).
 
-The layer-level algebra (why these transforms compute the convolution, the weight transform and
-the GEMMs between them) is in jmvae_cupy/layers/winograd.py and docs/derivations/winograd.md.
+The layer-level algebra (why these transforms compute the convolution, and the GEMMs between
+them) is in jmvae_cupy/layers/winograd.py and docs/derivations/winograd.md.
 Here only the data movement, channels-last, with B input and A output channels of the
 correlation, T = N * TH * TW tiles of 2x2 outputs, TH = H / 4, TW = W / 4:
 
@@ -28,7 +29,8 @@ writer (no races, no atomics); all kernels only add and subtract, in the order o
 references, so kernels and references agree exactly (the tests check equality, the CUDA kernels
 under the simulator).  Inputs of any layout (the conv layers pass NCHW arrays seen as NHWC);
 outputs C-contiguous.
-Checked by tests/kernels/test_winograd.py.
+Checked by tests/kernels/test_winograd.py, and the CUDA kernels by tests/kernels/cuda_sim_cases.py
+and cuda_ptx_cases.py.
 """
 
 from __future__ import annotations
