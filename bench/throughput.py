@@ -441,10 +441,9 @@ def blas_threads():
 CATEGORIES = [  # (category, predicate on (file, function)) -- first match wins
     ("gemm (+bias add)", lambda f, fn: f.endswith(("layers/dense.py", "layers/conv.py", "layers/deconv.py",
                                                     "layers/winograd.py"))
-     and fn not in ("to_rows", "weight_matrix", "weight_from_matrix", "_check", "weight_transform",
-                    "weight_transform_adj")),
+     and fn not in ("to_rows", "weight_matrix", "weight_from_matrix", "_check")),
     ("im2col/col2im, Winograd transforms", lambda f, fn: f.endswith(("layers/im2col.py", "kernels/im2col.py",
-                                                                      "kernels/winograd.py", "layers/winograd.py"))),
+                                                                      "kernels/winograd.py"))),
     ("kernels reparam/KL", lambda f, fn: "kernels/reparam.py" in f or "kernels/gauss_kl.py" in f
      or "kernels/_dispatch.py" in f),
     ("optimiser", lambda f, fn: "kernels/adam.py" in f or f.endswith("jmvae_cupy/optim.py")),

@@ -56,6 +56,18 @@ def numba_cuda():
     return cuda
 
 
+def float_array_module(where: str, a, ndim: int):
+    """The namespace (NumPy or CuPy) of ``a``, after checking it is an ndim-D float32 / float64
+    array of one of them; a KernelArgumentError naming ``where`` otherwise."""
+    if not (hasattr(a, "dtype") and hasattr(a, "shape")):
+        raise KernelArgumentError(f"{where}: expected a NumPy or CuPy array, got {type(a).__name__}")
+    if a.ndim != ndim:
+        raise KernelArgumentError(f"{where}: expected a {ndim}-D array, got shape {a.shape}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise KernelArgumentError(f"{where}: dtype {a.dtype}, expected float32 or float64")
+    return get_array_module(a)
+
+
 def checked_arrays(where: str, named: dict, row_vectors: tuple = ()):
     """Check the arguments of one kernel call; return ``(xp, [arrays...])`` in the order given.
 

@@ -35,9 +35,7 @@ from types import SimpleNamespace
 
 import numba
 
-from jmvae_cupy.backend import get_array_module
-
-from ._dispatch import FLOAT_DTYPES, KernelArgumentError, launch, numba_cuda
+from ._dispatch import KernelArgumentError, float_array_module, launch, numba_cuda
 
 # Threads per block of the 1-D CUDA kernels (one thread per output element).
 THREADS = 256
@@ -45,16 +43,6 @@ THREADS = 256
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-
-
-def _xp_of(where, a, ndim):
-    if not (hasattr(a, "dtype") and hasattr(a, "shape")):
-        raise KernelArgumentError(f"{where}: expected a NumPy or CuPy array, got {type(a).__name__}")
-    if a.ndim != ndim:
-        raise KernelArgumentError(f"{where}: expected a {ndim}-D array, got shape {a.shape}")
-    if a.dtype not in FLOAT_DTYPES:
-        raise KernelArgumentError(f"{where}: dtype {a.dtype}, expected float32 or float64")
-    return get_array_module(a)
 
 
 def _geometry(where, kh, kw, sy, sx, ph, pw):
@@ -67,7 +55,7 @@ def im2col(x, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int):
 
     OH = (H + 2ph - KH) // sy + 1, OW = (W + 2pw - KW) // sx + 1; entries off the image are 0.
     """
-    xp = _xp_of("im2col", x, 4)
+    xp = float_array_module("im2col", x, 4)
     _geometry("im2col", kh, kw, sy, sx, ph, pw)
     N, H, W, C = x.shape
     OH, OW = (H + 2 * ph - kh) // sy + 1, (W + 2 * pw - kw) // sx + 1
@@ -84,7 +72,7 @@ def col2im(col, h: int, w: int, sy: int, sx: int, ph: int, pw: int, out=None):
     out: an (N, h, w, C) array of col's dtype and namespace to write into (any layout; its old
     contents are ignored), or None for a new C-contiguous one.  Returns x.
     """
-    xp = _xp_of("col2im", col, 6)
+    xp = float_array_module("col2im", col, 6)
     _geometry("col2im", *col.shape[3:5], sy, sx, ph, pw)
     N, C = col.shape[0], col.shape[5]
     if out is None:

@@ -42,19 +42,11 @@ import numba
 
 from jmvae_cupy.backend import get_array_module, is_gpu_array
 
-from ._dispatch import FLOAT_DTYPES, KernelArgumentError, launch, numba_cuda
+from ._dispatch import KernelArgumentError, float_array_module, launch, numba_cuda
 
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-
-
-def _checked(where, a, ndim):
-    if not (hasattr(a, "dtype") and hasattr(a, "shape")):
-        raise KernelArgumentError(f"{where}: expected a NumPy or CuPy array, got {type(a).__name__}")
-    if a.ndim != ndim or a.dtype not in FLOAT_DTYPES:
-        raise KernelArgumentError(f"{where}: expected a {ndim}-D float32/float64 array, got {a.shape} {a.dtype}")
-    return get_array_module(a)
 
 
 def _tiles(where, h, w):
@@ -66,7 +58,7 @@ def _tiles(where, h, w):
 
 def wino_input(x):
     """V (9, N*TH*TW, 4B) from x (N, H, W, B), H and W multiples of 4 (see the module docstring)."""
-    xp = _checked("wino_input", x, 4)
+    xp = float_array_module("wino_input", x, 4)
     N, H, W, B = x.shape
     TH, TW = _tiles("wino_input", H, W)
     V = xp.empty((3, 3, N, TH, TW, 2, 2, B), dtype=x.dtype)
@@ -76,7 +68,7 @@ def wino_input(x):
 
 def wino_input_adj(dV, n: int, h: int, w: int):
     """dx (n, h, w, B) from dV (9, n*TH*TW, 4B): the adjoint of :func:`wino_input`."""
-    xp = _checked("wino_input_adj", dV, 3)
+    xp = float_array_module("wino_input_adj", dV, 3)
     TH, TW = _tiles("wino_input_adj", h, w)
     if dV.shape[0] != 9 or dV.shape[1] != n * TH * TW or dV.shape[2] % 4:
         raise KernelArgumentError(f"wino_input_adj: dV is {dV.shape}, expected (9, {n * TH * TW}, 4B)")
@@ -88,7 +80,7 @@ def wino_input_adj(dV, n: int, h: int, w: int):
 
 def wino_output(M, n: int, oh: int, ow: int):
     """y (n, oh, ow, A) from M (9, n*(oh/2)*(ow/2), A): every tile's A^T . A (oh, ow even)."""
-    xp = _checked("wino_output", M, 3)
+    xp = float_array_module("wino_output", M, 3)
     if oh % 2 or ow % 2 or M.shape[0] != 9 or M.shape[1] != n * (oh // 2) * (ow // 2):
         raise KernelArgumentError(f"wino_output: M is {M.shape}, expected (9, {n * (oh // 2) * (ow // 2)}, A) "
                                   f"for {oh}x{ow} outputs (even sides)")
@@ -100,7 +92,7 @@ def wino_output(M, n: int, oh: int, ow: int):
 
 def wino_output_adj(dy):
     """dM (9, N*(OH/2)*(OW/2), A) from dy (N, OH, OW, A): the adjoint of :func:`wino_output`."""
-    xp = _checked("wino_output_adj", dy, 4)
+    xp = float_array_module("wino_output_adj", dy, 4)
     N, OH, OW, A = dy.shape
     if OH % 2 or OW % 2:
         raise KernelArgumentError(f"wino_output_adj: {OH}x{OW} outputs, both sides must be even")
@@ -112,7 +104,7 @@ def wino_output_adj(dy):
 def wino_weight(W):
     """Ut (9, A, 4B) from a kernel W (A, B, 4, 4): column (r, q, b) of Ut[3 alpha + beta] transforms
     the taps (2a' + r, 2b' + q) of input channel b (see the module docstring)."""
-    xp = _checked("wino_weight", W, 4)
+    xp = float_array_module("wino_weight", W, 4)
     if W.shape[2:] != (4, 4):
         raise KernelArgumentError(f"wino_weight: W is {W.shape}, expected (A, B, 4, 4)")
     if is_gpu_array(W):
@@ -125,7 +117,7 @@ def wino_weight(W):
 
 def wino_weight_adj(dUt, W_shape):
     """dW (A, B, 4, 4) from dUt (9, A, 4B): the adjoint of :func:`wino_weight`."""
-    xp = _checked("wino_weight_adj", dUt, 3)
+    xp = float_array_module("wino_weight_adj", dUt, 3)
     A, B = W_shape[:2]
     if dUt.shape != (9, A, 4 * B) or tuple(W_shape[2:]) != (4, 4):
         raise KernelArgumentError(f"wino_weight_adj: dUt is {dUt.shape}, expected (9, {A}, {4 * B}) for W {W_shape}")

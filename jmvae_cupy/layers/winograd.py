@@ -70,18 +70,12 @@ def pays(h: int, w: int, b_channels: int, a_channels: int) -> bool:
     return min(b_channels, a_channels) >= MIN_CHANNELS and min(h, w) >= MIN_SIDE
 
 
-def weight_transform(W):
-    """Ut = (G g G^T)^T (9, A, 4B) from a kernel W (A, B, 4, 4) (a conv's (C_out, C_in, ...), a
-    deconv's (C_in, C_out, ...)): column (r, q, b) of Ut[3 alpha + beta] transforms the taps
-    (2a' + r, 2b' + q) of input channel b.  Stored transposed -- U^T, output channel first, as W
-    is -- so that no pass moves the output channel innermost; the GEMMs read it transposed.
-    One parallel pass (kernels/winograd.py)."""
-    return wino_weight(W)
-
-
-def weight_transform_adj(dUt, W_shape):
-    """dW (A, B, 4, 4) from dUt (9, A, 4B): the adjoint G^T dU G (g0 <- u0 + u1, g1 <- u1 + u2)."""
-    return wino_weight_adj(dUt, W_shape)
+# The kernel and its adjoint: Ut = (G g G^T)^T (9, A, 4B) from W (A, B, 4, 4) -- a conv's
+# (C_out, C_in, ...), a deconv's (C_in, C_out, ...) --, stored transposed (output channel first, as
+# in W, so no pass moves it innermost; the GEMMs read it transposed), and dW = G^T dU G.  One
+# parallel pass each (kernels/winograd.py).
+weight_transform = wino_weight
+weight_transform_adj = wino_weight_adj
 
 
 def correlate(x, Ut):

@@ -126,7 +126,7 @@ def test_strided_views_give_the_contiguous_result(rng):
 @pytest.mark.parametrize("call, match", [
     (lambda: wino_input(np.zeros((1, 6, 8, 2))), "multiple of 4"),
     (lambda: wino_input(np.zeros((1, 8, 8), np.float32)), "4-D"),
-    (lambda: wino_input(np.zeros((1, 8, 8, 2), np.int32)), "float32/float64"),
+    (lambda: wino_input(np.zeros((1, 8, 8, 2), np.int32)), "expected float32 or float64"),
     (lambda: wino_input([[0.0]]), "NumPy or CuPy array"),
     (lambda: wino_input_adj(np.zeros((9, 5, 8)), 1, 8, 8), r"expected \(9, 4, 4B\)"),
     (lambda: wino_output(np.zeros((9, 4, 3)), 1, 6, 4), "even sides"),
