@@ -151,12 +151,11 @@ def gemm_list(model, n: int) -> list:
                 m, kk = n * oh * ow, k * k * c
                 if use_winograd(h, wd, k, k, (s, s), (p, p), c, layer.channels):
                     winograd(name, m // 4, c, layer.channels, need_dx, deconv=False)
-                    shape = (layer.channels, oh, ow)
-                    continue
-                out.append((f"{name} col@Wm.T", ((m, kk), False), ((layer.channels, kk), True)))
-                out.append((f"{name} dY.T@col", ((m, layer.channels), True), ((m, kk), False)))
-                if need_dx:
-                    out.append((f"{name} dY@Wm", ((m, layer.channels), False), ((layer.channels, kk), False)))
+                else:
+                    out.append((f"{name} col@Wm.T", ((m, kk), False), ((layer.channels, kk), True)))
+                    out.append((f"{name} dY.T@col", ((m, layer.channels), True), ((m, kk), False)))
+                    if need_dx:
+                        out.append((f"{name} dY@Wm", ((m, layer.channels), False), ((layer.channels, kk), False)))
                 shape = (layer.channels, oh, ow)
             elif isinstance(layer, Deconv2D):
                 c, h, wd = shape
@@ -165,11 +164,10 @@ def gemm_list(model, n: int) -> list:
                 oh, ow = deconv_outsize(h, k, s, p), deconv_outsize(wd, k, s, p)
                 if use_winograd(oh, ow, k, k, (s, s), (p, p), layer.channels, c):
                     winograd(name, m // 4, layer.channels, c, True, deconv=True)
-                    shape = (layer.channels, oh, ow)
-                    continue
-                out.append((f"{name} X@Wm", ((m, c), False), ((c, kk), False)))
-                out.append((f"{name} dcol@Wm.T", ((m, kk), False), ((c, kk), True)))
-                out.append((f"{name} X.T@dcol", ((m, c), True), ((m, kk), False)))
+                else:
+                    out.append((f"{name} X@Wm", ((m, c), False), ((c, kk), False)))
+                    out.append((f"{name} dcol@Wm.T", ((m, kk), False), ((c, kk), True)))
+                    out.append((f"{name} X.T@dcol", ((m, c), True), ((m, kk), False)))
                 shape = (layer.channels, oh, ow)
             elif isinstance(layer, Flatten):
                 shape = (prod(shape),)
