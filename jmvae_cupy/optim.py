@@ -8,7 +8,11 @@ Conventions, written down because libraries differ on them:
 * eps sits *outside* the square root, added to sqrt(v_hat):
       p <- p - lr * m_hat / (sqrt(v_hat) + eps)
   (as in the paper and in PyTorch; TensorFlow's "epsilon hat" puts it elsewhere);
-* the update *descends*: pass the gradient of the quantity to minimise (the negative bound).
+* the update *descends*: pass the gradient of the quantity to minimise (the negative bound);
+* a moment that falls below the dtype's smallest normal number (``finfo.tiny``) is stored as 0:
+  x86 CPUs slow down ~100x on such subnormal numbers, and a parameter with no gradient for a few
+  hundred steps (a dead unit) decays into them (kernels/adam.py).  ``flush_subnormals=False``
+  keeps them (Algorithm 1 in the dtype's arithmetic, to the bit).
 
 The state (t, m, v, hyper-parameters) saves and restores exactly: ``state_dict`` /
 ``load_state_dict``.  Derivation: docs/derivations/adam.md.  Checked by tests/test_optim.py.
@@ -21,12 +25,14 @@ from .kernels.adam import adam_update
 
 
 class Adam:
-    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 flush_subnormals: bool = True):
         if not lr > 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
             raise ValueError(f"betas must lie in [0, 1), got {beta1}, {beta2}")
         self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), float(eps)
+        self.flush_subnormals = bool(flush_subnormals)  # a speed setting of this object, not saved state
         self.t = 0
         self.m: dict = {}
         self.v: dict = {}
@@ -49,7 +55,7 @@ class Adam:
                 self.v[name] = xp.zeros_like(p)
             # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p - lr m_hat / (sqrt(v_hat) + eps),
             # in one fused pass (kernels/adam.py; adam_update_ref there is the same in plain xp)
-            adam_update(p, g, self.m[name], self.v[name], b1, b2, step_size, eps_hat)
+            adam_update(p, g, self.m[name], self.v[name], b1, b2, step_size, eps_hat, self.flush_subnormals)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: hyper-parameters, t, and the moments (arrays)."""

@@ -8,17 +8,41 @@ element does
     v <- b2 v + (1 - b2) g^2
     p <- p - step_size m / (sqrt(v) + eps_hat)
 
-in place on p, m, v.  The plain-xp form takes ~10 passes over memory and 4 temporaries per
+in place on p, m, v, with numbers too small to matter flushed to 0 so that no operation meets a
+subnormal number (below).  The plain-xp form takes ~10 passes over memory and 4 temporaries per
 parameter; the fused kernel reads p, g, m, v once and writes p, m, v once.  Shapes: any; the
 kernels see the arrays flattened to (P,) (C-contiguous views, no copy).
 
 Public API (dispatch on the array namespace: NumPy -> Numba CPU twin, CuPy -> Numba CUDA kernel
 on CuPy's current stream):
 
-* ``adam_update(p, g, m, v, beta1, beta2, step_size, eps_hat)`` -> None (in place on p, m, v)
+* ``adam_update(p, g, m, v, beta1, beta2, step_size, eps_hat, flush=True)`` -> None (in place on
+  p, m, v)
 
 and the plain-xp oracle ``adam_update_ref`` (same signature), which is also what runs when p, m or
 v is not C-contiguous or the dtypes differ (the fused kernel writes in place through flat views).
+
+The flush, and why: a parameter whose gradient is exactly 0 for a while (a dead ReLU unit, a pixel
+that is 0 in every recent batch) gets m <- b1 m at every step, and m decays towards the
+*subnormal* range (below finfo.tiny, 1.2e-38 in float32) over several hundred steps at b1 = 0.9.
+x86 CPUs compute on subnormal operands and results through a microcode assist, about 100 times
+slower per operation; and ``step_size * m`` turns subnormal long before m does (for
+|m| < tiny / step_size).  Left alone, the update slows down several-fold as training goes on
+(docs/performance.md, "Subnormal numbers in Adam"; ``python bench/micro.py subnormal``).  So, with
+``flush=True`` (the default; eps below is the dtype's machine epsilon, not Adam's):
+
+* a moment below ``moment_min = tiny / eps`` in magnitude is stored as 0 (9.9e-32 in float32):
+  ``b m`` and ``step_size * m`` then stay normal for step sizes down to ~1e-7;
+* a gradient below ``g_min = sqrt(2 tiny / (1 - b2))`` in magnitude counts as 0 (4.9e-18 in
+  float32 at b2 = 0.999), so that ``(1 - b2) g^2`` is normal or 0.
+
+What that changes: a flushed m skips updates of at most ``step_size * moment_min / eps_hat``
+(~1e-25 in float32 with the default lr and eps), below half an ulp of any parameter larger than
+~2e-18 in magnitude; a flushed v changes ``sqrt(v) + eps_hat`` by less than an ulp.  A gradient
+below g_min moves m by less than (1 - b1) g_min; the one case that differs visibly is a parameter
+whose gradients *all* stay below g_min: it does not move, where Algorithm 1, normalising by
+sqrt(v), would step it by up to lr (with a v itself at the subnormal edge in float32).  NaN and
+inf pass through (the comparisons are false for NaN).  ``flush=False`` runs Algorithm 1 as is.
 
 Rounding: scalars are cast to the arrays' dtype first and the operations run in the order of
 the reference, in that dtype (no float64 detour in float32), so the CPU twin gives the same bits
@@ -33,6 +57,7 @@ import math
 from types import SimpleNamespace
 
 import numba
+import numpy as np
 
 from jmvae_cupy.backend import get_array_module
 
@@ -46,11 +71,15 @@ ADAM_THREADS = 256
 # --------------------------------------------------------------------------------------------
 
 
-def adam_update(p, g, m, v, beta1: float, beta2: float, step_size: float, eps_hat: float) -> None:
+def adam_update(p, g, m, v, beta1: float, beta2: float, step_size: float, eps_hat: float,
+                flush: bool = True) -> None:
     """One Adam update of p (any shape) with gradient g, in place on p and its moments m, v.
 
     p, g, m, v: arrays of one shape and namespace, float32 or float64; beta1, beta2: moment decays;
-    step_size, eps_hat: lr and eps with the bias corrections folded in (see the module docstring).
+    step_size, eps_hat: lr and eps with the bias corrections folded in (see the module docstring);
+    flush: count gradients below g_min as 0 and store moments below moment_min as 0
+    (``flush_thresholds``; the module docstring says why); False runs Algorithm 1 as is (slow on
+    x86 once subnormal numbers appear).
     """
     xp = get_array_module(p, g, m, v)
     arrays = {"p": p, "g": g, "m": m, "v": v}
@@ -67,12 +96,20 @@ def adam_update(p, g, m, v, beta1: float, beta2: float, step_size: float, eps_ha
         and all(a.flags.c_contiguous for a in (p, m, v))
     )
     if not fused:
-        adam_update_ref(p, g, m, v, beta1, beta2, step_size, eps_hat)
+        adam_update_ref(p, g, m, v, beta1, beta2, step_size, eps_hat, flush)
         return
     t = p.dtype.type
     flat = [a.reshape(-1) for a in (p, xp.ascontiguousarray(g), m, v)]  # views (g copied only if strided)
-    scalars = (t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(step_size), t(eps_hat))
+    g_min, moment_min = flush_thresholds(t, beta2) if flush else (0, 0)  # (nothing is below 0)
+    scalars = (t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(step_size), t(eps_hat), t(g_min), t(moment_min))
     launch(xp, _adam_cpu, _adam_cuda, flat, scalars)
+
+
+def flush_thresholds(dtype, beta2: float) -> tuple:
+    """(g_min, moment_min) of the flush for float ``dtype``: sqrt(2 tiny / (1 - beta2)) and
+    tiny / eps, as Python floats (the module docstring derives them)."""
+    fi = np.finfo(dtype)
+    return math.sqrt(2.0 * float(fi.tiny) / (1.0 - beta2)), float(fi.tiny) / float(fi.eps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,13 +117,20 @@ def adam_update(p, g, m, v, beta1: float, beta2: float, step_size: float, eps_ha
 # --------------------------------------------------------------------------------------------
 
 
-def adam_update_ref(p, g, m, v, beta1, beta2, step_size, eps_hat) -> None:
+def adam_update_ref(p, g, m, v, beta1, beta2, step_size, eps_hat, flush=True) -> None:
     """Reference in plain xp, in place on p, m, v (any shapes, any layouts)."""
     xp = get_array_module(p)
+    if flush:  # (the module docstring says why)
+        g_min, moment_min = (m.dtype.type(a) for a in flush_thresholds(m.dtype, beta2))
+        g = xp.where(xp.abs(g) < g_min, 0, g)  # a copy: g is the caller's
     m *= beta1
     m += (1.0 - beta1) * g  # m <- b1 m + (1 - b1) g
+    if flush:
+        m[xp.abs(m) < moment_min] = 0  # +0
     v *= beta2
     v += (1.0 - beta2) * (g * g)  # v <- b2 v + (1 - b2) g^2
+    if flush:
+        v[v < moment_min] = 0  # (v >= 0)
     p -= step_size * m / (xp.sqrt(v) + eps_hat)  # p <- p - lr m_hat / (sqrt(v_hat) + eps)
 
 
@@ -97,11 +141,18 @@ def adam_update_ref(p, g, m, v, beta1, beta2, step_size, eps_hat) -> None:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _adam_cpu(p, g, m, v, b1, omb1, b2, omb2, step_size, eps_hat):
+def _adam_cpu(p, g, m, v, b1, omb1, b2, omb2, step_size, eps_hat, g_min, moment_min):
+    zero = b1 - b1  # +0 in the arrays' dtype (a literal 0.0 would turn the float32 loop float64)
     for i in range(p.shape[0]):
         gi = g[i]
+        if abs(gi) < g_min:  # the flush (module docstring); thresholds 0: no flush
+            gi = zero
         mi = m[i] * b1 + omb1 * gi
+        if abs(mi) < moment_min:
+            mi = zero
         vi = v[i] * b2 + omb2 * (gi * gi)
+        if vi < moment_min:
+            vi = zero
         m[i] = mi
         v[i] = vi
         p[i] = p[i] - (step_size * mi) / (math.sqrt(vi) + eps_hat)
@@ -115,12 +166,19 @@ def _adam_cpu(p, g, m, v, b1, omb1, b2, omb2, step_size, eps_hat):
 cuda = None  # numba.cuda, bound by _cuda_kernels()
 
 
-def _update_kernel(p, g, m, v, b1, omb1, b2, omb2, step_size, eps_hat):
+def _update_kernel(p, g, m, v, b1, omb1, b2, omb2, step_size, eps_hat, g_min, moment_min):
     i = cuda.grid(1)
     if i < p.shape[0]:
+        zero = b1 - b1
         gi = g[i]
+        if abs(gi) < g_min:  # the flush, as the CPU twin (GPUs do not slow down on subnormals, but
+            gi = zero  # the numbers must be the same on both devices)
         mi = m[i] * b1 + omb1 * gi
+        if abs(mi) < moment_min:
+            mi = zero
         vi = v[i] * b2 + omb2 * (gi * gi)
+        if vi < moment_min:
+            vi = zero
         m[i] = mi
         v[i] = vi
         p[i] = p[i] - (step_size * mi) / (math.sqrt(vi) + eps_hat)
@@ -137,14 +195,15 @@ def _cuda_kernels():
 def _cuda_signatures(float_type):
     """Numba signature of the CUDA kernel for one float type, C-contiguous 1-D arrays."""
     a = float_type[::1]
-    return {"update": (a, a, a, a, *(float_type,) * 6)}
+    return {"update": (a, a, a, a, *(float_type,) * 8)}
 
 
-def _adam_cuda(p, g, m, v, b1, omb1, b2, omb2, step_size, eps_hat, stream=0):
+def _adam_cuda(p, g, m, v, b1, omb1, b2, omb2, step_size, eps_hat, g_min, moment_min, stream=0):
     """Launch the CUDA kernel on flat (P,) arrays, updating p, m, v in place; returns p."""
     n = p.shape[0]
     if n:
         blocks = (n + ADAM_THREADS - 1) // ADAM_THREADS
-        _cuda_kernels().update[blocks, ADAM_THREADS, stream](p, g, m, v, b1, omb1, b2, omb2, step_size, eps_hat)
+        _cuda_kernels().update[blocks, ADAM_THREADS, stream](p, g, m, v, b1, omb1, b2, omb2, step_size, eps_hat, g_min,
+                                                             moment_min)
     return p
 

@@ -47,3 +47,22 @@ def test_state_round_trip_is_exact(rng):
         a.step(pa, g)
         b.step(pb, g)
     assert np.array_equal(pa["w"], pb["w"]) and a.t == b.t == 6
+
+
+def test_subnormal_flush_changes_a_dead_units_parameter_by_nothing_visible(rng):
+    """A unit that stops receiving gradient: with the flush its moment reaches exactly 0 (no
+    subnormal, kernels/adam.py); without it, m decays through the subnormals.  The parameters of
+    the two runs agree to far below float32 resolution."""
+    p0 = rng.standard_normal(6).astype(np.float32)
+    g1 = rng.standard_normal(6).astype(np.float32)
+    runs = {}
+    for flush in (True, False):
+        opt, p = Adam(lr=1e-3, flush_subnormals=flush), {"w": p0.copy()}
+        opt.step(p, {"w": g1})  # one real gradient, then none
+        for _ in range(900):
+            opt.step(p, {"w": np.zeros(6, np.float32)})
+        runs[flush] = (p["w"], opt.m["w"])
+    tiny = np.finfo(np.float32).tiny
+    np.testing.assert_array_equal(runs[True][1], 0)
+    assert np.all((runs[False][1] != 0) & (np.abs(runs[False][1]) < tiny))
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=0, atol=1e-30)

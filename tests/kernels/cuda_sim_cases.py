@@ -100,7 +100,8 @@ def test_adam_kernel(rng, dtype, size):
     ref = [a.copy() for a in (p, m, v)]
     hyper = (0.9, 0.999, 3e-4, 4e-10)
     t = np.dtype(dtype).type
-    scalars = (t(0.9), t(1 - 0.9), t(0.999), t(1 - 0.999), t(3e-4), t(4e-10))
+    flush = adam.flush_thresholds(dtype, 0.999)
+    scalars = (t(0.9), t(1 - 0.9), t(0.999), t(1 - 0.999), t(3e-4), t(4e-10), *map(t, flush))
     for g in grads:
         adam._adam_cuda(p, g, m, v, *scalars)
         adam.adam_update_ref(*ref[:1], g, *ref[1:], *hyper)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jmvae_cupy.kernels.adam import flush_thresholds
 from jmvae_cupy.kernels.gauss_kl import gauss_kl_backward_ref, gauss_kl_forward_ref
 from jmvae_cupy.kernels.reparam import reparam_backward_ref, reparam_forward_ref
 
@@ -136,13 +137,23 @@ def check_kl_backward(grads, dkl, args):
 
 def adam_inputs(rng, shape, dtype, steps):
     """p (any values), moments m (signed) and v (>= 0, some exactly 0: a fresh optimiser), and
-    ``steps`` gradients, all of ``shape`` and ``dtype``."""
-    p = rng.standard_normal(shape).astype(dtype)
-    m = (rng.standard_normal(shape) * 0.1).astype(dtype)
-    v = (rng.standard_normal(shape) ** 2 * 0.01).astype(dtype)
+    ``steps`` gradients, all of ``shape`` and ``dtype``.  Every 5th element from the 2nd on has
+    moments just above the flush threshold (kernels/adam.py) and zero gradients: its first update
+    takes them below it, so they must be stored as 0; every 7th from the 4th has gradients just
+    below g_min, which must count as 0."""
+    p = np.asarray(rng.standard_normal(shape), dtype)  # asarray: shape () gives 0-d arrays, not scalars
+    m = np.asarray(rng.standard_normal(shape) * 0.1, dtype)
+    v = np.asarray(rng.standard_normal(shape) ** 2 * 0.01, dtype)
+    grads = [np.asarray(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 1), dtype) for _ in range(steps)]
     if v.ndim:
         v.reshape(-1)[::3] = 0
-    grads = [(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 1)).astype(dtype) for _ in range(steps)]
+        g_min, moment_min = flush_thresholds(dtype, 0.999)
+        edge, small = slice(1, None, 5), slice(3, None, 7)
+        m.reshape(-1)[edge] = moment_min * 1.05 * np.where(rng.random(m.reshape(-1)[edge].shape) < 0.5, -1, 1)
+        v.reshape(-1)[edge] = moment_min * 1.0005
+        for g in grads:
+            g.reshape(-1)[edge] = 0
+            g.reshape(-1)[small] = g_min * 0.9 * np.sign(g.reshape(-1)[small])
     return p, m, v, grads
 
 
