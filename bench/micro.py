@@ -6,6 +6,8 @@
     python bench/micro.py gemm          # the same products in NumPy (OpenBLAS) and torch (MKL), 1 thread
     python bench/micro.py winograd      # conv forward + both gradients, im2col vs Winograd F(2x2, 2x2), per
                                         # correlation of the CelebA nets (the rule of conv.use_winograd)
+    python bench/micro.py subnormal     # MNIST JMVAE-kl training on the embedded data, Adam with and without
+                                        # its flush of subnormal numbers (kernels/adam.py), epoch by epoch
 
 Every measurement of ``heap`` runs in a fresh process of its own (the point is what a process's
 history does to its heap).  ``--threads N`` sets the BLAS / Numba / torch threads (default 1).
@@ -184,11 +186,117 @@ def winograd(args) -> None:
               f"winograd/im2col {row[1] / row[0]:5.2f}   auto: {auto}")
 
 
+# ----------------------------------------------------------------------------------------- subnormal
+def subnormal_update(args) -> None:
+    """One Adam update of 2^20 float32 parameters with zero gradients, v = 1e-4 and every m at one
+    value: normal (1e-3), where ``step_size * m`` is subnormal (1e-36), itself subnormal (1e-39);
+    ours with and without the flush, and torch's (when importable) with and without
+    ``torch.set_flush_denormal``.  m is refilled before each timed update, so the 1e-39 column is
+    the one update that meets subnormal moments carried over from before (ours then stores 0)."""
+    import numpy as np
+
+    from jmvae_cupy.optim import Adam
+
+    n, values = 1 << 20, (1e-3, 1e-36, 1e-39)
+    sides = {}
+    for flush in (True, False):
+        opt, p, g = Adam(flush_subnormals=flush), {"w": np.ones(n, np.float32)}, {"w": np.zeros(n, np.float32)}
+        opt.step(p, g)
+
+        def ours(value, opt=opt, p=p, g=g):
+            opt.m["w"].fill(value)
+            opt.v["w"].fill(1e-4)
+            return _timed(lambda: opt.step(p, g), 1, warmup=0)[0]
+
+        sides[f"ours, flush={flush}"] = ours
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+        w = torch.nn.Parameter(torch.ones(n))
+        topt = torch.optim.Adam([w], lr=1e-3)
+        w.grad = torch.zeros(n)
+        topt.step()
+
+        for ftz in (False, True):
+            def theirs(value, ftz=ftz):
+                torch.set_flush_denormal(ftz)
+                topt.state[w]["exp_avg"].fill_(value)
+                topt.state[w]["exp_avg_sq"].fill_(1e-4)
+                t = _timed(topt.step, 1, warmup=0)[0]
+                torch.set_flush_denormal(False)
+                return t
+
+            sides[f"torch, set_flush_denormal({ftz})"] = theirs
+    print(f"One Adam update, 2^20 float32 parameters, zero gradients, every m at one value (median ms of "
+          f"{args.repeat}, interleaved):")
+    print(f"  {'':34s}" + "".join(f"{f'm = {v:g}':>12s}" for v in values))
+    times = {(k, v): [] for k in sides for v in values}
+    for _ in range(args.repeat):
+        for k, fn in sides.items():
+            for v in values:
+                times[k, v].append(fn(v))
+    for k in sides:
+        print(f"  {k:34s}" + "".join(f"{statistics.median(times[k, v]):12.2f}" for v in values))
+    print()
+
+
+def subnormal(args) -> None:
+    """Two MNIST JMVAE-kl trainings on the embedded data (batch 100, beta 1, the same data and noise),
+    one with Adam's flush (the default) and one with ``Adam(flush_subnormals=False)``, an epoch of
+    each in turn; per epoch the median step and Adam-update times of each, and how many moments of
+    the unflushed run are subnormal."""
+    import numpy as np
+
+    from jmvae_cupy.models import build_model
+    from jmvae_cupy.optim import Adam
+    from jmvae_cupy.rng import Rng
+    from jmvae_cupy.train import MnistSource
+
+    subnormal_update(args)
+    source = MnistSource({"dataset": "mnist", "data_dir": None, "train_subset": 0, "batch_size": 100}, np.float32)
+    runs = {}
+    for flush in (True, False):
+        model = build_model("mnist", "kl", seed=0, dtype="float32", xp=np)
+        runs[flush] = (model, Adam(lr=1e-3, flush_subnormals=flush), Rng(1), Rng(2))
+    tiny = np.finfo(np.float32).tiny
+    print(f"MNIST JMVAE-kl, batch 100, {source.name}; {args.threads} thread(s); median ms per step "
+          "(loss_and_grads + Adam) and per Adam update; subnormal: moments of the unflushed run below "
+          f"{tiny:.2g} (of {sum(p.size for p in runs[True][0].params.values()) * 2:,})")
+    print(f"{'epoch':>5s} {'steps':>6s} | {'step ms':>8s} {'Adam ms':>8s} | {'step ms':>8s} {'Adam ms':>8s} "
+          f"{'subnormal':>10s}  (flush | no flush)")
+    done = 0
+    for epoch in range(1, args.epochs + 1):
+        row = []
+        for flush, (model, opt, data_rng, noise_rng) in runs.items():
+            steps, batch = source.epoch(data_rng, 100)
+            t_step, t_adam = [], []
+            for i in range(steps):
+                x, w = batch(i)
+                t0 = time.perf_counter()
+                _, _, grads = model.loss_and_grads(x, w, noise_rng, beta=1.0)
+                t1 = time.perf_counter()
+                opt.step(model.params, grads)
+                t2 = time.perf_counter()
+                t_step.append(t2 - t0)
+                t_adam.append(t2 - t1)
+            row += [1e3 * statistics.median(t_step), 1e3 * statistics.median(t_adam)]
+            if not flush:
+                moments = [*opt.m.values(), *opt.v.values()]
+                row.append(sum(int(np.count_nonzero((a != 0) & (np.abs(a) < tiny))) for a in moments))
+        done += steps
+        print(f"{epoch:5d} {done:6d} | {row[0]:8.1f} {row[1]:8.2f} | {row[2]:8.1f} {row[3]:8.2f} {row[4]:10,d}",
+              flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("heap", "batchnorm", "gemm", "winograd"))
+    p.add_argument("what", choices=("heap", "batchnorm", "gemm", "winograd", "subnormal"))
     p.add_argument("--threads", type=int, default=1, help="BLAS / Numba / torch threads (default 1)")
     p.add_argument("--repeat", type=int, default=9, help="winograd: interleaved repetitions per method (default 9)")
+    p.add_argument("--epochs", type=int, default=14, help="subnormal: epochs of each training (default 14)")
     p.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     require_installed()
@@ -203,7 +311,7 @@ def main(argv=None) -> int:
         if os.environ.get("_MICRO_CHILD") != "1":
             return subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
                                   env={**os.environ, "_MICRO_CHILD": "1"}).returncode
-        {"batchnorm": batchnorm, "gemm": gemm, "winograd": winograd}[args.what](args)
+        {"batchnorm": batchnorm, "gemm": gemm, "winograd": winograd, "subnormal": subnormal}[args.what](args)
     return 0
 
 

@@ -86,6 +86,17 @@ def test_the_benchmark_runs_end_to_end_and_reports_every_column():
     assert "cpu" in doc["machine"]
 
 
+def test_the_subnormal_benchmark_runs_both_trainings():
+    """``bench/micro.py subnormal`` (docs/performance.md): one epoch of each training, one round of
+    the single-update table (no timing asserted)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "micro.py"), "subnormal", "--epochs", "1",
+                          "--repeat", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ours, flush=True" in out.stdout and "ours, flush=False" in out.stdout, out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.lstrip().startswith("1 ")]
+    assert len(rows) == 1 and rows[0][:3] == ["1", "80", "|"], out.stdout  # epoch 1, 8000 digits / 100
+
+
 @pytest.mark.parametrize("script", ["throughput.py", "conv.py", "micro.py", "distributed.py"])
 def test_a_python_without_the_package_gets_one_line(script):
     """``python -S`` skips site-packages (the install): each benchmark says so in one line and
