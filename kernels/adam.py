@@ -81,15 +81,7 @@ def adam_update(p, g, m, v, beta1: float, beta2: float, step_size: float, eps_ha
     (``flush_thresholds``; the module docstring says why); False runs Algorithm 1 as is (slow on
     x86 once subnormal numbers appear).
     """
-    xp = get_array_module(p, g, m, v)
-    arrays = {"p": p, "g": g, "m": m, "v": v}
-    for name, a in arrays.items():
-        if not (hasattr(a, "dtype") and hasattr(a, "shape")):
-            raise KernelArgumentError(f"adam_update: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
-        if a.shape != p.shape:
-            raise KernelArgumentError(f"adam_update: {name} has shape {a.shape}, p has {p.shape}")
-        if get_array_module(a) is not xp:
-            raise KernelArgumentError(f"adam_update: {name} lives on another device than p")
+    xp = _checked_namespace(p, g, m, v)
     fused = (
         p.dtype in FLOAT_DTYPES
         and g.dtype == m.dtype == v.dtype == p.dtype
@@ -98,11 +90,30 @@ def adam_update(p, g, m, v, beta1: float, beta2: float, step_size: float, eps_ha
     if not fused:
         adam_update_ref(p, g, m, v, beta1, beta2, step_size, eps_hat, flush)
         return
-    t = p.dtype.type
     flat = [a.reshape(-1) for a in (p, xp.ascontiguousarray(g), m, v)]  # views (g copied only if strided)
+    launch(xp, _adam_cpu, _adam_cuda, flat, _kernel_scalars(p.dtype.type, beta1, beta2, step_size, eps_hat, flush))
+
+
+def _checked_namespace(p, g, m, v):
+    """NumPy or CuPy, after checking that p, g, m, v are arrays of one shape on one device."""
+    if type(p) is type(g) is type(m) is type(v) and hasattr(p, "dtype") and p.shape == g.shape == m.shape == v.shape:
+        return get_array_module(p)  # (the common case, checked in one line: one array type, one shape)
+    xp = get_array_module(p, g, m, v)
+    for name, a in {"p": p, "g": g, "m": m, "v": v}.items():
+        if not (hasattr(a, "dtype") and hasattr(a, "shape")):
+            raise KernelArgumentError(f"adam_update: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
+        if a.shape != p.shape:
+            raise KernelArgumentError(f"adam_update: {name} has shape {a.shape}, p has {p.shape}")
+        if get_array_module(a) is not xp:
+            raise KernelArgumentError(f"adam_update: {name} lives on another device than p")
+    return xp
+
+
+@functools.lru_cache(maxsize=8)
+def _kernel_scalars(t, beta1, beta2, step_size, eps_hat, flush) -> tuple:
+    """The kernels' scalar arguments in dtype ``t`` (cached: every array of an Adam step shares them)."""
     g_min, moment_min = flush_thresholds(t, beta2) if flush else (0, 0)  # (nothing is below 0)
-    scalars = (t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(step_size), t(eps_hat), t(g_min), t(moment_min))
-    launch(xp, _adam_cpu, _adam_cuda, flat, scalars)
+    return (t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(step_size), t(eps_hat), t(g_min), t(moment_min))
 
 
 def flush_thresholds(dtype, beta2: float) -> tuple:
