@@ -289,6 +289,10 @@ def subnormal(args) -> None:
         done += steps
         print(f"{epoch:5d} {done:6d} | {row[0]:8.1f} {row[1]:8.2f} | {row[2]:8.1f} {row[3]:8.2f} {row[4]:10,d}",
               flush=True)
+    a, b = runs[True][0].params, runs[False][0].params
+    differ = sum(int(np.count_nonzero(a[k] != b[k])) for k in a)
+    print(f"parameters that differ between the two runs after {done} steps: {differ:,} "
+          f"(largest difference {max(float(np.abs(a[k] - b[k]).max()) for k in a):.3g})")
 
 
 def main(argv=None) -> int:

@@ -95,6 +95,7 @@ def test_the_subnormal_benchmark_runs_both_trainings():
     assert "ours, flush=True" in out.stdout and "ours, flush=False" in out.stdout, out.stdout
     rows = [line.split() for line in out.stdout.splitlines() if line.lstrip().startswith("1 ")]
     assert len(rows) == 1 and rows[0][:3] == ["1", "80", "|"], out.stdout  # epoch 1, 8000 digits / 100
+    assert "parameters that differ between the two runs after 80 steps: 0 " in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize("script", ["throughput.py", "conv.py", "micro.py", "distributed.py"])
