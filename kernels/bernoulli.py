@@ -32,6 +32,7 @@ import numba
 
 from jmvae_cupy.backend import get_array_module
 
+from . import _cuda_reduce
 from ._dispatch import checked_arrays, launch, numba_cuda
 
 # Threads per block of the CUDA kernel (one block per row).  A power of two, for the tree
@@ -104,11 +105,12 @@ def _bernoulli_combine_cpu(x, logits, log1p_e, ll, r):
 
 # --------------------------------------------------------------------------------------------
 # Numba CUDA kernel: a plain function here, made a kernel by _cuda_kernels() on first use (see
-# kernels/reparam.py for why `cuda` is a module global).  One block per row, a tree reduction as
-# in kernels/gauss_kl.py.
+# kernels/reparam.py for why `cuda` is a module global).  One block per row, the tree reduction of
+# kernels/_cuda_reduce.py.
 # --------------------------------------------------------------------------------------------
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
+block_sum = None  # the device function of kernels/_cuda_reduce.py, bound by _cuda_kernels()
 
 
 def _loglik_kernel(x, logits, ll, r):
@@ -123,24 +125,17 @@ def _loglik_kernel(x, logits, ll, r):
         partial += math.log1p(e) + max(li, zero) - li * xi
         r[n, d] = xi - (one if li >= zero else e) / (one + e)
 
-    sums = cuda.shared.array(BERNOULLI_THREADS, ll.dtype)
-    sums[t] = partial
-    cuda.syncthreads()
-    stride = BERNOULLI_THREADS // 2
-    while stride > 0:
-        if t < stride:
-            sums[t] += sums[t + stride]
-        cuda.syncthreads()
-        stride //= 2
+    total = block_sum(cuda.shared.array(BERNOULLI_THREADS, ll.dtype), t, partial)
     if t == 0:
-        ll[n] = -sums[0]
+        ll[n] = -total
 
 
 @functools.cache
 def _cuda_kernels():
     """The CUDA kernel of this file, ``loglik`` (imports numba.cuda)."""
-    global cuda
+    global cuda, block_sum
     cuda = numba_cuda()
+    block_sum = _cuda_reduce.block_sum()
     return SimpleNamespace(loglik=cuda.jit(_loglik_kernel))
 
 

@@ -44,6 +44,7 @@ import numba
 
 from jmvae_cupy.backend import get_array_module
 
+from . import _cuda_reduce
 from ._dispatch import KernelArgumentError, checked_arrays, grid_2d, launch, numba_cuda
 
 # Threads per block of the forward kernel (one block per row).  A power of two, for the tree
@@ -199,13 +200,14 @@ def _gauss_kl_prior_backward_cpu(dkl, mu1, var1, dmu1, dvar1):
 # --------------------------------------------------------------------------------------------
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
+block_sum = None  # the device function of kernels/_cuda_reduce.py, bound by _cuda_kernels()
 
 
 # kl[n] = 0.5 * sum_d [(r - 1 - log r) + (mu1 - mu2)^2 / var2],  r = var1 / var2  (prior: mu2=0, var2=1)
 def _forward_kernel(mu1, var1, mu2, var2, kl, prior):
     # One block of KL_THREADS threads per row n.  Thread t sums the columns t, t + KL_THREADS, ...
     # into a private partial sum; the block then adds the partial sums in shared memory with a
-    # tree: log2(KL_THREADS) halving steps, each followed by a barrier.
+    # tree (kernels/_cuda_reduce.py).
     n = cuda.blockIdx.x
     t = cuda.threadIdx.x
     zero, one, half = kl.dtype.type(0), kl.dtype.type(1), kl.dtype.type(0.5)
@@ -219,17 +221,9 @@ def _forward_kernel(mu1, var1, mu2, var2, kl, prior):
         u = mu1[n, d] - m2
         partial += (r - one - math.log(r)) + u * u / v2
 
-    sums = cuda.shared.array(KL_THREADS, kl.dtype)
-    sums[t] = partial
-    cuda.syncthreads()
-    stride = KL_THREADS // 2
-    while stride > 0:
-        if t < stride:
-            sums[t] += sums[t + stride]
-        cuda.syncthreads()
-        stride //= 2
+    total = block_sum(cuda.shared.array(KL_THREADS, kl.dtype), t, partial)
     if t == 0:
-        kl[n] = half * sums[0]
+        kl[n] = half * total
 
 
 # dmu1 = -dmu2 = g*u/var2,  dvar1 = g/2*(1/var2 - 1/var1),  dvar2 = g/2/var2*(1 - (var1 + u^2)/var2)
@@ -261,8 +255,9 @@ def _prior_backward_kernel(dkl, mu1, var1, dmu1, dvar1):
 def _cuda_kernels():
     """The CUDA kernels of this file: ``forward``, ``backward``, ``prior_backward``
     (imports numba.cuda)."""
-    global cuda
+    global cuda, block_sum
     cuda = numba_cuda()
+    block_sum = _cuda_reduce.block_sum()
     return SimpleNamespace(
         forward=cuda.jit(_forward_kernel),
         backward=cuda.jit(_backward_kernel),
