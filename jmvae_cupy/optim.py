@@ -9,10 +9,12 @@ Conventions, written down because libraries differ on them:
       p <- p - lr * m_hat / (sqrt(v_hat) + eps)
   (as in the paper and in PyTorch; TensorFlow's "epsilon hat" puts it elsewhere);
 * the update *descends*: pass the gradient of the quantity to minimise (the negative bound);
-* a moment that falls below the dtype's smallest normal number (``finfo.tiny``) is stored as 0:
-  x86 CPUs slow down ~100x on such subnormal numbers, and a parameter with no gradient for a few
-  hundred steps (a dead unit) decays into them (kernels/adam.py).  ``flush_subnormals=False``
-  keeps them (Algorithm 1 in the dtype's arithmetic, to the bit).
+* numbers too small to matter are flushed to 0, so that the update never computes on subnormal
+  numbers (below ``finfo.tiny``), which x86 CPUs handle ~100x slower: a moment below
+  ``tiny / eps`` (9.9e-32 in float32) is stored as 0 and a gradient below
+  ``sqrt(2 tiny / (1 - beta2))`` (4.9e-18) counts as 0.  Without it, the moments of a parameter
+  with no gradient for a few hundred steps (a dead unit) decay into them (kernels/adam.py derives
+  the thresholds and bounds what they change).  ``flush_subnormals=False`` runs Algorithm 1 as is.
 
 The state (t, m, v, hyper-parameters) saves and restores exactly: ``state_dict`` /
 ``load_state_dict``.  Derivation: docs/derivations/adam.md.  Checked by tests/test_optim.py.
