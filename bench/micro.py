@@ -303,6 +303,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=14, help="subnormal: epochs of each training (default 14)")
     p.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for flag in ("threads", "repeat", "epochs"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     require_installed()
     if args.one:  # a heap measurement in this fresh process
         print(json.dumps(heap_one(*args.one)))

@@ -98,6 +98,14 @@ def test_the_subnormal_benchmark_runs_both_trainings():
     assert "parameters that differ between the two runs after 80 steps: 0 " in out.stdout, out.stdout
 
 
+@pytest.mark.parametrize("flag", ["--repeat", "--epochs", "--threads"])
+def test_micro_rejects_a_count_below_one_in_one_line(flag):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "micro.py"), "subnormal", flag, "0"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"{flag} must be at least 1, got 0" in out.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("script", ["throughput.py", "conv.py", "micro.py", "distributed.py"])
 def test_a_python_without_the_package_gets_one_line(script):
     """``python -S`` skips site-packages (the install): each benchmark says so in one line and
