@@ -47,6 +47,17 @@ def require_installed() -> None:
         sys.exit(2)
 
 
+def check_counts(parser, args, **minimums) -> None:
+    """A one-line usage error (``parser.error``: exit 2) for a count flag below its minimum, e.g.
+    ``check_counts(p, args, steps=1, warmup=0)``; a list flag (nargs) is checked element by element,
+    and a flag left at None (its default: "as found") passes."""
+    for name, least in minimums.items():
+        value = getattr(args, name)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and v < least:
+                parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {v}")
+
+
 # The environment variables that size the thread pools of NumPy's BLAS, torch (OpenMP / MKL) and
 # Numba; read when those libraries load, so set them before a worker starts.
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")

@@ -26,7 +26,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import ROOT, Worker, alternate, block_ratio, require_installed, serve, thread_env  # noqa: E402
+from _timing import ROOT, Worker, alternate, block_ratio, check_counts, require_installed, serve, thread_env  # noqa: E402
 
 NETS = {"encoder": ("C64R-C128BR-C256BR-C256BR-F-D1024R", (3, 64, 64)),
         "decoder": ("D4096R-DC256BR-DC128BR-DC64BR-DC3", (128,))}
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--input-grad", action="store_true", help="the encoder computes dx to the image too (both sides)")
     p.add_argument("--serve", nargs=3, metavar=("SIDE", "NET", "NEED_DX"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    check_counts(p, args, batch=1, warmup=0, repeat=1, blocks=1, threads=1)
     require_installed()
     if args.serve:
         side, name, need_dx = args.serve

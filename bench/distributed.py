@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import ROOT, require_installed, thread_env  # noqa: E402
+from _timing import ROOT, check_counts, require_installed, thread_env  # noqa: E402
 
 
 def worker(args) -> None:
@@ -72,6 +72,7 @@ def main() -> int:
                    help="all-gather + rank-order sum instead of the all-reduce (train --ordered-reduce)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    check_counts(p, args, ranks=1, batch_size=1, train_subset=1, epochs=1, threads=0)
     require_installed()
     if args.worker:
         worker(args)

@@ -26,7 +26,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _timing import ROOT, require_installed, thread_env  # noqa: E402
+from _timing import ROOT, check_counts, require_installed, thread_env  # noqa: E402
 
 sys.path.insert(0, ROOT)
 
@@ -303,9 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=14, help="subnormal: epochs of each training (default 14)")
     p.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for flag in ("threads", "repeat", "epochs"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    check_counts(p, args, threads=1, repeat=1, epochs=1)
     require_installed()
     if args.one:  # a heap measurement in this fresh process
         print(json.dumps(heap_one(*args.one)))

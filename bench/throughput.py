@@ -41,13 +41,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from _timing import Local, Worker, alternate, require_installed, serve, thread_env  # noqa: E402
+from _timing import Local, Worker, alternate, check_counts, require_installed, serve, thread_env  # noqa: E402
 
 from jmvae_cupy.hostmem import keep_freed_memory  # noqa: E402
 
 DEFAULT_CONFIGS = [("mnist:jmvae", 100), ("mnist:jmvae", 1000), ("mnist:kl", 100), ("mnist:kl", 1000),
                    ("mnist:h", 100), ("mnist:h", 1000), ("celeba:kl", 64)]
 DEFAULT_BATCH = {"mnist": (100, 1000), "celeba": (64,)}
+BENCH_VARIANTS = ("jmvae", "kl", "h")  # the JMVAE family (the PyTorch twin covers these)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,6 +554,12 @@ def main(argv=None) -> int:
                    help="attribute a step of the first --models / --batch-sizes (default mnist:kl, 100) to categories")
     p.add_argument("--serve", nargs=3, metavar=("SIDE", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    check_counts(p, args, batch_sizes=1, steps=1, warmup=0, blocks=1, threads=1)
+    for key in args.models or ():
+        dataset, _, variant = key.partition(":")
+        if dataset not in DEFAULT_BATCH or variant not in BENCH_VARIANTS:
+            p.error(f"--models: unknown model {key!r}: choose DATASET:VARIANT with DATASET one of "
+                    f"{', '.join(DEFAULT_BATCH)} and VARIANT one of {', '.join(BENCH_VARIANTS)}")
     require_installed()
     if args.serve:
         side, key, batch = args.serve
