@@ -40,6 +40,7 @@ from .data import DataError, binarize, binarized_test_set, iterate_batches, load
 from .distributed import DataParallel, DistributedError, GlobalNoiseRng, StepMean, init_distributed, rows_of
 from .hostmem import keep_freed_memory
 from .inference import x_from_w
+from .kernels.finite import all_finite
 from .models import ModelError, build_model
 from .optim import Adam
 from .rng import Rng
@@ -409,14 +410,12 @@ class Trainer:
         return self.source.epoch(self.data_rng, self.config["batch_size"])
 
     def _check_finite(self, loss, terms, grads):
-        xp = self.xp
         if not np.isfinite(float(loss)):  # (a 0-d array, or a host float from the step's mean)
             bad = [k for k, v in terms.items() if not np.isfinite(float(v))]
             raise NonFiniteError(f"non-finite objective at epoch {self.epoch + 1}, step {self.step + 1} "
                                  f"(terms: {', '.join(bad) or 'loss'})")
-        total = sum(g.sum() for g in grads.values())
-        if not bool(xp.isfinite(total)):
-            bad = [k for k, g in grads.items() if not bool(xp.isfinite(g.sum()))]
+        if not all_finite(grads.values()):  # one read of every gradient (kernels/finite.py)
+            bad = [k for k, g in grads.items() if not all_finite([g])]
             raise NonFiniteError(f"non-finite gradient at epoch {self.epoch + 1}, step {self.step + 1} "
                                  f"(parameters: {', '.join(bad[:5])})")
 

@@ -1,0 +1,59 @@
+"""Whether every element of a set of arrays is finite: the training loop's guard against a NaN or
+inf gradient, checked before each Adam update (jmvae_cupy/train.py, docs/reliability.md).
+
+Public API:
+
+* ``all_finite(arrays) -> bool``: True when no element of any of the arrays (an iterable of
+  float32 / float64 NumPy or CuPy arrays, any shapes) is NaN or +-inf.
+
+NumPy: a Numba CPU kernel per array sums ``a * 0``: 0 when every element is finite, NaN as soon as
+one is not (inf * 0 and NaN * 0 are NaN).  One read pass, vectorised: ``fastmath={"reassoc"}``
+lets LLVM reorder the additions, which cannot change a sum of zeros, and allows nothing else
+(folding ``x * 0`` to 0 would need the no-NaN / no-inf flags, which are not given).  The guard
+this replaces summed the gradients themselves: the same single pass, at about half the speed, and
+it took finite gradients whose sum overflows for non-finite ones.  CuPy: ``isfinite(a).all()``
+per array, combined on the device, and one read of the answer on the host.
+
+Plain-xp oracle: ``all_finite_ref``.  Checked by tests/kernels/test_finite.py.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from jmvae_cupy.backend import get_array_module
+
+from ._dispatch import FLOAT_DTYPES, KernelArgumentError
+
+
+def all_finite(arrays) -> bool:
+    """True when every element of every array in ``arrays`` is finite (no NaN, no +-inf)."""
+    arrays = list(arrays)
+    for a in arrays:
+        if not (hasattr(a, "dtype") and hasattr(a, "shape")) or a.dtype not in FLOAT_DTYPES:
+            what = a.dtype if hasattr(a, "dtype") else type(a).__name__
+            raise KernelArgumentError(f"all_finite: expected float32 / float64 NumPy or CuPy arrays, got {what}")
+    if not arrays:
+        return True
+    xp = get_array_module(*arrays)
+    if xp is not np:  # one host synchronisation for all the arrays
+        return bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all())
+    for a in arrays:
+        if a.size and not _zero_sum_cpu(xp.ascontiguousarray(a).reshape(-1), a.dtype.type(0)) == 0:
+            return False  # (a NaN sum compares unequal to 0)
+    return True
+
+
+def all_finite_ref(arrays) -> bool:
+    """The oracle: ``isfinite`` element by element, in plain xp."""
+    return all(bool(get_array_module(a).isfinite(a).all()) for a in arrays)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _zero_sum_cpu(a, zero):
+    """sum_i a[i] * 0 over a flat (P,) array: 0 if every a[i] is finite, NaN otherwise."""
+    acc = zero
+    for i in range(a.shape[0]):
+        acc += a[i] * zero
+    return acc

@@ -1,0 +1,59 @@
+"""all_finite (kernels/finite.py), the training loop's non-finite gradient guard: the Numba CPU
+kernel against the plain-xp oracle, every kind of non-finite value at every position, finite
+values whose sum overflows, layouts, and bad arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jmvae_cupy.kernels import KernelArgumentError
+from jmvae_cupy.kernels.finite import all_finite, all_finite_ref
+
+from .kernel_checks import DTYPES
+
+SHAPES = [(), (0,), (1,), (7, 37), (3, 4, 5), (513,)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_finite_arrays_pass(rng, dtype):
+    arrays = [np.asarray(rng.standard_normal(s) * 1e3, dtype) for s in SHAPES]
+    assert all_finite(arrays) and all_finite_ref(arrays)
+    assert all_finite([]) and all_finite(iter(arrays))  # any iterable, an empty one included
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_one_non_finite_element_anywhere_fails(rng, dtype, bad):
+    arrays = [np.asarray(rng.standard_normal(s), dtype) for s in SHAPES]
+    for k, a in enumerate(arrays):
+        for pos in sorted({0, a.size // 2, a.size - 1}) if a.size else ():
+            broken = [b.copy() for b in arrays]
+            broken[k].reshape(-1)[pos] = bad
+            assert not all_finite(broken), (k, pos)
+            assert not all_finite_ref(broken), (k, pos)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_finite_values_whose_sum_overflows_pass(dtype):
+    """The guard this replaced summed the gradients: these would have stopped a run."""
+    big = np.full(1000, np.finfo(dtype).max / 2, dtype)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(big.sum())
+    assert all_finite([big, -big])
+
+
+def test_strided_views_are_read_as_they_are(rng):
+    a = rng.standard_normal((40, 30)).astype(np.float32)
+    a[3, 7] = np.nan
+    assert not all_finite([a.T]) and not all_finite([a[1::2, 1::3]])  # (3, 7) is in both views
+    assert all_finite([a[::2, :]])  # row 3 is not
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ([np.zeros(3, np.int64)], "int64"),
+    ([[0.0, 1.0]], "list"),
+])
+def test_bad_arguments_raise(arrays, message):
+    with pytest.raises(KernelArgumentError, match=message):
+        all_finite(arrays)
