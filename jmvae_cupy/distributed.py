@@ -37,7 +37,7 @@ import zlib
 
 import numpy as np
 
-from .backend import asnumpy, cupy_module, get_array_module, is_gpu_array, select_device, to_device
+from .backend import asnumpy, cupy_module, get_array_module, is_gpu_array, select_device, to_device_async
 from .rng import Rng
 
 # test hook: the rank named here raises at its first training step (tests/test_distributed.py)
@@ -73,7 +73,8 @@ def mean_in_order_(out, rows):
             out += r
     if k == 0:
         raise ValueError("mean_in_order_: no rows")
-    out /= k
+    if k > 1:  # (K = 1, plain --distributed: no pass over the buffer to divide by 1)
+        out /= k
     return out
 
 
@@ -385,16 +386,18 @@ class GlobalNoiseRng:
     def __init__(self, rng: Rng, rank: int, size: int):
         self.rng, self.rank, self.size = rng, rank, size
 
-    def _slice(self, a, shape, xp):
-        return to_device(rows_of(a, self.rank, self.size), xp)
+    def _slice(self, a, xp):
+        """This part's rows of the host draw ``a``, on ``xp``'s device without making the host wait
+        (as ``Rng`` itself copies: backend.to_device_async)."""
+        return to_device_async(rows_of(a, self.rank, self.size), xp)
 
     def normal(self, shape, dtype=np.float32, xp=np):
         shape = tuple(shape)
-        return self._slice(self.rng.normal((shape[0] * self.size,) + shape[1:], dtype, np), shape, xp)
+        return self._slice(self.rng.normal((shape[0] * self.size,) + shape[1:], dtype, np), xp)
 
     def uniform(self, shape, dtype=np.float32, xp=np):
         shape = tuple(shape)
-        return self._slice(self.rng.uniform((shape[0] * self.size,) + shape[1:], dtype, np), shape, xp)
+        return self._slice(self.rng.uniform((shape[0] * self.size,) + shape[1:], dtype, np), xp)
 
     def get_state(self):
         return self.rng.get_state()

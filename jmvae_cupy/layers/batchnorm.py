@@ -76,10 +76,9 @@ def batchnorm_forward(
     train, y as (M, C) rows if relu else None).
     """
     xp = get_array_module(x)
-    x_rows = _rows(x)  # (M, C)
+    x_rows = xp.ascontiguousarray(_rows(x))  # (M, C); a no-op for a conv output (channels-last in memory)
     M = x_rows.shape[0]
     if train:
-        x_rows = xp.ascontiguousarray(x_rows)  # (a no-op for a conv output: channels-last in memory)
         y_rows, mu, var, inv_std = bn_train_forward(x_rows, gamma, beta, eps, relu)
         # running statistics, in place (the arrays are shared with the model's state dict)
         state["mean"] *= 1.0 - momentum

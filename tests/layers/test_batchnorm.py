@@ -105,6 +105,18 @@ def test_eval_mode_uses_running_statistics(rng, shape):
         np.testing.assert_array_equal(state[k], before[k])
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_a_column_major_input_with_relu_gives_what_a_c_ordered_one_does(rng, train):
+    """An (N, C) input that is not C-contiguous (here Fortran-ordered): the fused ReLU writes its
+    output in place and needs C order; eval mode once raised on it instead of copying."""
+    x, gamma, beta = _inputs(rng, (7, 5))
+    state = {"mean": rng.standard_normal(5), "var": rng.uniform(0.5, 2.0, 5)}
+    ys = [batchnorm_forward(a, gamma, beta, {k: v.copy() for k, v in state.items()}, train=train, relu=True)[0]
+          for a in (x, np.asfortranarray(x))]
+    np.testing.assert_array_equal(ys[0], ys[1])
+    assert (ys[0] >= 0).all() and (ys[0] == 0).any() and (ys[0] > 0).any()
+
+
 def test_two_pass_variance_survives_a_large_mean_in_float32(rng):
     """|mu| / std = 1e4: E[x^2] - E[x]^2 would lose every digit in float32; two passes do not."""
     x = (rng.standard_normal((256, 3)) + 1e4).astype(np.float32)
