@@ -70,12 +70,11 @@ def pays(h: int, w: int, b_channels: int, a_channels: int) -> bool:
     return min(b_channels, a_channels) >= MIN_CHANNELS and min(h, w) >= MIN_SIDE
 
 
-# The kernel and its adjoint: Ut = (G g G^T)^T (9, A, 4B) from W (A, B, 4, 4) -- a conv's
-# (C_out, C_in, ...), a deconv's (C_in, C_out, ...) --, stored transposed (output channel first, as
-# in W, so no pass moves it innermost; the GEMMs read it transposed), and dW = G^T dU G.  One
-# parallel pass each (kernels/winograd.py).
+# The kernel: Ut = (G g G^T)^T (9, A, 4B) from W (A, B, 4, 4) -- a conv's (C_out, C_in, ...), a
+# deconv's (C_in, C_out, ...) --, stored transposed (output channel first, as in W, so no pass
+# moves it innermost; the GEMMs read it transposed).  Its adjoint dW = G^T dU G is weight_grad's
+# last step.  One parallel pass each (kernels/winograd.py, where their adjointness is tested).
 weight_transform = wino_weight
-weight_transform_adj = wino_weight_adj
 
 
 def correlate(x, Ut):
@@ -93,8 +92,8 @@ def correlate_transpose(dM, Ut, n: int, h: int, w: int):
 
 def weight_grad(V, dM, W_shape):
     """The adjoint with respect to W: V (9, T, 4B), dM (9, T, A) -> dW (A, B, 4, 4).  dU^T = dM^T V."""
-    return weight_transform_adj(dM.transpose(0, 2, 1) @ V, W_shape)
+    return wino_weight_adj(dM.transpose(0, 2, 1) @ V, W_shape)
 
 
-__all__ = ["applies", "pays", "weight_transform", "weight_transform_adj", "correlate", "correlate_transpose",
+__all__ = ["applies", "pays", "weight_transform", "correlate", "correlate_transpose",
            "weight_grad", "wino_output_adj"]

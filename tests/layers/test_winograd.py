@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from jmvae_cupy.gradcheck import rel_error
-from jmvae_cupy.layers import winograd
 from jmvae_cupy.layers.conv import (
     ConvShapeError,
     WinogradCache,
@@ -110,14 +109,6 @@ def test_deconv_backward_data_is_still_exactly_conv_forward(rng):
     dy = rng.standard_normal(y.shape)
     dx, _ = deconv2d_backward(dy, cache)
     np.testing.assert_array_equal(dx, conv2d_forward(dy, Wt, None, 2, 1)[0])
-
-
-def test_weight_transform_is_the_adjoint_of_its_partner(rng):
-    W = rng.standard_normal((5, 3, 4, 4))
-    dU = rng.standard_normal((9, 5, 12))  # (9, A, 4B): U stored transposed
-    lhs = np.vdot(winograd.weight_transform(W), dU)
-    rhs = np.vdot(W, winograd.weight_transform_adj(dU, W.shape))
-    assert abs(lhs - rhs) < 1e-12 * abs(lhs)
 
 
 def test_the_auto_rule():
