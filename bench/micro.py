@@ -26,21 +26,17 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _timing import ROOT, check_counts, require_installed, thread_env  # noqa: E402
+from _timing import ROOT, Local, alternate, check_counts, require_installed, thread_env, time_block  # noqa: E402
 
 sys.path.insert(0, ROOT)
 
 
 def _timed(fn, n: int, warmup: int = 3):
-    """(median ms per call, minor page faults per call) over n calls after warm-up."""
+    """(median ms per call, minor page faults per call) over n calls after warm-up (time_block)."""
     for _ in range(warmup):
         fn()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    times = time_block(fn, lambda: None, 0, n)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n
     return statistics.median(times) * 1e3, faults
 
@@ -176,11 +172,9 @@ def winograd(args) -> None:
 
             steps[method] = step
             step()  # warm-up
-        times = {m: [] for m in steps}
-        for _ in range(args.repeat):  # interleaved, so that a burst of load hits both methods alike
-            for m, step in steps.items():
-                times[m].append(_timed(step, 1, warmup=0)[0])
-        row = [statistics.median(times[m]) for m in steps]
+        # one step of each in turn, args.repeat times: a burst of load hits both methods alike
+        times, _ = alternate({m: Local(step) for m, step in steps.items()}, 0, args.repeat, args.repeat)
+        row = [1e3 * statistics.median(times[m]) for m in steps]
         auto = "winograd" if use_winograd(h, h, 4, 4, (2, 2), (1, 1), b, a) else "im2col"
         print(f"  {h:2d}x{h:<2d} {b:3d} -> {a:3d} channels:  im2col {row[0]:7.1f}   winograd {row[1]:7.1f}   "
               f"winograd/im2col {row[1] / row[0]:5.2f}   auto: {auto}")
