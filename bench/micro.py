@@ -8,6 +8,8 @@
                                         # correlation of the CelebA nets (the rule of conv.use_winograd)
     python bench/micro.py subnormal     # MNIST JMVAE-kl training on the embedded data, Adam with and without
                                         # its flush of subnormal numbers (kernels/adam.py), epoch by epoch
+    python bench/micro.py adam-memory   # the MNIST JMVAE-kl Adam update against a loop with its memory traffic
+                                        # and no arithmetic: right after itself, after a pause, in a step
 
 Every measurement of ``heap`` runs in a fresh process of its own (the point is what a process's
 history does to its heap).  ``--threads N`` sets the BLAS / Numba / torch threads (default 1).
@@ -289,11 +291,83 @@ def subnormal(args) -> None:
           f"(largest difference {max(float(np.abs(a[k] - b[k]).max()) for k in a):.3g})")
 
 
+# --------------------------------------------------------------------------------------- adam-memory
+ADAM_PRELUDES = ("in a loop of itself", "after a 15 ms pause", "after loss_and_grads")
+
+
+def adam_memory(args) -> None:
+    """The Adam update of MNIST JMVAE-kl (3.1 M float32 parameters in 34 arrays, the gradients
+    and moments of a real step) against a Numba loop with the same memory traffic and none of
+    the arithmetic (reads p, g, m, v; writes p, m, v: 28 bytes a parameter), each on arrays of
+    its own allocated alike; each timed once after each prelude: 5 calls of itself (its arrays
+    as warm as they get), a 15 ms sleep (what the machine's other processes do to the caches
+    meanwhile), ``loss_and_grads`` (a training step's order).  Median of ``--repeat`` rounds, the
+    cases interleaved.  Where the two rows agree, the update costs what moving its bytes costs,
+    and no change to its arithmetic can make it faster."""
+    import numba
+    import numpy as np
+    import throughput as T
+
+    from jmvae_cupy.kernels.adam import adam_update
+    from jmvae_cupy.optim import Adam
+    from jmvae_cupy.rng import Rng
+
+    @numba.njit
+    def same_traffic(p, g, m, v):
+        for i in range(p.shape[0]):
+            a = g[i]
+            m[i] = m[i] * np.float32(0.5) + a
+            v[i] = v[i] * np.float32(0.5) + a
+            p[i] = p[i] - a
+
+    model = T.make_model("mnist:kl", np)
+    x, w = T.make_batch(model, 100, np)
+    rng, opt = Rng(0), Adam(lr=1e-3)
+    for _ in range(2):
+        _, _, grads = model.loss_and_grads(x, w, rng, beta=1.0)
+        opt.step(model.params, grads)
+
+    def arrays():  # copies of p, g, m, v: (4, 34 arrays), allocated alike for both loops
+        return [[a.copy() for a in (model.params[k], grads[k], opt.m[k], opt.v[k])] for k in grads]
+
+    adam_arrays, stream_arrays = arrays(), arrays()
+    hyper = (opt.beta1, opt.beta2, 1e-3, 1e-8)
+
+    def adam():
+        for p, g, m, v in adam_arrays:
+            adam_update(p, g, m, v, *hyper)
+
+    def stream():
+        for p, g, m, v in stream_arrays:
+            same_traffic(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1))
+
+    stream()
+    ops = {"Adam (kernels/adam.py)": adam, "same traffic, no arithmetic": stream}
+    preludes = dict(zip(ADAM_PRELUDES, (None, lambda: time.sleep(0.015),
+                                        lambda: model.loss_and_grads(x, w, rng, beta=1.0))))
+    times = {(o, k): [] for o in ops for k in preludes}
+    for _ in range(args.repeat):
+        for o, op in ops.items():
+            for k, prelude in preludes.items():
+                for _ in range(1 if prelude else 5):
+                    (prelude or op)()
+                times[o, k].append(_timed(op, 1, warmup=0)[0])
+    n = sum(g.size for g in grads.values())
+    mb = 28 * n / 1e6
+    print(f"Adam update of MNIST JMVAE-kl: {n:,} float32 parameters in {len(grads)} arrays, {mb:.1f} MB read "
+          f"and written; median ms of {args.repeat} (GB/s), {args.threads} thread(s)")
+    print(f"  {'':30s}" + "".join(f"{k:>24s}" for k in preludes))
+    for o in ops:
+        med = [statistics.median(times[o, k]) for k in preludes]
+        print(f"  {o:30s}" + "".join(f"{f'{t:.2f} ({mb / t:.0f})':>24s}" for t in med))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("heap", "batchnorm", "gemm", "winograd", "subnormal"))
+    p.add_argument("what", choices=("heap", "batchnorm", "gemm", "winograd", "subnormal", "adam-memory"))
     p.add_argument("--threads", type=int, default=1, help="BLAS / Numba / torch threads (default 1)")
-    p.add_argument("--repeat", type=int, default=9, help="winograd: interleaved repetitions per method (default 9)")
+    p.add_argument("--repeat", type=int, default=9,
+                   help="winograd, subnormal, adam-memory: interleaved rounds (default 9)")
     p.add_argument("--epochs", type=int, default=14, help="subnormal: epochs of each training (default 14)")
     p.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -310,7 +384,8 @@ def main(argv=None) -> int:
         if os.environ.get("_MICRO_CHILD") != "1":
             return subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
                                   env={**os.environ, "_MICRO_CHILD": "1"}).returncode
-        {"batchnorm": batchnorm, "gemm": gemm, "winograd": winograd, "subnormal": subnormal}[args.what](args)
+        {"batchnorm": batchnorm, "gemm": gemm, "winograd": winograd, "subnormal": subnormal,
+         "adam-memory": adam_memory}[args.what](args)
     return 0
 
 

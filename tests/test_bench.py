@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -96,6 +97,19 @@ def test_the_subnormal_benchmark_runs_both_trainings():
     rows = [line.split() for line in out.stdout.splitlines() if line.lstrip().startswith("1 ")]
     assert len(rows) == 1 and rows[0][:3] == ["1", "80", "|"], out.stdout  # epoch 1, 8000 digits / 100
     assert "parameters that differ between the two runs after 80 steps: 0 " in out.stdout, out.stdout
+
+
+def test_the_adam_memory_benchmark_prints_both_rows():
+    """``bench/micro.py adam-memory`` (docs/performance.md): one round, both rows, every prelude
+    (no timing asserted)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "micro.py"), "adam-memory", "--repeat", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "3,127,450 float32 parameters in 34 arrays, 87.6 MB" in out.stdout, out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("  ") and "(" in line]
+    labels = [r.split("  ")[1] for r in rows]
+    assert labels == ["Adam (kernels/adam.py)", "same traffic, no arithmetic"], out.stdout
+    assert all(len(re.findall(r"\d+\.\d\d \(\d+\)", r)) == 3 for r in rows), out.stdout  # "ms (GB/s)" per prelude
 
 
 @pytest.mark.parametrize("script, args, message", [
