@@ -410,11 +410,16 @@ class Trainer:
         return self.source.epoch(self.data_rng, self.config["batch_size"])
 
     def _check_finite(self, loss, terms, grads):
-        if not np.isfinite(float(loss)):  # (a 0-d array, or a host float from the step's mean)
-            bad = [k for k, v in terms.items() if not np.isfinite(float(v))]
+        """Stop (NonFiniteError) before the update if the loss, a term or a gradient element is NaN
+        or inf.  One pass over the gradients and, on a GPU, the step's one host read: a single
+        flag for all of them (kernels/finite.py); the culprits are looked up only on failure."""
+        if all_finite([loss, *terms.values(), *grads.values()]):
+            return
+        if not all_finite([loss, *terms.values()]):
+            bad = [k for k, v in terms.items() if not all_finite([v])]
             raise NonFiniteError(f"non-finite objective at epoch {self.epoch + 1}, step {self.step + 1} "
                                  f"(terms: {', '.join(bad) or 'loss'})")
-        if not all_finite(grads.values()):  # one read of every gradient (kernels/finite.py)
+        if not all_finite(grads.values()):
             bad = [k for k, g in grads.items() if not all_finite([g])]
             raise NonFiniteError(f"non-finite gradient at epoch {self.epoch + 1}, step {self.step + 1} "
                                  f"(parameters: {', '.join(bad[:5])})")

@@ -114,3 +114,56 @@ def test_forced_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
     epochs = [json.loads(ln) for ln in open(out2 / "metrics.jsonl")]
     assert epochs[1]["train"]["skipped_steps"] == 1 and np.isfinite(epochs[1]["train"]["loss"])
     assert epochs[0]["train"]["skipped_steps"] == 0
+
+
+ONE_EPOCH = ["mnist", "--variant", "kl", "--epochs", "1", "--train-subset", "300", "--no-progress", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("poison, message", [
+    ("term", "non-finite objective at epoch 1, step 2 (terms: kl_w)"),  # the loss itself stays finite
+    ("grad", "non-finite gradient at epoch 1, step 2 (parameters: qw.net.0.W)"),
+])
+def test_a_non_finite_term_or_gradient_alone_stops_the_run_before_the_update(tmp_path, capsys, monkeypatch, poison,
+                                                                              message):
+    """The guard reads the loss, every term and every gradient element (one all_finite call, the
+    step's one host read on a GPU), so a NaN in one term or one gradient stops the run, named,
+    though the loss is finite; the parameters stay as the step before left them."""
+    from jmvae_cupy.models.jmvae import JMVAEKL
+
+    real, calls, seen = JMVAEKL.loss_and_grads, {"n": 0}, {}
+
+    def poisoned(self, *a, **k):
+        loss, terms, grads = real(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            seen["params"] = {k: v.copy() for k, v in self.params.items()}
+            seen["model"] = self
+            if poison == "term":
+                terms["kl_w"] = terms["kl_w"] * np.inf
+            else:
+                grads["qw.net.0.W"][3, 1] = np.nan
+        return loss, terms, grads
+
+    monkeypatch.setattr(JMVAEKL, "loss_and_grads", poisoned)
+    assert main(ONE_EPOCH + ["--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+    assert all(np.array_equal(seen["model"].params[k], v) for k, v in seen["params"].items())
+
+
+def test_the_guard_reads_everything_in_one_all_finite_call_per_step(tmp_path, monkeypatch):
+    """One call a step with the loss, each term and each gradient (on a GPU: one host read)."""
+    from jmvae_cupy import train
+
+    calls = []
+    real = train.all_finite
+
+    def spy(arrays):
+        arrays = list(arrays)
+        calls.append(len(arrays))
+        return real(arrays)
+
+    monkeypatch.setattr(train, "all_finite", spy)
+    assert main(ONE_EPOCH + ["--out", str(tmp_path / "run")]) == 0
+    n_params = 34  # MNIST JMVAE-kl
+    n_terms = 6  # rec_x, rec_w, kl, kl_x, kl_w, elbo
+    assert calls == [1 + n_terms + n_params] * 3, calls  # 300 digits / batch 100 = 3 steps
