@@ -446,10 +446,17 @@ CATEGORIES = [  # (category, predicate on (file, function)) -- first match wins
     ("kernels reparam/KL", lambda f, fn: "kernels/reparam.py" in f or "kernels/gauss_kl.py" in f
      or "kernels/_dispatch.py" in f),
     ("optimiser", lambda f, fn: "kernels/adam.py" in f or f.endswith("jmvae_cupy/optim.py")),
-    ("elementwise (act., lik., bn)", lambda f, fn: f.endswith(("activations.py", "distributions.py", "batchnorm.py"))),
+    ("elementwise (act., lik., bn)", lambda f, fn: f.endswith(("activations.py", "distributions.py", "batchnorm.py",
+                                                                "kernels/bias_relu.py", "kernels/bernoulli.py"))),
     ("numpy builtins (reductions, concat, alloc)", lambda f, fn: f == "~" or "numpy" in f),
     ("rng", lambda f, fn: f.endswith("jmvae_cupy/rng.py")),
 ]
+
+
+def category(f: str, fn: str) -> str:
+    """The breakdown's category of function ``fn`` of file ``f`` (cProfile's names): the first of
+    CATEGORIES whose predicate holds, else "python glue"."""
+    return next((c for c, pred in CATEGORIES if pred(f, fn)), "python glue")
 
 
 def breakdown(args) -> dict:
@@ -491,7 +498,7 @@ def breakdown(args) -> dict:
     stats = pstats.Stats(prof).stats
     own = {}
     for (f, _, fn), (_, _, tt, _, _) in stats.items():
-        cat = next((c for c, pred in CATEGORIES if pred(f, fn)), "python glue")
+        cat = category(f, fn)
         own[cat] = own.get(cat, 0.0) + tt
     total = sum(own.values())
     shares = {k: v / total for k, v in sorted(own.items(), key=lambda kv: -kv[1])}
