@@ -142,6 +142,8 @@ def config_from_args(args) -> dict:
         raise TrainError(f"--lr must be a positive number, got {args.lr}")
     if not (args.warmup >= 0 and np.isfinite(args.warmup)):
         raise TrainError(f"--warmup must be >= 0, got {args.warmup}")
+    if not (args.alpha >= 0 and np.isfinite(args.alpha)):  # (a negative weight rewards the KLs: no bound)
+        raise TrainError(f"--alpha must be >= 0, got {args.alpha}")
     get_dtype(args.dtype)
     extra = {}
     if args.dataset == "celeba":
@@ -237,6 +239,9 @@ class MnistSource:
                 raise TrainError(f"--train-subset {config['train_subset']} is smaller than one batch")
             self.data.train_x = self.data.train_x[: config["train_subset"]]
             self.data.train_y = self.data.train_y[: config["train_subset"]]
+        if len(self.data.train_x) < config["batch_size"]:
+            raise TrainError(f"--batch-size {config['batch_size']} is larger than the {len(self.data.train_x)} "
+                             "training digits")
         self.test_x = binarized_test_set(self.data, dtype=self.dtype)
         self.test_w = one_hot(self.data.test_y, 10, self.dtype)
 

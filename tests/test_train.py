@@ -93,6 +93,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert main(["mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)] + FAST) == 1
     assert "error:" in _err(capsys)
     assert not out.exists()  # nothing half-made: not even an empty run directory
+    assert main(["mnist", "--alpha", "-1", "--out", str(out)] + FAST) == 1
+    assert _err(capsys) == "error: --alpha must be >= 0, got -1.0"  # (it trained to a loss of -7e24 before)
+    assert main(["mnist", "--batch-size", "20000", "--out", str(out), "--no-progress", "--device", "cpu"]) == 1
+    assert _err(capsys) == "error: --batch-size 20000 is larger than the 8000 training digits"
+    assert not out.exists()
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["mnist", "--out", str(blocker / "sub")] + FAST) == 1

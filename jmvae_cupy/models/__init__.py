@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..backend import select_device
 from .architectures import ARCHS, Arch, mnist_arch
 from .base import ModelError
@@ -31,6 +33,8 @@ def build_model(dataset, variant: str, seed: int = 0, dtype="float32", device: s
     """
     if variant not in VARIANTS:
         raise ModelError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    if not (alpha >= 0 and math.isfinite(alpha)):  # a negative weight on JMVAE-kl's KLs leaves no bound
+        raise ModelError(f"alpha must be a number >= 0, got {alpha}")
     if isinstance(dataset, Arch):
         arch = dataset
     elif dataset in ARCHS:

@@ -122,3 +122,12 @@ def test_bad_arguments_are_rejected():
         model.loss_and_grads(x[:, :3], w, Rng(0))
     with pytest.raises(ModelError, match="dtype"):
         model.loss_and_grads(x.astype(np.float32), w.astype(np.float32), Rng(0))
+
+
+@pytest.mark.parametrize("alpha", [-0.5, float("nan"), float("inf")])
+def test_build_model_rejects_an_alpha_that_leaves_no_bound(alpha):
+    """JMVAE-kl subtracts alpha times two KLs: a negative (or non-finite) weight rewards them and
+    the objective has no bound (a run with --alpha -1 reached a loss of -7e24)."""
+    with pytest.raises(ModelError, match="alpha must be a number >= 0"):
+        build_model(ARCH, "kl", alpha=alpha)
+    build_model(ARCH, "kl", alpha=0.0)  # 0 switches the two terms off: allowed
