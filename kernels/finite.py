@@ -4,7 +4,8 @@ inf gradient, checked before each Adam update (jmvae_cupy/train.py, docs/reliabi
 Public API:
 
 * ``all_finite(arrays) -> bool``: True when no element of any of the arrays (an iterable of
-  float32 / float64 NumPy or CuPy arrays, any shapes) is NaN or +-inf.
+  float32 / float64 NumPy or CuPy arrays, any shapes, NumPy scalars too; host and device arrays
+  may be mixed, as a host loss with device gradients) is NaN or +-inf.
 
 NumPy: a Numba CPU kernel per array sums ``a * 0``: 0 when every element is finite, NaN as soon as
 one is not (inf * 0 and NaN * 0 are NaN).  One read pass, vectorised: ``fastmath={"reassoc"}``
@@ -12,7 +13,8 @@ lets LLVM reorder the additions, which cannot change a sum of zeros, and allows 
 (folding ``x * 0`` to 0 would need the no-NaN / no-inf flags, which are not given).  The guard
 this replaces summed the gradients themselves: the same single pass, at about half the speed, and
 it took finite gradients whose sum overflows for non-finite ones.  CuPy: ``isfinite(a).all()``
-per array, combined on the device, and one read of the answer on the host.
+per array, combined on the device, and one read of the answer on the host (after the host arrays
+of the same call, if any, have passed on the CPU).
 
 Plain-xp oracle: ``all_finite_ref``.  Checked by tests/kernels/test_finite.py.
 """
@@ -34,14 +36,14 @@ def all_finite(arrays) -> bool:
         if not (hasattr(a, "dtype") and hasattr(a, "shape")) or a.dtype not in FLOAT_DTYPES:
             what = a.dtype if hasattr(a, "dtype") else type(a).__name__
             raise KernelArgumentError(f"all_finite: expected float32 / float64 NumPy or CuPy arrays, got {what}")
-    if not arrays:
-        return True
-    xp = get_array_module(*arrays)
-    if xp is not np:  # one host synchronisation for all the arrays
-        return bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all())
-    for a in arrays:
-        if a.size and not _zero_sum_cpu(xp.ascontiguousarray(a).reshape(-1), a.dtype.type(0)) == 0:
+    host = [a for a in arrays if get_array_module(a) is np]  # NumPy arrays and scalars (a host loss, say)
+    for a in host:
+        if a.size and not _zero_sum_cpu(np.ascontiguousarray(a).reshape(-1), a.dtype.type(0)) == 0:
             return False  # (a NaN sum compares unequal to 0)
+    device = [a for a in arrays if get_array_module(a) is not np]
+    if device:  # one host synchronisation for all the device arrays
+        xp = get_array_module(*device)
+        return bool(xp.stack([xp.isfinite(a).all() for a in device]).all())
     return True
 
 

@@ -94,3 +94,15 @@ def test_winograd_conv_on_cupy_arrays(rng, dtype):
     tol = 1e-4 if dtype == np.float32 else 1e-12
     for a, b in ((y_g, y), (dx_g, dx), (g_g["W"], g["W"])):
         np.testing.assert_allclose(asnumpy(a), b, rtol=tol, atol=tol * float(np.abs(b).max()))
+
+
+def test_all_finite_takes_host_scalars_with_device_arrays(rng):
+    """The trainer's guard passes a host loss (micro-batches: StepMean's float64) with device
+    gradients in one call: each side is checked where it lives, one host read for the device."""
+    from jmvae_cupy.kernels.finite import all_finite
+
+    (g,) = on_gpu(rng.standard_normal((7, 37)).astype(np.float32))
+    assert all_finite([np.float64(1.5), g])
+    assert not all_finite([np.float64(np.nan), g])
+    g[3, 4] = np.inf
+    assert not all_finite([np.float64(1.5), g])

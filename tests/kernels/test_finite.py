@@ -16,6 +16,17 @@ SHAPES = [(), (0,), (1,), (7, 37), (3, 4, 5), (513,)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_numpy_scalars_count_as_arrays(rng, dtype):
+    """A host loss (a NumPy scalar, as a batch mean or StepMean's float64 is) in the same call as
+    arrays, as the trainer's guard passes it."""
+    t = np.dtype(dtype).type
+    arrays = [np.asarray(rng.standard_normal((3, 4)), dtype)]
+    assert all_finite([t(1.5), *arrays]) and all_finite([np.float64(-2.0), *arrays])
+    for bad in (np.nan, np.inf, -np.inf):
+        assert not all_finite([t(bad), *arrays]) and not all_finite([*arrays, np.float64(bad)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_finite_arrays_pass(rng, dtype):
     arrays = [np.asarray(rng.standard_normal(s) * 1e3, dtype) for s in SHAPES]
     assert all_finite(arrays) and all_finite_ref(arrays)
