@@ -136,12 +136,12 @@ def adam_update_ref(p, g, m, v, beta1, beta2, step_size, eps_hat, flush=True) ->
         g = xp.where(xp.abs(g) < g_min, 0, g)  # a copy: g is the caller's
     m *= beta1
     m += (1.0 - beta1) * g  # m <- b1 m + (1 - b1) g
-    if flush:
-        m[xp.abs(m) < moment_min] = 0  # +0
+    if flush:  # (where, not a masked assignment: CuPy would count the mask on the host)
+        m[...] = xp.where(xp.abs(m) < moment_min, 0, m)  # +0
     v *= beta2
     v += (1.0 - beta2) * (g * g)  # v <- b2 v + (1 - b2) g^2
     if flush:
-        v[v < moment_min] = 0  # (v >= 0)
+        v[...] = xp.where(v < moment_min, 0, v)  # (v >= 0)
     p -= step_size * m / (xp.sqrt(v) + eps_hat)  # p <- p - lr m_hat / (sqrt(v_hat) + eps)
 
 

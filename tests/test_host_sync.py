@@ -2,22 +2,28 @@
 synchronisation inside a step"), checked here without a GPU.
 
 On CuPy the host waits for the GPU whenever device data becomes host data: a device array turned
-into a Python number or truth value (``float``, ``int``, ``bool``, ``.item()``, ``.tolist()``,
-``if a: ...``), or indexed with a boolean mask (the result's size depends on the data, so CuPy
-counts the mask on the host).  A step -- ``loss_and_grads`` and ``Adam.step``, what
-bench/throughput.py times -- must do none of these.
+into a Python number, truth value or string (``float``, ``int``, ``bool``, ``.item()``,
+``.tolist()``, ``if a: ...``, formatting), or any operation whose result's size depends on the
+data (boolean-mask indexing and assignment, ``nonzero``, one-argument ``where``: CuPy counts on
+the host).  A step -- ``loss_and_grads`` and ``Adam.step``, what bench/throughput.py times --
+must do none of these.
 
 The step runs here on :class:`DeviceLike`, a NumPy array subclass that behaves like a CuPy array
-where it matters and raises :class:`HostSync` on each of those conversions.  CuPy's reductions
-give 0-d device arrays, not host scalars, so DeviceLike's do too; and for the duration of the
-step NumPy's array-creating functions return DeviceLike, so the arrays made inside layers and
-kernels are device arrays as well.  Every model family runs: the MNIST MLPs (JMVAE, JMVAE-kl,
-JMVAE-h, CVAE, CMMA), the CelebA conv nets with batch norm through im2col and through Winograd
-F(2x2, 2x2), and the VAE-GAN terms.  That the trap covers the step is asserted too: the loss,
-the terms, every gradient, parameter, Adam moment and running statistic come out DeviceLike
-(a plain ndarray would be an array the trap never saw).  The trainer reads the loss once per
-step, after the update, and its guard against non-finite values reads one flag: those reads are
-outside the step, and documented (docs/reliability.md).
+where it matters and raises :class:`HostSync` on each of those.  What NumPy computes from it stays
+a device array, 0-d results included where NumPy would hand back a host scalar (reductions, an
+element, a 1-D product), as CuPy does; and within the step NumPy's array-creating functions
+return DeviceLike, so the arrays made inside layers and kernels are device arrays as well.  Batch
+norm takes its plain-xp path, the one CuPy takes.  The model families: the MNIST MLPs (JMVAE,
+JMVAE-kl, JMVAE-h; CVAE and CMMA both ways), the CelebA conv nets with batch norm through im2col
+and through Winograd F(2x2, 2x2), the VAE-GAN terms (on JMVAE-kl), and Adam's plain-xp path.
+That the trap covers the step is asserted too: the loss, the terms, every gradient, parameter,
+Adam moment and running statistic come out DeviceLike (a plain ndarray would be an array the
+trap never saw).
+
+Not covered here (it needs a GPU): the Numba CUDA launches (kernels/_dispatch.py passes
+``sync=False``) and the reparameterisation noise, drawn on the host and copied through pinned
+buffers (backend.to_device_async; its test runs on a GPU only).  Outside the step, the trainer's
+guard reads one flag per step and the progress bar the loss every 10 steps (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -38,64 +44,112 @@ class HostSync(AssertionError):
     """Device data was turned into host data inside the step."""
 
 
+_asarray = np.asarray  # (the real one: device_creators() replaces np.asarray)
+
+
 def _sync(what):
     def trap(self, *args, **kwargs):
         raise HostSync(f"{what} of a device array {self.shape}: the host would wait for the GPU")
     return trap
 
 
+def _device(out):
+    """Results of NumPy on device arrays are device arrays: arrays and NumPy scalars (0-d, as CuPy
+    gives them), inside tuples and lists too."""
+    if isinstance(out, (np.ndarray, np.generic)):
+        return _asarray(out).view(DeviceLike)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_device(o) for o in out)
+    return out
+
+
+# NumPy functions whose result's size depends on the data: CuPy counts on the host.
+DATA_DEPENDENT = {np.nonzero, np.argwhere, np.flatnonzero, np.unique, np.compress, np.extract}
+
+
+def _is_mask(key) -> bool:
+    keys = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, (np.ndarray, list)) and _asarray(k).dtype == np.bool_ for k in keys)
+
+
 class DeviceLike(np.ndarray):
-    """A NumPy array that stands for a CuPy array: 0-d results stay arrays; conversions to host
-    values and boolean-mask indexing raise HostSync."""
+    """A NumPy array that stands for a CuPy array: what NumPy computes from it stays a device array
+    (0-d results too, where NumPy would give a host scalar: reductions, integer indexing, 1-D
+    products), and whatever would move data to the host raises HostSync."""
 
     def __array_wrap__(self, obj, context=None, return_scalar=False):
-        return np.asarray(obj).view(DeviceLike)  # (CuPy: a reduction gives a 0-d array, never a scalar)
+        return _device(obj)  # (ufuncs and reductions)
+
+    def __array_function__(self, func, types, args, kwargs):  # (np.dot, np.einsum, np.linalg.norm, ...)
+        if func in DATA_DEPENDENT or (func is np.where and len(args) + len(kwargs) == 1):
+            raise HostSync(f"{func.__name__} on a device array: the result's size is counted on the host")
+        return _device(super().__array_function__(func, types, args, kwargs))
 
     def mean(self, *args, **kwargs):  # NumPy's mean / var / std turn a full reduction into a scalar
-        return np.asarray(super().mean(*args, **kwargs)).view(DeviceLike)
+        return _device(super().mean(*args, **kwargs))
 
     def var(self, *args, **kwargs):
-        return np.asarray(super().var(*args, **kwargs)).view(DeviceLike)
+        return _device(super().var(*args, **kwargs))
 
     def std(self, *args, **kwargs):
-        return np.asarray(super().std(*args, **kwargs)).view(DeviceLike)
+        return _device(super().std(*args, **kwargs))
+
+    def dot(self, *args, **kwargs):
+        return _device(super().dot(*args, **kwargs))
 
     __float__ = _sync("float()")
     __int__ = _sync("int()")
     __index__ = _sync("use as an index")
     __bool__ = _sync("truth value")
     __complex__ = _sync("complex()")
+    __format__ = _sync("formatting")  # (f"{a:.2f}", and f"{a}")
+    __str__ = _sync("str()")
+
+    def __repr__(self):  # (the test's own messages print arrays: repr looks at the host copy)
+        return "DeviceLike:" + repr(self.view(np.ndarray))
+
     item = _sync(".item()")
     tolist = _sync(".tolist()")
+    tobytes = _sync(".tobytes()")
+    nonzero = _sync(".nonzero() (a data-dependent size)")
 
     def __getitem__(self, key):
-        for k in key if isinstance(key, tuple) else (key,):
-            if isinstance(k, np.ndarray) and k.dtype == np.bool_:
-                raise HostSync(f"boolean-mask indexing of a device array {self.shape}: the result's size "
-                               "is counted on the host")
-        return super().__getitem__(key)
+        if _is_mask(key):
+            raise HostSync(f"boolean-mask indexing of a device array {self.shape}: the result's size is "
+                           "counted on the host")
+        return _device(super().__getitem__(key))  # (a[i] of a 1-D array: a 0-d device array on CuPy)
+
+    def __setitem__(self, key, value):
+        if _is_mask(key):  # CuPy counts the mask's True entries on the host here too (masked_shape)
+            raise HostSync(f"boolean-mask assignment to a device array {self.shape}: CuPy counts the mask "
+                           "on the host")
+        super().__setitem__(key, value)
+
+    def __iter__(self):  # (rows, or 0-d device arrays of a 1-D array, as CuPy iterates)
+        return (self[i] for i in range(len(self)))
 
 
-# The array-creating functions the library calls through ``xp`` (kernels, layers, models, Adam):
-# inside the step their results are device arrays.
+# The array-creating functions the library calls through ``xp`` (kernels, layers, models, Adam)
+# with no array argument to dispatch on: inside the step their results are device arrays.
 CREATORS = ("empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "concatenate", "stack",
             "ascontiguousarray", "asarray", "tensordot", "einsum", "where", "arange")
 
 
 def dev(a):
     """A host array as a device array (what ``xp.asarray`` does on CuPy)."""
-    return np.asarray(a).view(DeviceLike)
+    return _asarray(a).view(DeviceLike)
 
 
 @contextlib.contextmanager
 def device_creators():
     """Within the block, NumPy's array-creating functions (CREATORS) return DeviceLike, and batch
     norm takes the path it takes on CuPy (its plain-xp reference: kernels/batchnorm.py's Numba
-    kernels are CPU-only)."""
+    kernels are CPU-only).  Numba must not compile inside the block (it would take the wrapped
+    functions for NumPy's and reject the real ones later in the process): run the step once
+    outside it first (:func:`warm_up`)."""
     def device(fn):
         def wrapped(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            return out.view(DeviceLike) if isinstance(out, np.ndarray) else out
+            return _device(fn(*args, **kwargs))
         return wrapped
 
     with pytest.MonkeyPatch.context() as mp:
@@ -103,6 +157,12 @@ def device_creators():
             mp.setattr(np, name, device(getattr(np, name)))
         mp.setattr(batchnorm_kernels, "_fast", lambda *arrays: False)
         yield
+
+
+def warm_up(step):
+    """One step on plain arrays outside :func:`device_creators`: every Numba kernel it calls is
+    compiled (or loaded from the cache) with NumPy as it is."""
+    step()
 
 
 def _to_device(model):
@@ -121,7 +181,7 @@ def _batch(arch, n):
         w = np.eye(arch.w_dim, dtype=np.float32)[gen.integers(0, arch.w_dim, n)]
     else:
         w = np.sign(gen.standard_normal((n, arch.w_dim))).astype(np.float32)
-    return dev(x), dev(w)
+    return x, w
 
 
 def _assert_on_device(**groups):
@@ -133,17 +193,23 @@ def _assert_on_device(**groups):
 MNIST = mnist_arch(hidden=16, latent=3, x_dim=12, w_dim=10, chain=4)
 CELEBA = celeba_arch(size=16, width=1 / 32, latent=3, w_dim=5)  # convs and deconvs through im2col, batch norm
 CELEBA_WINOGRAD = celeba_arch(size=16, width=0.25, latent=3, w_dim=5)  # the 8x8 conv / deconv through Winograd
-CASES = [(MNIST, v) for v in ("jmvae", "kl", "h", "cvae", "cmma")] + [(CELEBA, v) for v in ("jmvae", "kl", "h")] + [
-    (CELEBA_WINOGRAD, "kl")]
+CASES = ([(MNIST, v, None) for v in ("jmvae", "kl", "h")]
+         + [(MNIST, v, d) for v in ("cvae", "cmma") for d in ("label2image", "image2label")]
+         + [(CELEBA, v, None) for v in ("jmvae", "kl", "h")] + [(CELEBA_WINOGRAD, "kl", None)])
 
 
-@pytest.mark.parametrize("arch, variant", CASES, ids=[f"{'mnist' if a is MNIST else 'celeba'}"
-                                                      f"{'-winograd' if a is CELEBA_WINOGRAD else ''}-{v}"
-                                                      for a, v in CASES])
-def test_a_training_step_makes_no_host_round_trip(arch, variant):
-    model = build_model(arch, variant, seed=0, dtype="float32", xp=np)
-    _to_device(model)
+def _case_id(arch, variant, direction):
+    name = "mnist" if arch is MNIST else "celeba-winograd" if arch is CELEBA_WINOGRAD else "celeba"
+    return f"{name}-{variant}" + (f"-{direction}" if direction else "")
+
+
+@pytest.mark.parametrize("arch, variant, direction", CASES, ids=[_case_id(*c) for c in CASES])
+def test_a_training_step_makes_no_host_round_trip(arch, variant, direction):
+    model = build_model(arch, variant, seed=0, dtype="float32", xp=np, direction=direction)
     x, w = _batch(arch, 8)
+    warm_up(lambda: Adam().step(model.params, model.loss_and_grads(x, w, Rng(1), beta=0.5)[2]))
+    _to_device(model)
+    x, w = dev(x), dev(w)
     opt, rng = Adam(lr=1e-3), Rng(0)
     with device_creators():
         for _ in range(2):  # the second step runs on the moments the first one made
@@ -162,31 +228,58 @@ def test_the_vae_gan_terms_make_no_host_round_trip():
 
     model = build_model(CELEBA, "kl", seed=0, dtype="float32", xp=np)
     gan = VAEGAN(model, weight=0.5, seed=1)
-    _to_device(model)
-    _to_device(gan)
     x, w = _batch(CELEBA, 8)
     opt, rng = Adam(lr=1e-3), Rng(0)
-    with device_creators():
+
+    def step():
         loss, terms, grads = model.loss_and_grads(x, w, rng, beta=1.0)
         loss, terms, dgrads = gan.step_grads(model, x, w, rng, loss, terms, grads)
         opt.step(model.params, grads)
         gan.opt.step(gan.params, dgrads)
+        return loss, terms, grads, dgrads
+
+    warm_up(step)
+    _to_device(model)
+    _to_device(gan)
+    x, w = dev(x), dev(w)
+    opt, gan.opt = Adam(lr=1e-3), Adam(lr=gan.opt.lr)  # (moments made on the device)
+    with device_creators():
+        loss, terms, grads, dgrads = step()
     _assert_on_device(loss={"loss": loss}, terms=terms, grads=grads, disc_grads=dgrads, disc_params=gan.params,
                       disc_m=gan.opt.m)
 
 
 def test_the_trap_catches_each_kind_of_host_round_trip():
     """The trap itself: each conversion the module docstring names raises HostSync, on a result of
-    the step's kind (a 0-d reduction, an elementwise result, an array made by a creator)."""
+    the step's kind (a 0-d reduction, an elementwise result, an array made by a creator, an
+    element, a 1-D product)."""
     a = dev(np.arange(6, dtype=np.float32).reshape(2, 3))
-    total, mask = a.sum(), a > 2
+    total, mask, row = a.sum(), a > 2, a[1]
     with device_creators():
         made = np.zeros(3)
-    assert type(total) is DeviceLike and total.shape == () and type(a.mean()) is DeviceLike
+    assert all(type(r) is DeviceLike for r in (total, a.mean(), row[0], np.dot(row, row), row.dot(row), made))
     for act in (lambda: float(total), lambda: int(total), lambda: bool(mask.any()), lambda: total.item(),
                 lambda: made.tolist(), lambda: a[mask], lambda: [0, 1][total.astype(np.int64)],
-                lambda: 1.0 if (a > 0).all() else 0.0):
+                lambda: 1.0 if (a > 0).all() else 0.0, lambda: float(row[0]), lambda: [float(v) for v in row],
+                lambda: float(np.vdot(row, row)), lambda: f"{total:.2f}", lambda: str(total), lambda: a.nonzero(),
+                lambda: np.flatnonzero(a), lambda: np.where(mask), lambda: a.tobytes(),
+                lambda: a.__setitem__(mask, 0), lambda: a.__setitem__([[True, False, True], [False] * 3], 0)):
         with pytest.raises(HostSync):
             act()
-    a[mask] = 0  # a masked assignment needs no count (CuPy scatters it in a kernel)
-    assert a.shape == (2, 3)
+    a[:, 1] = np.where(mask[:, 1], 0, a[:, 1])  # the sync-free form of a masked assignment
+    assert type(a) is DeviceLike and repr(a)  # (repr stays usable for pytest's messages)
+
+
+def test_adams_plain_xp_path_makes_no_host_round_trip():
+    """Adam's reference (kernels/adam.py), the path a strided parameter or mixed dtypes take, and
+    CuPy's fallback: its flush is an ``xp.where``, not a masked assignment."""
+    from jmvae_cupy.kernels.adam import adam_update_ref
+
+    gen = np.random.default_rng(0)
+    p, g, m, v = (dev(gen.standard_normal((6, 5)).astype(np.float32)) for _ in range(4))
+    m[0, 0], v[0, 0], g[0, 0] = 1e-33, 1e-33, 0.0  # moments below the flush threshold, no gradient
+    v[...] = abs(v)
+    with device_creators():
+        adam_update_ref(p, g, m, v, 0.9, 0.999, 1e-3, 1e-8, flush=True)
+    assert all(type(a) is DeviceLike for a in (p, m, v))
+    assert m.view(np.ndarray)[0, 0] == 0 and v.view(np.ndarray)[0, 0] == 0
