@@ -167,3 +167,18 @@ def test_the_guard_reads_everything_in_one_all_finite_call_per_step(tmp_path, mo
     n_params = 34  # MNIST JMVAE-kl
     n_terms = 6  # rec_x, rec_w, kl, kl_x, kl_w, elbo
     assert calls == [1 + n_terms + n_params] * 3, calls  # 300 digits / batch 100 = 3 steps
+
+
+def test_the_guard_takes_python_numbers_for_the_loss_and_terms():
+    """A loss or term that is a Python float (a custom model's, say) is checked like a 0-d array."""
+    from types import SimpleNamespace
+
+    from jmvae_cupy.train import NonFiniteError, Trainer
+
+    at = SimpleNamespace(epoch=0, step=0)
+    grads = {"g": np.ones(3, np.float32)}
+    Trainer._check_finite(at, 1.5, {"rec": 2.0, "kl": np.float32(0.5)}, grads)
+    with pytest.raises(NonFiniteError, match=r"terms: rec\)"):
+        Trainer._check_finite(at, 1.5, {"rec": float("nan"), "kl": np.float32(0.5)}, grads)
+    with pytest.raises(NonFiniteError, match=r"terms: loss\)"):
+        Trainer._check_finite(at, float("inf"), {"rec": 2.0}, grads)

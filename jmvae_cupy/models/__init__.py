@@ -33,8 +33,13 @@ def build_model(dataset, variant: str, seed: int = 0, dtype="float32", device: s
     """
     if variant not in VARIANTS:
         raise ModelError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
-    if not (alpha >= 0 and math.isfinite(alpha)):  # a negative weight on JMVAE-kl's KLs leaves no bound
-        raise ModelError(f"alpha must be a number >= 0, got {alpha}")
+    if variant == "kl":  # (the others ignore alpha) a negative weight on JMVAE-kl's KLs leaves no bound
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError):
+            raise ModelError(f"alpha must be a number >= 0, got {alpha!r}") from None
+        if not (alpha >= 0 and math.isfinite(alpha)):
+            raise ModelError(f"alpha must be a number >= 0, got {alpha}")
     if isinstance(dataset, Arch):
         arch = dataset
     elif dataset in ARCHS:

@@ -124,10 +124,13 @@ def test_bad_arguments_are_rejected():
         model.loss_and_grads(x.astype(np.float32), w.astype(np.float32), Rng(0))
 
 
-@pytest.mark.parametrize("alpha", [-0.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("alpha", [-0.5, float("nan"), float("inf"), "heavy", None])
 def test_build_model_rejects_an_alpha_that_leaves_no_bound(alpha):
     """JMVAE-kl subtracts alpha times two KLs: a negative (or non-finite) weight rewards them and
-    the objective has no bound (a run with --alpha -1 reached a loss of -7e24)."""
+    the objective has no bound (a run with --alpha -1 reached a loss of -7e24).  The variants that
+    ignore alpha do not check it (a stored run of theirs loads whatever its config says)."""
     with pytest.raises(ModelError, match="alpha must be a number >= 0"):
         build_model(ARCH, "kl", alpha=alpha)
-    build_model(ARCH, "kl", alpha=0.0)  # 0 switches the two terms off: allowed
+    assert build_model(ARCH, "kl", alpha=0).alpha == 0.0  # 0 switches the two terms off: allowed
+    assert build_model(ARCH, "kl", alpha="0.5").alpha == 0.5  # (a number in a string, as before)
+    build_model(ARCH, "jmvae", alpha=-0.5)
