@@ -135,7 +135,7 @@ def test_the_adam_memory_benchmark_prints_both_rows():
     assert "3,127,450 float32 parameters in 34 arrays, 87.6 MB" in out.stdout, out.stdout
     rows = [line for line in out.stdout.splitlines() if line.startswith("  ") and "(" in line]
     labels = [r.split("  ")[1] for r in rows]
-    assert labels == ["Adam (kernels/adam.py)", "same traffic, no arithmetic"], out.stdout
+    assert labels == ["Adam.step (kernels/adam.py)", "same traffic, no arithmetic"], out.stdout
     assert all(len(re.findall(r"\d+\.\d\d \(\d+\)", r)) == 3 for r in rows), out.stdout  # "ms (GB/s)" per prelude
 
 
