@@ -38,7 +38,7 @@ def all_finite(arrays) -> bool:
             raise KernelArgumentError(f"all_finite: expected float32 / float64 NumPy or CuPy arrays, got {what}")
     host = [a for a in arrays if get_array_module(a) is np]  # NumPy arrays and scalars (a host loss, say)
     for a in host:
-        if a.size and not _zero_sum_cpu(np.ascontiguousarray(a).reshape(-1), a.dtype.type(0)) == 0:
+        if a.size and not _zero_sum_cpu(get_array_module(a).ascontiguousarray(a).reshape(-1), a.dtype.type(0)) == 0:
             return False  # (a NaN sum compares unequal to 0)
     device = [a for a in arrays if get_array_module(a) is not np]
     if device:  # one host synchronisation for all the device arrays
