@@ -29,6 +29,8 @@ guard reads one flag per step and the progress bar the loss every 10 steps (docs
 from __future__ import annotations
 
 import contextlib
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -38,6 +40,9 @@ from jmvae_cupy.models import build_model
 from jmvae_cupy.models.architectures import celeba_arch, mnist_arch
 from jmvae_cupy.optim import Adam
 from jmvae_cupy.rng import Rng
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+from throughput import make_batch  # noqa: E402
 
 
 class HostSync(AssertionError):
@@ -171,19 +176,6 @@ def _to_device(model):
             d[k] = dev(d[k])
 
 
-def _batch(arch, n):
-    gen = np.random.default_rng(0)
-    if arch.x_lik.name == "bernoulli":
-        x = (gen.random((n, *arch.x_shape)) < 0.5).astype(np.float32)
-    else:
-        x = gen.standard_normal((n, *arch.x_shape)).astype(np.float32)
-    if arch.w_lik.name == "categorical":
-        w = np.eye(arch.w_dim, dtype=np.float32)[gen.integers(0, arch.w_dim, n)]
-    else:
-        w = np.sign(gen.standard_normal((n, arch.w_dim))).astype(np.float32)
-    return x, w
-
-
 def _assert_on_device(**groups):
     for group, arrays in groups.items():
         plain = [k for k, a in arrays.items() if type(a) is not DeviceLike]
@@ -206,7 +198,7 @@ def _case_id(arch, variant, direction):
 @pytest.mark.parametrize("arch, variant, direction", CASES, ids=[_case_id(*c) for c in CASES])
 def test_a_training_step_makes_no_host_round_trip(arch, variant, direction):
     model = build_model(arch, variant, seed=0, dtype="float32", xp=np, direction=direction)
-    x, w = _batch(arch, 8)
+    x, w = make_batch(model, 8, np)  # (bench/throughput.py's random batch of the model's shapes)
     warm_up(lambda: Adam().step(model.params, model.loss_and_grads(x, w, Rng(1), beta=0.5)[2]))
     _to_device(model)
     x, w = dev(x), dev(w)
@@ -228,7 +220,7 @@ def test_the_vae_gan_terms_make_no_host_round_trip():
 
     model = build_model(CELEBA, "kl", seed=0, dtype="float32", xp=np)
     gan = VAEGAN(model, weight=0.5, seed=1)
-    x, w = _batch(CELEBA, 8)
+    x, w = make_batch(model, 8, np)
     opt, rng = Adam(lr=1e-3), Rng(0)
 
     def step():
