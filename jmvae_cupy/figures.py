@@ -29,16 +29,24 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="directory for the PNGs")
     p.add_argument("--iterations", type=int, default=10, help="K (default 10)")
-    p.add_argument("--test-size", type=int, default=500, help="test digits for Fig. 5 and Fig. 3 (default 500)")
+    p.add_argument("--test-size", type=int, default=500,
+                   help="test digits for Fig. 5 and Fig. 3 (default 500; 0: all, as in evaluate)")
     args = p.parse_args(argv)
     try:
-        os.makedirs(args.out, exist_ok=True)
+        for name, val in (("iterations", args.iterations), ("test-size", args.test_size)):
+            if val < 0:
+                raise EvaluateError(f"--{name} must be >= 0, got {val}")
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            raise EvaluateError(f"cannot create output directory {args.out}: {e.strerror}") from None
         curves = {}
         for rd in args.runs:
             model, cfg, x, w, _ = load_run(rd)
             name = NAMES[cfg["variant"]] + (f"-{cfg['direction']}" if cfg.get("direction") else "")
             tag = os.path.basename(os.path.normpath(rd))
-            x, w = x[: args.test_size], w[: args.test_size]
+            if args.test_size:
+                x, w = x[: args.test_size], w[: args.test_size]
             if getattr(model, "direction", "label2image") != "label2image":
                 continue
             if hasattr(model, "generate"):

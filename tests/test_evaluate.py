@@ -43,3 +43,20 @@ def test_bad_run_dir_is_one_line_and_exit_1(tmp_path, capsys):
 def test_figures(tiny_run, tmp_path, capsys):
     assert evaluate.main(["figures", tiny_run, "--out", str(tmp_path), "--test-size", "50", "--iterations", "2"]) == 0
     assert (tmp_path / "ll-vs-iterations.png").exists() and (tmp_path / "gen-kl.png").exists()
+
+
+def test_figures_bad_arguments_get_one_line_errors(tiny_run, tmp_path, capsys):
+    """--iterations -1 was an IndexError, --test-size 0 a reshape error (it now means all, as in
+    evaluate), an --out that cannot be made a FileNotFoundError traceback."""
+    for args, message in ((["--iterations", "-1"], "--iterations must be >= 0, got -1"),
+                          (["--test-size", "-5"], "--test-size must be >= 0, got -5")):
+        assert evaluate.main(["figures", tiny_run, "--out", str(tmp_path / "f"), *args]) == 1
+        assert capsys.readouterr().err.strip() == f"error: {message}"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert evaluate.main(["figures", tiny_run, "--out", str(blocker / "sub")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot create output directory {blocker / 'sub'}:")
+    assert evaluate.main(["figures", tiny_run, "--out", str(tmp_path / "all"), "--test-size", "0",
+                          "--iterations", "1"]) == 0
+    assert (tmp_path / "all" / "ll-vs-iterations.png").exists()
