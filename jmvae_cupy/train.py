@@ -419,8 +419,6 @@ class Trainer:
         or inf.  One pass over the gradients and, on a GPU, one host read: a single flag for all
         of them (kernels/finite.py; StepMean, when used, reads the averaged scalars besides); the
         culprits are looked up only on failure."""
-        loss = loss if hasattr(loss, "dtype") else np.float64(loss)  # (a Python number: all_finite takes arrays)
-        terms = {k: v if hasattr(v, "dtype") else np.float64(v) for k, v in terms.items()}
         if all_finite([loss, *terms.values(), *grads.values()]):
             return
         if not all_finite([loss, *terms.values()]):

@@ -4,8 +4,8 @@ inf gradient, checked before each Adam update (jmvae_cupy/train.py, docs/reliabi
 Public API:
 
 * ``all_finite(arrays) -> bool``: True when no element of any of the arrays (an iterable of
-  float32 / float64 NumPy or CuPy arrays, any shapes, NumPy scalars too; host and device arrays
-  may be mixed, as a host loss with device gradients) is NaN or +-inf.
+  float32 / float64 NumPy or CuPy arrays, any shapes, NumPy scalars and Python floats too; host
+  and device arrays may be mixed, as a host loss with device gradients) is NaN or +-inf.
 
 NumPy: a Numba CPU kernel per array sums ``a * 0``: 0 when every element is finite, NaN as soon as
 one is not (inf * 0 and NaN * 0 are NaN).  One read pass, vectorised: ``fastmath={"reassoc"}``
@@ -31,16 +31,18 @@ from ._dispatch import FLOAT_DTYPES, KernelArgumentError
 
 def all_finite(arrays) -> bool:
     """True when every element of every array in ``arrays`` is finite (no NaN, no +-inf)."""
-    arrays = list(arrays)
+    host, device = [], []
     for a in arrays:
+        if isinstance(a, float):  # a Python number (a loss or term a model returned as one)
+            a = np.float64(a)
         if not (hasattr(a, "dtype") and hasattr(a, "shape")) or a.dtype not in FLOAT_DTYPES:
             what = a.dtype if hasattr(a, "dtype") else type(a).__name__
             raise KernelArgumentError(f"all_finite: expected float32 / float64 NumPy or CuPy arrays, got {what}")
-    host = [a for a in arrays if get_array_module(a) is np]  # NumPy arrays and scalars (a host loss, say)
+        (host if get_array_module(a) is np else device).append(a)  # NumPy arrays and scalars on the host
     for a in host:
-        if a.size and not _zero_sum_cpu(get_array_module(a).ascontiguousarray(a).reshape(-1), a.dtype.type(0)) == 0:
+        flat = a.reshape(-1) if a.flags.c_contiguous else a.flatten()  # (a view; one copy of a strided array)
+        if a.size and _zero_sum_cpu(flat, a.dtype.type(0)) != 0:
             return False  # (a NaN sum compares unequal to 0)
-    device = [a for a in arrays if get_array_module(a) is not np]
     if device:  # one host synchronisation for all the device arrays
         xp = get_array_module(*device)
         return bool(xp.stack([xp.isfinite(a).all() for a in device]).all())

@@ -16,14 +16,16 @@ SHAPES = [(), (0,), (1,), (7, 37), (3, 4, 5), (513,)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_numpy_scalars_count_as_arrays(rng, dtype):
-    """A host loss (a NumPy scalar, as a batch mean or StepMean's float64 is) in the same call as
-    arrays, as the trainer's guard passes it."""
+def test_numpy_scalars_and_python_floats_count_as_arrays(rng, dtype):
+    """A host loss (a NumPy scalar, as a batch mean or StepMean's float64 is, or a Python float) in
+    the same call as arrays, as the trainer's guard passes it."""
     t = np.dtype(dtype).type
     arrays = [np.asarray(rng.standard_normal((3, 4)), dtype)]
     assert all_finite([t(1.5), *arrays]) and all_finite([np.float64(-2.0), *arrays])
     for bad in (np.nan, np.inf, -np.inf):
         assert not all_finite([t(bad), *arrays]) and not all_finite([*arrays, np.float64(bad)])
+        assert not all_finite([*arrays, float(bad)])  # a Python float too
+    assert all_finite([1.5, *arrays])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
