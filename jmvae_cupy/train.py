@@ -227,6 +227,18 @@ def _metrics_lines_up_to(path: str, epoch: int) -> list:
     return kept
 
 
+def training_rows(n: int, config: dict, noun: str) -> int:
+    """How many of the ``n`` training rows a run uses (``--train-subset``, 0: all), or a one-line
+    error when they make less than one batch (``noun``: digits, images)."""
+    batch, subset = config["batch_size"], config["train_subset"]
+    if subset and subset < batch:
+        raise TrainError(f"--train-subset {subset} is smaller than one batch")
+    kept = min(n, subset) if subset else n
+    if kept < batch:
+        raise TrainError(f"--batch-size {batch} is larger than the {kept} training {noun}")
+    return kept
+
+
 class MnistSource:
     """MNIST for the Trainer: the training set re-binarised every epoch, the test set binarised once."""
 
@@ -234,14 +246,8 @@ class MnistSource:
         self.dtype, self.arch = dtype, config["dataset"]
         self.data = load_mnist(config["data_dir"])
         self.name = self.data.source
-        if config["train_subset"]:
-            if config["train_subset"] < config["batch_size"]:
-                raise TrainError(f"--train-subset {config['train_subset']} is smaller than one batch")
-            self.data.train_x = self.data.train_x[: config["train_subset"]]
-            self.data.train_y = self.data.train_y[: config["train_subset"]]
-        if len(self.data.train_x) < config["batch_size"]:
-            raise TrainError(f"--batch-size {config['batch_size']} is larger than the {len(self.data.train_x)} "
-                             "training digits")
+        n = training_rows(len(self.data.train_x), config, "digits")
+        self.data.train_x, self.data.train_y = self.data.train_x[:n], self.data.train_y[:n]
         self.test_x = binarized_test_set(self.data, dtype=self.dtype)
         self.test_w = one_hot(self.data.test_y, 10, self.dtype)
 
@@ -281,13 +287,7 @@ class CelebASource:
         self.dtype = dtype
         self.data = open_celeba(config["data"])
         self.name = f"CelebA {self.data.path.name} ({len(self.data.train_idx)} train / {len(self.data.test_idx)} test)"
-        self.train_rows = self.data.train_idx
-        if config["train_subset"]:
-            if config["train_subset"] < config["batch_size"]:
-                raise TrainError(f"--train-subset {config['train_subset']} is smaller than one batch")
-            self.train_rows = self.train_rows[: config["train_subset"]]
-        if len(self.train_rows) < config["batch_size"]:
-            raise TrainError(f"{len(self.train_rows)} training images are fewer than one batch")
+        self.train_rows = self.data.train_idx[: training_rows(len(self.data.train_idx), config, "images")]
         try:
             self.arch = celeba_arch(self.data.image_size, config["width_scale"], config["latent"])
         except ValueError as e:

@@ -63,6 +63,12 @@ def test_bad_celeba_arguments(tmp_path, capsys, celeba_h5):
     assert "no such file" in capsys.readouterr().err
     assert main(["mnist", "--data", str(celeba_h5), "--out", str(tmp_path / "r3")] + FAST) == 1
     assert "--data is for celeba" in capsys.readouterr().err
+    for extra, message in ((["--batch-size", "1000"], "--batch-size 1000 is larger than the "),
+                           (["--train-subset", "4"], "--train-subset 4 is smaller than one batch")):
+        assert main(["celeba", "--data", str(celeba_h5), "--out", str(tmp_path / "r4")] + FAST + extra) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"error: {message}") and "Traceback" not in "".join(err)
+    assert not (tmp_path / "r4").exists()
 
 
 def test_arch_helper_reproduces_the_appendix():
