@@ -151,8 +151,8 @@ def device_creators():
     """Within the block, NumPy's array-creating functions (CREATORS) return DeviceLike, and batch
     norm takes the path it takes on CuPy (its plain-xp reference: kernels/batchnorm.py's Numba
     kernels are CPU-only).  Numba must not compile inside the block (it would take the wrapped
-    functions for NumPy's and reject the real ones later in the process): run the step once
-    outside it first (:func:`warm_up`)."""
+    functions for NumPy's and reject the real ones later in the process): run the step once on
+    plain arrays outside it first, which compiles (or loads from the cache) every kernel it calls."""
     def device(fn):
         def wrapped(*args, **kwargs):
             return _device(fn(*args, **kwargs))
@@ -163,12 +163,6 @@ def device_creators():
             mp.setattr(np, name, device(getattr(np, name)))
         mp.setattr(batchnorm_kernels, "_fast", lambda *arrays: False)
         yield
-
-
-def warm_up(step):
-    """One step on plain arrays outside :func:`device_creators`: every Numba kernel it calls is
-    compiled (or loaded from the cache) with NumPy as it is."""
-    step()
 
 
 def _to_device(model):
@@ -200,7 +194,7 @@ def _case_id(arch, variant, direction):
 def test_a_training_step_makes_no_host_round_trip(arch, variant, direction):
     model = build_model(arch, variant, seed=0, dtype="float32", xp=np, direction=direction)
     x, w = make_batch(model, 8, np)  # (bench/throughput.py's random batch of the model's shapes)
-    warm_up(lambda: Adam().step(model.params, model.loss_and_grads(x, w, Rng(1), beta=0.5)[2]))
+    Adam().step(model.params, model.loss_and_grads(x, w, Rng(1), beta=0.5)[2])  # (compiles: device_creators)
     _to_device(model)
     x, w = dev(x), dev(w)
     opt, rng = Adam(lr=1e-3), Rng(0)
@@ -231,7 +225,7 @@ def test_the_vae_gan_terms_make_no_host_round_trip():
         gan.opt.step(gan.params, dgrads)
         return loss, terms, grads, dgrads
 
-    warm_up(step)
+    step()  # on plain arrays (compiles: device_creators)
     _to_device(model)
     _to_device(gan)
     x, w = dev(x), dev(w)
