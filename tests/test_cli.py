@@ -1,0 +1,52 @@
+"""jmvae_cupy.cli.guarded: each handled kind of error is one line on stderr and its exit status."""
+
+import errno
+
+import numpy as np
+import pytest
+
+from jmvae_cupy.cli import INTERRUPTED, guarded, os_error_message
+
+
+class Known(Exception):
+    pass
+
+
+def raiser(exc):
+    def body():
+        raise exc
+
+    return body
+
+
+@pytest.mark.parametrize("exc, status, text", [
+    (Known("bad\n  input"), 3, "error: bad input\n"),
+    (OSError(errno.ENOSPC, "No space left on device", "/x/ckpt.h5"), 3, "error: /x/ckpt.h5: No space left on device\n"),
+    (PermissionError(errno.EACCES, "Permission denied", "ro/a.png"), 3, "error: ro/a.png: Permission denied\n"),
+    (KeyboardInterrupt(), INTERRUPTED, "error: interrupted\n"),
+])
+def test_handled_errors_are_one_line(capsys, exc, status, text):
+    cleaned = []
+    assert guarded(raiser(exc), (Known,), status=3, on_error=lambda: cleaned.append(1)) == status
+    out = capsys.readouterr()
+    assert out.err == text and out.out == "" and cleaned == [1]
+
+
+def test_numpy_allocation_failure_is_one_line(capsys):
+    def body():
+        np.empty((2**40, 2**30), dtype=np.float32)  # ~4 ZiB: refused at once, nothing touched
+
+    assert guarded(body) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory: Unable to allocate") and err.count("\n") == 1
+
+
+def test_success_and_bugs_pass_through():
+    assert guarded(lambda: 0, (Known,)) == 0
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        guarded(lambda: 1 / 0, (Known,))
+
+
+def test_os_error_without_a_file_name():
+    assert os_error_message(OSError(errno.EIO, "Input/output error")) == "Input/output error"
+    assert os_error_message(OSError("plain")) == "plain"
