@@ -34,7 +34,7 @@ def test_handled_errors_are_one_line(capsys, exc, status, text):
 
 def test_numpy_allocation_failure_is_one_line(capsys):
     def body():
-        np.empty((2**40, 2**30), dtype=np.float32)  # ~4 ZiB: refused at once, nothing touched
+        np.empty((2**20, 2**30), dtype=np.float32)  # 4 PiB: refused at once, nothing touched
 
     assert guarded(body) == 1
     err = capsys.readouterr().err
