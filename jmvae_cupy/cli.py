@@ -1,6 +1,6 @@
 """What every command line of the package does with an error: one line on stderr, an exit status.
 
-``guarded(body, known, status=1)`` runs ``body()`` and turns
+``guarded(body, known, status=1)`` runs ``body()`` and turns (``describe`` says how)
 
 * an exception of the command's own kinds (``known``: TrainError, DataError, ...) into
   ``error: <message>`` (the message folded onto one line) and ``status``;
@@ -32,19 +32,28 @@ def os_error_message(e: OSError) -> str:
     return f"{e.filename}: {reason}" if e.filename is not None else reason
 
 
+def describe(e: BaseException, known: tuple = (), status: int = 1):
+    """(message, exit status) for an error the command lines report in one line, or None (a bug)."""
+    if isinstance(e, known):
+        return one_line(e), status
+    if isinstance(e, MemoryError):
+        return f"out of memory: {one_line(e) or type(e).__name__}", status
+    if isinstance(e, OSError):
+        return os_error_message(e), status
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted", INTERRUPTED
+    return None
+
+
 def guarded(body, known: tuple = (), status: int = 1, on_error=None) -> int:
     """Run ``body()`` (returning the exit status) with the package's one-line error handling."""
     try:
         return body()
-    except known as e:
-        message, code = one_line(e), status
-    except MemoryError as e:  # (before OSError: neither is a subclass of the other, but be explicit)
-        message, code = f"out of memory: {one_line(e) or type(e).__name__}", status
-    except OSError as e:
-        message, code = os_error_message(e), status
-    except KeyboardInterrupt:
-        message, code = "interrupted", INTERRUPTED
+    except BaseException as e:
+        handled = describe(e, known, status)
+        if handled is None:  # a bug (or SystemExit): its traceback / exit as usual
+            raise
     if on_error is not None:
         on_error()
-    print(f"error: {message}", file=sys.stderr)
-    return code
+    print(f"error: {handled[0]}", file=sys.stderr)
+    return handled[1]

@@ -12,7 +12,9 @@ Writes into the run directory (``--out``, default ``runs/<dataset>-<variant>``):
 ``--resume`` continues from the newest good checkpoint; on the CPU the result is bit-identical
 to an uninterrupted run (the data order, the binarisation and the noise all come from RNG
 streams whose states are checkpointed).  Ctrl-C / SIGTERM save a checkpoint at the next step
-boundary and exit with code 130.  Every error a user can cause is one line on stderr, exit 1.
+boundary and exit with code 130.  Every error a user can cause (and a full disk, an allocation
+that fails, Ctrl-C before training starts) is one line on stderr, exit 1 (130 for Ctrl-C).  One
+process at a time trains in a run directory (it holds ``.lock``).
 
 ``--micro-batches K`` runs each step's batch as K chunks of B/K rows, one after the other, and
 averages them (gradient accumulation); ``mpiexec -n P ... --distributed`` splits it over P ranks.
@@ -23,9 +25,11 @@ Both go through ``distributed.StepMean`` (docs/distributed.md); without them a s
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -36,6 +40,7 @@ import numpy as np
 from .backend import BackendError, device_name, get_dtype, select_device, to_device
 from .checkpoint import CheckpointError, list_checkpoints, load_latest, restore_arrays
 from .checkpoint import save as save_checkpoint
+from .cli import describe
 from .data import DataError, binarize, binarized_test_set, iterate_batches, load_mnist, one_hot
 from .distributed import DataParallel, DistributedError, GlobalNoiseRng, StepMean, init_distributed, rows_of
 from .hostmem import keep_freed_memory
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # celeba: narrower nets (tests)
     p.add_argument("--gan", action="store_true", help="celeba: VAE-GAN, the appendix's discriminator on p(x|z) "
                    "(docs/celeba.md)")
-    p.add_argument("--gan-weight", type=float, default=1.0,
+    p.add_argument("--gan-weight", type=float, default=None,
                    help="--gan: weight gamma of the generator term in the model's loss (default 1)")
     p.add_argument("--train-subset", type=int, default=0,
                    help="train on the first N training digits only (quick smoke runs; 0: all)")
@@ -132,7 +137,7 @@ def config_from_args(args) -> dict:
     for name, val, lo in (("epochs", args.epochs, 1), ("batch-size", args.batch_size, 1),
                           ("latent", args.latent, 1), ("sample-every", args.sample_every, 1),
                           ("checkpoint-steps", args.checkpoint_steps, 0), ("train-subset", args.train_subset, 0),
-                          ("micro-batches", args.micro_batches, 1)):
+                          ("micro-batches", args.micro_batches, 1), ("seed", args.seed, 0)):
         if val < lo:
             raise TrainError(f"--{name} must be >= {lo}, got {val}")
     if args.batch_size % args.micro_batches:
@@ -144,6 +149,8 @@ def config_from_args(args) -> dict:
         raise TrainError(f"--warmup must be >= 0, got {args.warmup}")
     if not (args.alpha >= 0 and np.isfinite(args.alpha)):  # (a negative weight rewards the KLs: no bound)
         raise TrainError(f"--alpha must be >= 0, got {args.alpha}")
+    if args.gan_weight is not None and not args.gan:
+        raise TrainError("--gan-weight applies to --gan (celeba) only")
     get_dtype(args.dtype)
     extra = {}
     if args.dataset == "celeba":
@@ -156,6 +163,7 @@ def config_from_args(args) -> dict:
             raise TrainError(f"--width-scale must be positive, got {args.width_scale}")
         extra = {"data": os.path.abspath(args.data), "width_scale": args.width_scale}
         if args.gan:  # only then in the config: runs without the GAN keep their old configs
+            args.gan_weight = 1.0 if args.gan_weight is None else args.gan_weight
             if not (args.gan_weight >= 0 and np.isfinite(args.gan_weight)):
                 raise TrainError(f"--gan-weight must be >= 0, got {args.gan_weight}")
             extra.update(gan=True, gan_weight=args.gan_weight)
@@ -178,7 +186,31 @@ def beta_at(epoch_float: float, warmup: float) -> float:
     return 1.0 if warmup <= 0 else min(1.0, epoch_float / warmup)
 
 
-def prepare_run_dir(out: str, resume: bool) -> None:
+LOCK_NAME = ".lock"  # in the run directory: held (flock) by the process training there
+
+
+def lock_run_dir(out: str):
+    """Hold ``out/.lock`` (an exclusive flock, released by the kernel when the process ends, however
+    it ends) so that a second training process cannot write into the same run directory (it would
+    delete the first one's checkpoint in progress as stale).  Returns the open lock file: keep it."""
+    f = open(os.path.join(out, LOCK_NAME), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise TrainError(f"{out} is in use by another training process{f' (pid {holder})' if holder else ''}") from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def prepare_run_dir(out: str, resume: bool):
+    """Create ``out`` if needed, check that it is writable, lock it (``lock_run_dir``: the open lock
+    file is returned, keep it while training), refuse a directory that holds a run unless
+    ``resume``, and remove the temporary files of a process killed while writing."""
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -190,11 +222,14 @@ def prepare_run_dir(out: str, resume: bool) -> None:
         os.unlink(probe)
     except OSError as e:
         raise TrainError(f"output directory {out} is not writable: {e.strerror}") from None
+    lock = lock_run_dir(out)
     has_run = bool(list_checkpoints(out)) or os.path.exists(os.path.join(out, "metrics.jsonl"))
     if has_run and not resume:
+        lock.close()
         raise TrainError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     for stale in glob.glob(os.path.join(out, ".ckpt-*.tmp")) + glob.glob(os.path.join(out, "*.json*.tmp")):
         os.unlink(stale)  # left by a process killed while writing; never a complete file
+    return lock
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -214,15 +249,16 @@ def _append_line(path: str, obj: dict) -> None:
 
 
 def _metrics_lines_up_to(path: str, epoch: int) -> list:
-    """The lines of metrics.jsonl for epochs <= ``epoch``; a line cut short by a crash is dropped."""
+    """The lines of metrics.jsonl for epochs <= ``epoch``.  A line that is not an epoch's record (cut
+    short by a crash, edited by hand, not UTF-8) is dropped."""
     kept = []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for ln in f:
             try:
                 rec = json.loads(ln)
             except ValueError:
                 continue
-            if rec.get("epoch", 0) <= epoch:
+            if isinstance(rec, dict) and type(rec.get("epoch")) is int and rec["epoch"] <= epoch:
                 kept.append(ln if ln.endswith("\n") else ln + "\n")
     return kept
 
@@ -239,14 +275,19 @@ def training_rows(n: int, config: dict, noun: str) -> int:
     return kept
 
 
+def subset_note(kept: int, n: int, noun: str) -> str:
+    """What the log adds to a data source's name when --train-subset keeps ``kept`` of ``n`` rows."""
+    return f"; training on the first {kept} {noun}" if kept < n else ""
+
+
 class MnistSource:
     """MNIST for the Trainer: the training set re-binarised every epoch, the test set binarised once."""
 
     def __init__(self, config: dict, dtype):
         self.dtype, self.arch = dtype, config["dataset"]
         self.data = load_mnist(config["data_dir"])
-        self.name = self.data.source
         n = training_rows(len(self.data.train_x), config, "digits")
+        self.name = self.data.source + subset_note(n, len(self.data.train_x), "digits")
         self.data.train_x, self.data.train_y = self.data.train_x[:n], self.data.train_y[:n]
         self.test_x = binarized_test_set(self.data, dtype=self.dtype)
         self.test_w = one_hot(self.data.test_y, 10, self.dtype)
@@ -286,8 +327,10 @@ class CelebASource:
 
         self.dtype = dtype
         self.data = open_celeba(config["data"])
-        self.name = f"CelebA {self.data.path.name} ({len(self.data.train_idx)} train / {len(self.data.test_idx)} test)"
-        self.train_rows = self.data.train_idx[: training_rows(len(self.data.train_idx), config, "images")]
+        n = training_rows(len(self.data.train_idx), config, "images")
+        self.name = (f"CelebA {self.data.path.name} ({len(self.data.train_idx)} train / {len(self.data.test_idx)} "
+                     f"test){subset_note(n, len(self.data.train_idx), 'images')}")
+        self.train_rows = self.data.train_idx[:n]
         try:
             self.arch = celeba_arch(self.data.image_size, config["width_scale"], config["latent"])
         except ValueError as e:
@@ -557,6 +600,9 @@ class Trainer:
                  f"{sum(int(p.size) for p in self.model.params.values()):,} parameters | run dir {self.out}")
         if self.dist is not None:
             self.dist.check_consistent(self, "at start")  # same seed -> same parameters on every rank
+        if self.epoch >= cfg["epochs"]:
+            self.log(f"the run is complete ({self.epoch} of {cfg['epochs']} epochs): nothing to do "
+                     "(a larger --epochs continues it)")
         while self.epoch < cfg["epochs"]:
             t0 = time.perf_counter()
             steps = self.train_epoch()
@@ -566,28 +612,41 @@ class Trainer:
                          f"step {self.step}; continue with the same command and --resume")
                 return 130
             skipped = int(self.sums.pop("skipped", 0))
+            if skipped >= steps:  # (--on-nonfinite skip) nothing left to average: the run has diverged
+                raise NonFiniteError(f"every step of epoch {self.epoch + 1} was non-finite and skipped: stopping "
+                                     "(the last checkpoint is kept; try a smaller --lr)")
             train = {k: float(v) / max(steps - skipped, 1) for k, v in self.sums.items()}  # means over taken steps
             train["skipped_steps"] = skipped
             self.epoch, self.step, self.sums = self.epoch + 1, 0, {}
             if self.dist is not None:  # batch-norm running statistics averaged; ranks checked identical
                 self.dist.epoch_end(self)
             test = self.evaluate()
+            bad = [k for k, v in test.items() if not np.isfinite(v)]
+            if bad:  # (checked before anything of this epoch is written: a resume redoes it)
+                raise NonFiniteError(f"non-finite test-set terms after epoch {self.epoch} ({', '.join(bad)}): stopping "
+                                     "(the last checkpoint is kept)")
             record = {"epoch": self.epoch, "beta": beta_at(self.epoch, cfg["warmup"]), "train": train,
                       "test": test, "seconds": round(time.perf_counter() - t0, 3)}
             if self.is_writer:
                 _append_line(mpath, record)
-            self.save()
+            # the epoch's PNG before its checkpoint: a run killed in between redoes the epoch and
+            # writes the same PNG again (after the checkpoint, that PNG would never be written)
             if self.epoch % self.sample_every == 0 or self.epoch == cfg["epochs"]:
                 self.write_samples(os.path.join(self.out, f"samples-e{self.epoch:04d}.png"))
+            self.save()
             recs = ", ".join(f"{k} {test[k]:.{1 if k == 'rec_x' else 3}f}" for k in ("rec_x", "rec_w") if k in test)
             self.log(f"epoch {self.epoch}/{cfg['epochs']}  train loss {train['loss']:.2f}  "
                      f"test elbo {test['elbo']:.2f}  ({recs})  {record['seconds']:.1f}s")
         return 0
 
 
+# The errors a user can cause: one line on stderr, exit 1 (cli.describe: with OSError, MemoryError, Ctrl-C)
+USER_ERRORS = (TrainError, DataError, ModelError, CheckpointError, BackendError, NonFiniteError, DistributedError)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    dist, made_dir = None, None
+    dist, made_dir, lock = None, None, None
     try:
         config = config_from_args(args)
         if args.distributed:
@@ -611,7 +670,7 @@ def main(argv=None) -> int:
             [config["dataset"], config["variant"]] + ([config["direction"]] if config["direction"] else [])))
         if writer:
             made_dir = None if os.path.exists(out) else out
-            prepare_run_dir(out, args.resume)
+            lock = prepare_run_dir(out, args.resume)
         trainer = Trainer(config, out, device=args.device, progress=not args.no_progress and writer,
                           on_nonfinite=args.on_nonfinite, sample_every=args.sample_every,
                           checkpoint_steps=args.checkpoint_steps, log=print if writer else _quiet, dist=dist)
@@ -620,9 +679,12 @@ def main(argv=None) -> int:
             resume = dist.comm.bcast_obj(resume)
         if resume:
             trainer.restore()
-        elif writer:
-            if args.resume:
-                print(f"no checkpoint in {out} yet: starting a new run", file=sys.stderr)
+        elif writer and args.resume:
+            print(f"no checkpoint in {out} yet: starting a new run", file=sys.stderr)
+            mpath = os.path.join(out, "metrics.jsonl")
+            if os.path.exists(mpath):  # epochs of a run killed before its first checkpoint: redone now
+                os.unlink(mpath)
+        if writer:  # (on resume too: --epochs may have grown; the settings that must agree were checked)
             _atomic_write_text(os.path.join(out, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
 
         def request_stop(signum, frame):
@@ -634,20 +696,23 @@ def main(argv=None) -> int:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-    except (TrainError, DataError, ModelError, CheckpointError, BackendError, NonFiniteError, DistributedError) as e:
-        print(f"error: {'' if dist is None else f'rank {dist.comm.rank}: '}{e}", file=sys.stderr)
-        if made_dir is not None and os.path.isdir(made_dir) and not os.listdir(made_dir):
-            os.rmdir(made_dir)  # a run that failed before writing anything leaves no empty directory
+    except BaseException as e:
+        handled = describe(e, USER_ERRORS)
+        if handled is None:  # a bug: its traceback; on one rank of many, end the job after it
+            if dist is None or not isinstance(e, Exception):
+                raise
+            traceback.print_exc()
+            handled = (f"{type(e).__name__}: {e}", 1)
+        message, code = handled
+        print(f"error: {'' if dist is None else f'rank {dist.comm.rank}: '}{message}", file=sys.stderr)
+        if made_dir is not None and os.path.isdir(made_dir) and set(os.listdir(made_dir)) <= {LOCK_NAME}:
+            shutil.rmtree(made_dir)  # a run that failed before writing anything leaves no directory
         if dist is not None:
-            dist.comm.abort(1)  # the other ranks may wait in a collective: end the whole job
-        return 1
-    except Exception as e:
-        if dist is None:
-            raise
-        traceback.print_exc()
-        print(f"error: rank {dist.comm.rank}: {type(e).__name__}: {e}", file=sys.stderr)
-        dist.comm.abort(1)
-        return 1
+            dist.comm.abort(code)  # the other ranks may wait in a collective: end the whole job
+        return code
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def _quiet(*args, **kwargs):

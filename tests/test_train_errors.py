@@ -1,0 +1,154 @@
+"""The trainer's edges found by probing the command line: each is one line on stderr and an exit
+status, and leaves the run directory consistent (what a resume or a new run can start from)."""
+
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jmvae_cupy import checkpoint, train
+from jmvae_cupy.train import main
+
+ONE = ["mnist", "--variant", "kl", "--epochs", "1", "--train-subset", "300", "--no-progress", "--device", "cpu"]
+
+
+def _last_err(capsys):
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _epochs(run):
+    return [json.loads(ln)["epoch"] for ln in open(run / "metrics.jsonl")]
+
+
+def _poison(monkeypatch, when):
+    """Make MNIST JMVAE-kl's objective non-finite where ``when(train)`` says so."""
+    from jmvae_cupy.models.jmvae import JMVAEKL
+
+    real = JMVAEKL.loss_and_grads
+
+    def poisoned(self, *a, **k):
+        loss, terms, grads = real(self, *a, **k)
+        if when(k.get("train", True)):
+            terms = {**terms, "elbo": terms["elbo"] * np.inf}
+            loss = loss * np.inf
+        return loss, terms, grads
+
+    monkeypatch.setattr(JMVAEKL, "loss_and_grads", poisoned)
+
+
+def test_a_resume_that_starts_afresh_drops_the_metrics_of_the_killed_run(tmp_path, capsys):
+    """Killed after an epoch's metrics line and before its checkpoint (the first one): the resume
+    finds no checkpoint and starts a new run, which redoes that epoch; its line must not appear twice."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train": {}, "test": {}}) + "\n")
+    assert main(ONE + ["--epochs", "2", "--out", str(run), "--resume"]) == 0
+    assert "starting a new run" in capsys.readouterr().err
+    assert _epochs(run) == [1, 2]
+
+
+def test_an_epoch_with_every_step_skipped_stops_the_run(tmp_path, capsys, monkeypatch):
+    _poison(monkeypatch, lambda training: training)
+    run = tmp_path / "run"
+    assert main(ONE + ["--out", str(run), "--on-nonfinite", "skip"]) == 1
+    assert _last_err(capsys).startswith("error: every step of epoch 1 was non-finite and skipped: stopping")
+    assert not (run / "metrics.jsonl").exists()  # nothing of the diverged epoch was written
+
+
+def test_non_finite_test_terms_stop_before_the_epoch_is_written(tmp_path, capsys, monkeypatch):
+    _poison(monkeypatch, lambda training: not training)  # training is fine, the test set is not
+    run = tmp_path / "run"
+    assert main(ONE + ["--out", str(run), "--checkpoint-steps", "1"]) == 1
+    assert _last_err(capsys) == "error: non-finite test-set terms after epoch 1 (elbo, loss): stopping " \
+                                "(the last checkpoint is kept)"
+    assert not (run / "metrics.jsonl").exists()
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(run))][0].startswith("ckpt-000000-")
+
+
+def test_a_full_disk_is_one_line_and_a_resume_then_completes(tmp_path, capsys, monkeypatch):
+    real, run = train.save_checkpoint, tmp_path / "run"
+
+    def full(out, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", os.path.join(out, ".ckpt-x.tmp"))
+
+    monkeypatch.setattr(train, "save_checkpoint", full)
+    assert main(ONE + ["--out", str(run)]) == 1
+    assert _last_err(capsys) == f"error: {run / '.ckpt-x.tmp'}: No space left on device"
+    monkeypatch.setattr(train, "save_checkpoint", real)
+    assert main(ONE + ["--out", str(run), "--resume"]) == 0
+    assert _epochs(run) == [1]
+
+
+def test_an_allocation_that_fails_is_one_line_and_leaves_no_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(ONE + ["--latent", "2000000000", "--out", str(run)]) == 1
+    err = _last_err(capsys)
+    assert err.startswith("error: out of memory: Unable to allocate"), err
+    assert not run.exists()
+
+
+def test_ctrl_c_before_training_starts_is_one_line_and_130(tmp_path, capsys, monkeypatch):
+    def interrupted(config, dtype):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "make_source", interrupted)
+    run = tmp_path / "run"
+    assert main(ONE + ["--out", str(run)]) == 130
+    assert _last_err(capsys) == "error: interrupted"
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "error: --seed must be >= 0, got -1"),
+    (["--gan-weight", "-5"], "error: --gan-weight applies to --gan (celeba) only"),
+])
+def test_bad_options(tmp_path, capsys, args, message):
+    assert main(ONE + args + ["--out", str(tmp_path / "run")]) == 1
+    assert _last_err(capsys) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_process_cannot_train_in_the_same_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    held = train.lock_run_dir(str(run))  # (flock: a second open file description conflicts, same process too)
+    try:
+        assert main(ONE + ["--out", str(run), "--resume"]) == 1
+        assert _last_err(capsys) == f"error: {run} is in use by another training process (pid {os.getpid()})"
+    finally:
+        held.close()
+    assert main(ONE + ["--out", str(run), "--resume"]) == 0  # released: the next one may
+
+
+def test_the_last_epochs_samples_are_written_before_its_checkpoint(tmp_path, monkeypatch):
+    """A run killed between the two redoes the epoch (and its PNG); the other order lost the PNG."""
+    real, run, seen = train.save_checkpoint, tmp_path / "run", []
+
+    def spy(out, epoch, step, *a, **k):
+        seen.append((epoch, step, (run / f"samples-e{epoch:04d}.png").exists()))
+        return real(out, epoch, step, *a, **k)
+
+    monkeypatch.setattr(train, "save_checkpoint", spy)
+    assert main(ONE + ["--epochs", "2", "--sample-every", "5", "--out", str(run)]) == 0
+    assert seen == [(1, 0, False), (2, 0, True)]  # epoch 1: no PNG due; epoch 2 (the last): PNG first
+
+
+def test_resuming_a_complete_run_says_so_and_a_longer_run_updates_the_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(ONE + ["--out", str(run)]) == 0
+    assert "training on the first 300 digits" in capsys.readouterr().out  # (--train-subset, in the log)
+    assert main(ONE + ["--out", str(run), "--resume"]) == 0
+    assert "the run is complete (1 of 1 epochs): nothing to do" in capsys.readouterr().out
+    assert main(ONE + ["--epochs", "2", "--out", str(run), "--resume"]) == 0
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    assert _epochs(run) == [1, 2]
+
+
+def test_damaged_metrics_lines_are_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    good = [json.dumps({"epoch": 1}), json.dumps({"epoch": 2})]
+    path.write_bytes("\n".join([good[0], "[1, 2]", "5", '{"epoch": "x"}', good[1], '{"epoch": 3}']).encode()
+                     + b"\n\xff\xfe{\n" + b'{"epo')
+    assert train._metrics_lines_up_to(str(path), 2) == [good[0] + "\n", good[1] + "\n"]
