@@ -603,6 +603,11 @@ class Trainer:
         if self.epoch >= cfg["epochs"]:
             self.log(f"the run is complete ({self.epoch} of {cfg['epochs']} epochs): nothing to do "
                      "(a larger --epochs continues it)")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # (NumPy's warnings: the guard
+            return self._run_epochs(mpath)  # stops at a non-finite loss, term or gradient, naming it)
+
+    def _run_epochs(self, mpath):
+        cfg = self.config
         while self.epoch < cfg["epochs"]:
             t0 = time.perf_counter()
             steps = self.train_epoch()

@@ -152,3 +152,13 @@ def test_damaged_metrics_lines_are_dropped_on_resume(tmp_path):
     path.write_bytes("\n".join([good[0], "[1, 2]", "5", '{"epoch": "x"}', good[1], '{"epoch": 3}']).encode()
                      + b"\n\xff\xfe{\n" + b'{"epo')
     assert train._metrics_lines_up_to(str(path), 2) == [good[0] + "\n", good[1] + "\n"]
+
+
+def test_a_diverging_run_prints_the_guards_line_and_no_numpy_warnings(tmp_path, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(ONE + ["--lr", "1e10", "--batch-size", "50", "--out", str(tmp_path / "run")]) == 1
+    assert "non-finite objective at epoch 1" in _last_err(capsys)
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
