@@ -8,26 +8,38 @@ Commands:
 
     prepare celeba SRC_DIR --out FILE.h5 [--split paper|official] [--on-error skip|stop] [--size 64|32]
         crop (centred square) and resize (LANCZOS) the aligned CelebA images into one HDF5 file
-        (see jmvae_cupy/data/celeba.py and docs/celeba.md); an interrupted run continues from
-        FILE.h5.partial when repeated.
+        (see jmvae_cupy/data/celeba.py and docs/celeba.md); an interrupted or failed run (Ctrl-C,
+        SIGTERM, a full disk) continues from FILE.h5.partial when repeated.  A finished FILE.h5
+        is left alone if it was made from the same sources with the same options, else refused.
 
 Each command is a subparser registered by one ``_add_<command>`` function listed in
 ``_COMMANDS``; each dataset under it is a sub-subparser whose ``func`` default receives the
-parsed arguments and returns an exit status.  A new command (e.g. ``prepare celeba SRC --out
-FILE.h5``) is one more such function appended to ``_COMMANDS``.
+parsed arguments and returns an exit status.  A new command is one more such function appended
+to ``_COMMANDS``.
 
-Exit status: 0 success, 2 bad usage or a :class:`~jmvae_cupy.data.errors.DataError` (printed
-as one ``error: ...`` line on stderr), 130 interrupted.
+Exit status (each error is one ``error: ...`` line on stderr; ``main`` runs the command through
+:func:`jmvae_cupy.cli.guarded`): 0 success; 2 bad usage, a
+:class:`~jmvae_cupy.data.errors.DataError`, a failing file system (``error: FILE: REASON``) or
+memory; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM: ``error: terminated``).  Ctrl-C and
+SIGTERM both keep the work done so far.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
+from ..cli import guarded
 from .download import MNIST_MIRRORS, download_mnist
-from .errors import DataError
+from .errors import DataError, Terminated
+
+#: Exit statuses (see the module docstring).
+USAGE_OR_DATA_ERROR = 2
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 
 
 def _run_download_mnist(args: argparse.Namespace) -> int:
@@ -92,21 +104,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises :class:`Terminated` while the command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status instead of exiting (testable)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
-        return e.code if isinstance(e.code, int) else 2
-    try:
-        return int(args.func(args))
-    except DataError as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return e.code if isinstance(e.code, int) else USAGE_OR_DATA_ERROR
+
+    def body() -> int:
+        try:
+            return int(args.func(args))
+        except Terminated:
+            print("error: terminated", file=sys.stderr)
+            return TERMINATED
+
+    with _sigterm_raises():
+        return guarded(body, known=(DataError,), status=USAGE_OR_DATA_ERROR)
 
 
 if __name__ == "__main__":

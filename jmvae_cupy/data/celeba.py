@@ -17,14 +17,37 @@ Source layout, as distributed (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html
 * ``attributes``  int8 (N, 40), values -1 / 1;
 * ``names``       the source file names (bytes, up to 64);
 * ``train_idx``, ``test_idx``  int64, sorted row numbers;  ``partition`` int8 (official only);
-* attributes (HDF5 attrs): ``format`` = "jmvae_cupy-celeba", ``version``, ``attr_names`` (40),
-  ``image_size``, ``split`` ("paper": a random 90/10 split, seed ``split_seed``; "official":
-  partitions 0 + 1 train, 2 test), ``resample`` = "LANCZOS", ``skipped`` and ``skipped_examples``.
+* ``progress`` int64 (3,) and ``skipped_log`` (100 messages): the ``.partial``'s bookkeeping;
+* attributes (HDF5 attrs): ``format`` = "jmvae_cupy-celeba", ``version``, ``attr_names`` (40
+  strings), ``image_size``, ``split`` ("paper": a random 90/10 split, seed ``split_seed``;
+  "official": partitions 0 + 1 train, 2 test), ``resample`` = "LANCZOS", ``done``, ``n_stored``,
+  ``skipped_total``, ``skipped_examples``; how it was made: ``source_sha256`` (the attribute
+  file), ``partition_sha256`` (official), ``source_dir``, ``on_error``, ``chunk``.
 
-Interrupting and re-running: the work goes into ``FILE.h5.partial``, whose ``done`` attribute
-(rows of the attribute file dealt with) and ``n_stored`` are updated after every flushed chunk;
-a re-run with the same sources and options continues from there (a Ctrl-C flushes the images
-already decoded first), and the finished file is renamed atomically to ``FILE.h5``.
+Interrupting, failing and re-running: the work goes into ``FILE.h5.partial`` (locked: a second
+``prepare`` on it stops), written through :class:`_PartialFile`.  Every ``chunk`` images (and on
+Ctrl-C or SIGTERM, which first store the images already decoded) the new rows are appended and
+the file is flushed and fsynced; only then is the ``progress`` record [rows of the attribute file
+dealt with, images stored, images skipped] (a small dataset rewritten in place) advanced and
+flushed, so a re-run never counts a row that was not stored.  The file is created with HDF5's
+"none" file-space strategy (freed space is never reused, so a failed flush cannot overwrite what
+the last good one wrote).  The first failed write (disk full, quota, I/O error) stops the run
+with one line, ``error: FILE.h5.partial: No space left on device: the N rows counted so far are
+kept ...`` (DataError); nothing more is written, the ``.partial`` is put back exactly as its last
+successful flush left it, and HDF5 never sees the failure (it hides some failures and can crash
+after one).  A re-run with the same sources and options continues from the progress record
+(after reading the counted rows back), and one with other sources or options starts the
+``.partial`` over.  The finished file is read back (the reader's validation, and every row)
+before it is renamed atomically to ``FILE.h5``; a file that fails is deleted, never presented as
+written.
+
+A finished ``FILE.h5`` is validated and left alone if it was made from the same attribute file
+(``source_sha256``; and partition file, ``partition_sha256``, official split) with the same
+``--size`` and ``--split`` (and not ``--on-error stop`` when it skipped images); otherwise the run
+stops with one line naming each difference.  A split whose train or test part would be empty
+(too few images for the paper split's 10%, no partition-2 or no partition-0/1 image) stops the
+run, before the images are decoded when the text files already show it, and the reader refuses
+such a file.  The text files may start with a UTF-8 byte-order mark.
 
 Malformed input raises :class:`DataError` with a one-line message.  Problems of the whole file
 (a missing file, a non-numeric or absurd count, not 40 attribute names, a truncated or overlong
@@ -35,10 +58,15 @@ and counted (``on_error="skip"``, the default) or stop the run (``"stop"``).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +89,9 @@ SPLITS = ("paper", "official")
 SPLIT_SEED = 20161107          # the paper split: a fixed-seed random 90 / 10 split
 TEST_FRACTION = 0.1
 CHUNK = 256                    # images per HDF5 chunk (and per flush)
+LAYOUT = 2                     # how a .partial records progress: a .partial of another layout is started over
+MAX_SKIP_LOG = 100             # skipped-image messages kept in the file
+SKIP_LOG_LEN = 256             # bytes kept of each
 MAX_ROWS = 10_000_000          # a count above this is not CelebA (202,599 images)
 MAX_LINE = 4096                # longest line accepted in the text files
 MAX_PIXELS = 4096 * 4096       # larger source images are rejected before decoding
@@ -73,7 +104,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def _open_text(path: Path):
     try:
-        return open(path, encoding="utf-8", newline=None)
+        return open(path, encoding="utf-8-sig", newline=None)  # (a byte-order mark is ignored)
     except OSError as e:
         raise DataError(f"{path}: cannot open: {e.strerror or e}") from None
 
@@ -211,12 +242,16 @@ def _load_image(path: Path, size: int) -> np.ndarray:
                 raise DataError(f"{path}: image of {img.size[0]}x{img.size[1]} pixels is too large")
             img.load()
             return crop_resize(img, size)
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: missing image") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: unreadable JPEG ({' '.join(str(e).split())[:80]})") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        why = why.replace(repr(str(path)), "").replace(str(path), "").strip(" :") or type(e).__name__
+        raise DataError(f"{path}: unreadable JPEG ({why[:80]})") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,9 +260,12 @@ def _load_image(path: Path, size: int) -> np.ndarray:
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
     return h.hexdigest()
 
 
@@ -242,7 +280,8 @@ def prepare_celeba(src, out, split: str = "paper", on_error: str = "skip", size:
     """Convert the CelebA folder ``src`` into the HDF5 file ``out`` (see the module docstring).
 
     Returns a summary dict: ``stored``, ``skipped``, ``train``, ``test``, ``path``, ``resumed_at``.
-    Raises DataError (one line) for bad arguments or input (see the module docstring).
+    Raises DataError (one line) for bad arguments or input, a finished ``out`` made with other
+    options or sources, an empty train or test split, and a failed write (see the module docstring).
     """
     src, out = Path(src), Path(out)
     if split not in SPLITS:
@@ -251,18 +290,18 @@ def prepare_celeba(src, out, split: str = "paper", on_error: str = "skip", size:
         raise DataError(f"unknown --on-error {on_error!r}: choose skip or stop")
     if size not in SIZES:
         raise DataError(f"--size must be one of {', '.join(map(str, SIZES))}, got {size}")
+    if int(chunk) < 1:
+        raise DataError(f"--chunk must be at least 1, got {chunk}")
     if not src.is_dir():
         raise DataError(f"{src}: not a directory (expected the CelebA folder with img_align_celeba/)")
     img_dir = src / "img_align_celeba"
     if not img_dir.is_dir():
         raise DataError(f"{img_dir}: missing image folder")
-    if out.exists():
-        with CelebAData(out) as d:  # a finished file: validate, and leave it alone
-            log(f"{out} is already complete ({d.n} images): nothing to do")
-            return {"path": str(out), "stored": d.n, "skipped": d.skipped, "train": len(d.train_idx),
-                    "test": len(d.test_idx), "resumed_at": None}
+    attr_path, part_path = src / "list_attr_celeba.txt", src / "list_eval_partition.txt"
+    if out.exists():  # a finished file: validate it, check it was made this way, and leave it alone
+        return _already_prepared(out, attr_path, part_path, size, split, on_error, log)
 
-    skipped: list = []  # messages of the images skipped in this run
+    pending: list = []  # messages of the images skipped since the last commit
 
     def parse_error(msg):
         if on_error == "stop":
@@ -270,51 +309,46 @@ def prepare_celeba(src, out, split: str = "paper", on_error: str = "skip", size:
 
     def row_error(msg):
         parse_error(msg)
-        skipped.append(msg)
+        pending.append(msg)
 
-    attr_path = src / "list_attr_celeba.txt"
     names, rows = read_attr_file(attr_path, parse_error)
     part = None
     if split == "official":  # a malformed line there: its image is skipped as 'no entry'
-        part = read_partition_file(src / "list_eval_partition.txt", parse_error)
-    ident = {"source_sha256": _sha256(attr_path), "rows": len(rows), "image_size": size, "split": split,
-             "on_error": on_error, "chunk": chunk}
+        part = read_partition_file(part_path, parse_error)
+    usable = [name for _, name, _ in rows if name is not None]
+    _check_split_sizes(split, len(usable), None if part is None else [part.get(n) for n in usable],
+                       attr_path if part is None else part_path)
+    ident = {"layout": LAYOUT, "source_sha256": _sha256(attr_path), "rows": len(rows), "image_size": size,
+             "split": split, "on_error": on_error, "chunk": int(chunk)}
+    if part is not None:
+        ident["partition_sha256"] = _sha256(part_path)
 
     partial = Path(str(out) + ".partial")
-    f = _open_partial(partial, ident, names, size, chunk, official=part is not None, log=log)
+    w = _Partial(partial, official=part is not None, log=log)
+    bar = None
     try:
-        done, stored = int(f.attrs["done"]), int(f.attrs["n_stored"])
-        prior = json.loads(f.attrs["skipped_examples"])
-        n_prior = int(f.attrs["skipped_total"])
-        resumed_at = done or None
-        if done:
-            log(f"resuming {partial}: {done} of {len(rows)} rows done, {stored} images stored")
+        w.open(ident, names, size, int(chunk), len(rows), source_dir=src)
+        resumed_at = w.done or None
+        if w.done:
+            log(f"resuming {partial}: {w.done} of {len(rows)} rows done, {w.stored} images stored")
         buf_x, buf_w, buf_n, buf_p = [], [], [], []
-        bar = None
         if progress:
             from tqdm import tqdm  # noqa: PLC0415
 
-            bar = tqdm(total=len(rows), initial=done, desc="celeba", unit="img", dynamic_ncols=True)
+            bar = tqdm(total=len(rows), initial=w.done, desc="celeba", unit="img", dynamic_ncols=True)
 
-        def flush(upto):
-            nonlocal stored
-            k = len(buf_x)
-            if k:
-                for name, data in (("images", np.stack(buf_x)), ("attributes", np.stack(buf_w)),
-                                   ("names", np.array(buf_n, dtype="S64"))) + (
-                                       (("partition", np.array(buf_p, dtype=np.int8)),) if part is not None else ()):
-                    ds = f[name]
-                    ds.resize(stored + k, axis=0)
-                    ds[stored:stored + k] = data
-            stored += k
-            f.attrs["n_stored"] = stored
-            f.attrs["done"] = upto
-            f.attrs["skipped_total"] = n_prior + len(skipped)
-            f.attrs["skipped_examples"] = json.dumps((prior + skipped)[:100])
-            f.flush()
-            buf_x.clear(), buf_w.clear(), buf_n.clear(), buf_p.clear()
+        def commit(upto):
+            data = {}
+            if buf_x:
+                data = {"images": np.stack(buf_x), "attributes": np.stack(buf_w),
+                        "names": np.array(buf_n, dtype="S64")}
+                if part is not None:
+                    data["partition"] = np.array(buf_p, dtype=np.int8)
+            skipped = list(pending)
+            buf_x.clear(), buf_w.clear(), buf_n.clear(), buf_p.clear(), pending.clear()
+            w.commit(data, upto, skipped)  # (a signal held during it is raised at its end: nothing twice)
 
-        i = done
+        i = w.done
         try:
             while i < len(rows):
                 lineno, name, vals = rows[i]
@@ -339,77 +373,121 @@ def prepare_celeba(src, out, split: str = "paper", on_error: str = "skip", size:
                 if bar is not None:
                     bar.update(1)
                 if len(buf_x) >= chunk:
-                    flush(i)
-        except KeyboardInterrupt:
-            flush(i)  # every image decoded so far is kept
+                    commit(i)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every image decoded so far is kept
+            commit(i)
             raise
-        flush(i)
+        commit(i)
         if bar is not None:
             bar.close()
-        if stored == 0:
+        if w.stored == 0:
             raise DataError(f"{src}: no usable image (every row was skipped)")
-        train_idx, test_idx = _split(f, split, stored)
-        f.create_dataset("train_idx", data=train_idx)
-        f.create_dataset("test_idx", data=test_idx)
-        f.attrs["complete"] = True
-        total_skipped = int(f.attrs["skipped_total"])
+        train_idx, test_idx = w.finish(split, src)
     finally:
-        f.close()
+        if bar is not None:
+            bar.close()
+        w.close()
+    _verify_finished(partial, official=part is not None)
     os.replace(partial, out)
-    if total_skipped:
-        log(f"skipped {total_skipped} images (first: {(prior + skipped)[0]})")
-    log(f"wrote {out}: {stored} images {size}x{size}, {len(train_idx)} train / {len(test_idx)} test ({split} split)")
-    return {"path": str(out), "stored": stored, "skipped": total_skipped, "train": len(train_idx),
+    if w.skipped_total:
+        log(f"skipped {w.skipped_total} images (first: {w.skipped_log[0]})")
+    log(f"wrote {out}: {w.stored} images {size}x{size}, {len(train_idx)} train / {len(test_idx)} test "
+        f"({split} split)")
+    return {"path": str(out), "stored": w.stored, "skipped": w.skipped_total, "train": len(train_idx),
             "test": len(test_idx), "resumed_at": resumed_at}
+
+
+def _already_prepared(out: Path, attr_path: Path, part_path: Path, size: int, split: str, on_error: str,
+                      log) -> dict:
+    """``out`` exists: validate it like the reader does, and refuse it (one line naming every
+    difference) unless it was prepared from the same sources with the same options."""
+    with CelebAData(out) as d:
+        a, diffs = d.f.attrs, []
+        if d.image_size != size:
+            diffs.append(f"with --size {d.image_size}, not {size}")
+        if d.split != split:
+            diffs.append(f"with --split {d.split}, not {split}")
+        recorded = _attr_str(a.get("source_sha256"))  # (files of every version record it)
+        if recorded is not None and recorded != _sha256(attr_path):
+            was = _attr_str(a.get("source_dir"))
+            diffs.append(f"from another list_attr_celeba.txt{f' (in {was})' if was else ''}, not {attr_path}")
+        recorded = _attr_str(a.get("partition_sha256"))  # (official files of older versions lack it)
+        if split == "official" and d.split == "official" and recorded is not None \
+                and recorded != _sha256(part_path):
+            diffs.append(f"from another list_eval_partition.txt, not {part_path}")
+        if on_error == "stop" and d.skipped:
+            diffs.append(f"with --on-error skip ({d.skipped} images skipped), not stop")
+        if diffs:
+            raise DataError(f"{out} was prepared {'; '.join(diffs)}: choose another --out or delete it")
+        log(f"{out} is already complete ({d.n} images): nothing to do")
+        return {"path": str(out), "stored": d.n, "skipped": d.skipped, "train": len(d.train_idx),
+                "test": len(d.test_idx), "resumed_at": None}
+
+
+def _check_split_sizes(split: str, n: int, partitions, where: Path) -> None:
+    """DataError unless ``n`` stored images (with these partitions, official split) give a
+    non-empty train and test split; checked before the images are decoded and again after."""
+    if split == "paper":
+        if round(TEST_FRACTION * n) == 0:
+            raise DataError(f"{where}: {n} usable images are too few for the paper split (its 10% test set "
+                            f"would be empty; at least 6 are needed)")
+        return
+    if 2 not in partitions:
+        raise DataError(f"{where}: none of the {n} usable images is in partition 2: the official split's "
+                        f"test set would be empty")
+    if 0 not in partitions and 1 not in partitions:
+        raise DataError(f"{where}: none of the {n} usable images is in partition 0 or 1: the official "
+                        f"split's training set would be empty")
 
 
 def _split(f, split: str, n: int):
     if split == "official":
-        p = f["partition"][:]
+        p = f["partition"][:n]
         return np.flatnonzero(p <= 1).astype(np.int64), np.flatnonzero(p == 2).astype(np.int64)
     perm = np.random.default_rng(SPLIT_SEED).permutation(n)
     n_test = int(round(TEST_FRACTION * n))
     return np.sort(perm[n_test:]).astype(np.int64), np.sort(perm[:n_test]).astype(np.int64)
 
 
-def _open_partial(partial: Path, ident: dict, names, size: int, chunk: int, official: bool, log):
-    """Open FILE.h5.partial to continue it if it was made from the same sources and options,
-    else (re)create it.  Datasets are cut back to ``n_stored`` (a crash between a resize and the
-    attribute update leaves rows that were never counted)."""
-    h5py = _h5()
-    if partial.exists():
+def _check_rows(f, n: int, official: bool, step: int = 2048) -> None:
+    """Read rows 0..n-1 of the per-image datasets back (images decompressed, a block at a time):
+    DataError (without the file name) unless every row is a stored image: a safe name, attribute
+    values -1 / 1, a partition 0..2."""
+    sets = ("images", "attributes", "names") + (("partition",) if official else ())
+    for name in sets:
+        if name not in f or f[name].shape[0] < n:
+            raise DataError(f"dataset {name!r} holds fewer than {n} rows")
+    for a in range(0, n, step):
+        b = min(n, a + step)
         try:
-            f = h5py.File(partial, "r+")
-            same = all(_attr_eq(f.attrs.get(k), v) for k, v in ident.items()) and not f.attrs.get("complete", False)
-            if same:
-                n = int(f.attrs["n_stored"])
-                for name in ("images", "attributes", "names") + (("partition",) if official else ()):
-                    f[name].resize(n, axis=0)
-                return f
-            f.close()
-            log(f"{partial} was made from other sources or options: starting over")
-        except (OSError, KeyError, ValueError):
-            log(f"{partial} is unreadable (killed while writing?): starting over")
-        partial.unlink()
+            f["images"][a:b]
+            at, nm = f["attributes"][a:b], f["names"][a:b]
+            pt = f["partition"][a:b] if official else None
+        except _H5_ERRORS as e:
+            raise DataError(f"rows {a}..{b - 1} do not read back ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:80]})") from None
+        if not np.all((at == 1) | (at == -1)):
+            raise DataError(f"rows {a}..{b - 1}: attribute values other than -1 and 1")
+        bad = next((j for j, s in enumerate(nm) if not _NAME.match(bytes(s).decode("ascii", "replace"))), None)
+        if bad is not None:
+            raise DataError(f"row {a + bad}: no valid image name")
+        if pt is not None and not np.all((pt >= 0) & (pt <= 2)):
+            raise DataError(f"rows {a}..{b - 1}: partition values other than 0, 1 and 2")
+
+
+def _verify_finished(partial: Path, official: bool) -> None:
+    """Read the finished ``.partial`` back as the reader does (and every row): only a file that
+    passes is renamed to its final name.  One that fails is deleted (its content cannot be trusted)."""
     try:
-        f = h5py.File(partial, "w")
-    except OSError as e:
-        raise DataError(f"{partial}: cannot write: {e}") from None
-    f.attrs.update({k: v for k, v in ident.items()})
-    f.attrs.update({"format": FORMAT, "version": VERSION, "attr_names": np.array(names, dtype="S64"),
-                    "resample": "LANCZOS", "crop": "centred square", "split_seed": SPLIT_SEED,
-                    "test_fraction": TEST_FRACTION, "done": 0, "n_stored": 0, "skipped_total": 0,
-                    "skipped_examples": "[]", "complete": False})
-    c = max(1, min(chunk, CHUNK))
-    f.create_dataset("images", shape=(0, 3, size, size), maxshape=(None, 3, size, size), dtype=np.uint8,
-                     chunks=(c, 3, size, size), compression="gzip", compression_opts=4)
-    f.create_dataset("attributes", shape=(0, NUM_ATTRS), maxshape=(None, NUM_ATTRS), dtype=np.int8,
-                     chunks=(max(c, 1024), NUM_ATTRS), compression="gzip")
-    f.create_dataset("names", shape=(0,), maxshape=(None,), dtype="S64", chunks=(max(c, 1024),), compression="gzip")
-    if official:
-        f.create_dataset("partition", shape=(0,), maxshape=(None,), dtype=np.int8, chunks=(max(c, 1024),))
-    f.flush()
-    return f
+        with CelebAData(partial) as d:
+            try:
+                _check_rows(d.f, d.n, official)
+            except DataError as e:
+                raise DataError(f"{partial}: {e}") from None
+    except DataError as e:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"the finished file does not read back, so it was deleted ({e}): run the command "
+                        f"again") from None
 
 
 def _attr_eq(a, b) -> bool:
@@ -420,6 +498,368 @@ def _attr_eq(a, b) -> bool:
     if isinstance(a, np.generic):
         a = a.item()
     return a == b
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold Ctrl-C and SIGTERM while HDF5 writes: an exception raised inside HDF5's write callback
+    would leave the file half-updated.  A signal that came meanwhile takes effect when the block
+    ends (unless the block failed: its error is what is reported)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending, old = [], {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        old[s] = signal.getsignal(s)
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        for s, h in old.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+        if ok and pending:
+            h = old[pending[0]]
+            if callable(h):
+                h(pending[0], None)
+            elif h != signal.SIG_IGN:
+                signal.raise_signal(pending[0])
+
+
+# the system calls that write the .partial (tests replace them to simulate a full disk)
+_pwrite, _fsync = os.pwrite, os.fsync
+
+
+def _lock(fd: int, path: Path) -> None:
+    """An exclusive lock on the open ``.partial``: a second ``prepare`` on the same file stops."""
+    try:
+        import fcntl  # noqa: PLC0415  (POSIX only)
+    except ImportError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DataError(f"{path}: another prepare is writing this file (wait for it to end)") from None
+    except OSError:
+        pass  # a file system without locks
+
+
+class _PartialFile:
+    """``FILE.h5.partial`` as HDF5 sees it (h5py's file-object driver): positioned reads and
+    writes on one locked descriptor, that never raise, and that can go back to the last flush.
+
+    A failed write (disk full, quota, I/O error) cannot be reported through HDF5 safely: HDF5
+    hides some (a chunk written while a dataset is closed gives only an 'Exception ignored'
+    message), an exception raised in the driver's callback while h5py closes an object is left
+    pending and later crashes the interpreter, and HDF5 itself can crash on a call after a failed
+    one.  So the first failure is kept in ``error`` and every later write is dropped: HDF5 goes on
+    believing it succeeded (none of its error paths is ever taken), and the writer, which checks
+    ``error`` after each HDF5 call, stops.
+
+    A flush that failed half-way can leave metadata on disk that points past what the file's
+    superblock covers (an unreadable file).  So every successful ``flush`` (HDF5 calls it at the
+    end of each flush of the file, when the file on disk is consistent) fsyncs and makes a
+    checkpoint, and until the next one the bytes of the checkpoint that a write or a truncation
+    replaces are kept in memory (HDF5 overwrites only small metadata blocks in place; new data
+    goes past the end): on the first failure they are written back and the file is cut to its
+    checkpoint size, so it is again exactly what the last successful flush left.
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.pos, self.error = path, 0, None
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
+        try:
+            _lock(self.fd, path)
+            self.checkpoint()
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def checkpoint(self) -> None:
+        """The file as it is now is what a failure goes back to."""
+        self.size, self.undo = os.fstat(self.fd).st_size, []
+
+    def _keep(self, start: int, end: int) -> None:
+        """Remember the checkpoint's bytes start..end (a part of them) before they are replaced."""
+        end = min(end, self.size)
+        if start < end:
+            self.undo.append((start, os.pread(self.fd, end - start, start)))
+
+    def _failed(self, e: Exception) -> None:
+        if self.error is not None:
+            return
+        why = getattr(e, "strerror", None) or " ".join(str(e).split())[:120] or type(e).__name__
+        self.error = OSError(getattr(e, "errno", None), why, str(self.path))
+        try:  # back to the checkpoint: in-place writes (no new space needed), then the size
+            for start, old in reversed(self.undo):
+                _write_all(self.fd, memoryview(old), start)
+            os.ftruncate(self.fd, self.size)
+            _fsync(self.fd)
+        except OSError:
+            pass  # the file stays as it is: a re-run reads its counted rows back before using them
+        self.undo = []
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            try:
+                offset += os.fstat(self.fd).st_size
+            except OSError as e:
+                self._failed(e)
+        elif whence == os.SEEK_CUR:
+            offset += self.pos
+        self.pos = offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        out = bytearray()
+        try:
+            if n is None or n < 0:
+                n = max(0, os.fstat(self.fd).st_size - self.pos)
+            while len(out) < n:
+                b = os.pread(self.fd, n - len(out), self.pos + len(out))
+                if not b:
+                    break
+                out += b
+        except OSError as e:  # a short read: HDF5 reports it as its own error
+            self._failed(e)
+        self.pos += len(out)
+        return bytes(out)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                self._keep(self.pos, self.pos + len(view))
+                _write_all(self.fd, view, self.pos)
+            except OSError as e:
+                self._failed(e)
+        self.pos += len(view)
+        return len(view)
+
+    def truncate(self, n: int | None = None) -> int:
+        n = self.pos if n is None else n
+        if self.error is None:
+            try:
+                self._keep(n, self.size)
+                os.ftruncate(self.fd, n)
+            except OSError as e:
+                self._failed(e)
+        return n
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                _fsync(self.fd)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # (a file system that cannot sync)
+                    self._failed(e)
+                    return
+            self.checkpoint()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+        if self.error is None:  # (HDF5 must not use the descriptor number once it is closed)
+            self.error = OSError(errno.EBADF, "closed", str(self.path))
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += _pwrite(fd, view[done:], offset + done)
+
+
+class _Partial:
+    """The ``.partial`` being written: HDF5 over a :class:`_PartialFile`, the datasets kept open
+    (closing a dataset writes its cached chunks, where HDF5 cannot report a failure), progress
+    committed only after the rows it counts are flushed (see the module docstring)."""
+
+    def __init__(self, path: Path, official: bool, log):
+        self.path, self.official, self.log = path, official, log
+        self.pf = self.f = None
+        self.ds: dict = {}
+        self.done = self.stored = self.skipped_total = 0
+        self.skipped_log: list = []
+        self.rowsets = ("images", "attributes", "names") + (("partition",) if official else ())
+        self._hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+
+    def _unraisable(self, u):  # h5py reports failures while closing an object here: quiet once known
+        if self.pf is None or self.pf.error is None:
+            self._hook(u)
+
+    def disk_error(self) -> DataError:
+        e = self.pf.error
+        advice = "free some space and " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return DataError(f"{self.path}: {e.strerror}: the {self.done} rows counted so far are kept "
+                         f"({advice}run the same command again to continue)")
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Around every HDF5 call that writes: signals held until it ends, and a failed write
+        (wherever HDF5 noticed or hid it) turned into one DataError."""
+        with _signals_held():
+            try:
+                yield
+            except (OSError, RuntimeError) as e:  # h5py reporting a failure of HDF5: nothing more is written
+                self.pf._failed(e)
+                raise self.disk_error() from None
+            except BaseException as e:
+                if self.pf.error is not None and not isinstance(e, DataError):
+                    raise self.disk_error() from None
+                raise
+            if self.pf.error is not None:
+                raise self.disk_error()
+
+    def open(self, ident: dict, names, size: int, chunk: int, n_rows: int, source_dir: Path):
+        """Continue the ``.partial`` if it was made from the same sources and options and its
+        counted rows read back intact, else start it over."""
+        h5py = _h5()
+        self.pf = _PartialFile(self.path)
+        if os.fstat(self.pf.fd).st_size:
+            try:
+                with _signals_held():
+                    self.f = h5py.File(self.pf, "r+")
+                    why = self._resume(ident, n_rows)
+            except (DataError, *_H5_ERRORS) as e:
+                if self.pf.error is not None:
+                    raise self.disk_error() from None
+                why = f"is unreadable (killed while writing? {type(e).__name__}: {' '.join(str(e).split())[:60]})"
+            if why is None:
+                return
+            self.log(f"{self.path} {why}: starting over")
+            self._close_h5()
+            try:
+                os.ftruncate(self.pf.fd, 0)
+            except OSError as e:
+                raise DataError(f"{self.path}: cannot write: {e.strerror or e}") from None
+            self.pf.checkpoint()
+        self.pf.pos = 0
+        with self.writing():
+            f = self.f = h5py.File(self.pf, "w", fs_strategy="none")  # freed space is never reused
+            f.attrs.update(ident)
+            f.attrs.update({"format": FORMAT, "version": VERSION, "attr_names": np.array(names, dtype="S64"),
+                            "resample": "LANCZOS", "crop": "centred square", "split_seed": SPLIT_SEED,
+                            "test_fraction": TEST_FRACTION, "source_dir": str(source_dir.resolve()),
+                            "complete": False})
+            c = max(1, min(chunk, CHUNK))
+            f.create_dataset("images", shape=(0, 3, size, size), maxshape=(None, 3, size, size), dtype=np.uint8,
+                             chunks=(c, 3, size, size), compression="gzip", compression_opts=4)
+            f.create_dataset("attributes", shape=(0, NUM_ATTRS), maxshape=(None, NUM_ATTRS), dtype=np.int8,
+                             chunks=(max(c, 1024), NUM_ATTRS), compression="gzip")
+            f.create_dataset("names", shape=(0,), maxshape=(None,), dtype="S64", chunks=(max(c, 1024),),
+                             compression="gzip")
+            if self.official:
+                f.create_dataset("partition", shape=(0,), maxshape=(None,), dtype=np.int8, chunks=(max(c, 1024),))
+            # written in place (contiguous, allocated now): the progress record [done, n_stored,
+            # skipped_total] and the first skipped-image messages
+            f.create_dataset("progress", data=np.zeros(3, dtype=np.int64))
+            f.create_dataset("skipped_log", data=np.zeros(MAX_SKIP_LOG, dtype=f"S{SKIP_LOG_LEN}"))
+            f.flush()
+        self.ds = {name: f[name] for name in self.rowsets + ("progress", "skipped_log")}
+
+    def _resume(self, ident: dict, n_rows: int):
+        """The reason the ``.partial`` open in ``self.f`` cannot be continued, or None (then it is
+        cut back to its counted rows and ready to be appended to)."""
+        f = self.f
+        if not _attr_eq(f.attrs.get("layout"), LAYOUT):
+            return "was written by another version of prepare"
+        if not all(_attr_eq(f.attrs.get(k), v) for k, v in ident.items()):
+            return "was made from other sources or options"
+        done, stored, skipped = (int(v) for v in f["progress"][:3])
+        if not (0 <= stored <= done <= n_rows and 0 <= skipped <= done):
+            return f"has an inconsistent progress record ({done}, {stored}, {skipped})"
+        try:
+            _check_rows(f, stored, self.official)
+        except DataError as e:
+            return f"holds damaged rows ({e})"
+        messages = [bytes(s).decode("utf-8", "replace") for s in f["skipped_log"][:min(skipped, MAX_SKIP_LOG)]]
+        for name in self.rowsets:  # rows appended after the last commit were never counted
+            f[name].resize(stored, axis=0)
+        for name in ("train_idx", "test_idx"):  # (a finished file, never renamed)
+            if name in f:
+                del f[name]
+        f.attrs["complete"] = False
+        f.flush()
+        if self.pf.error is not None:
+            raise self.disk_error()
+        self.done, self.stored, self.skipped_total, self.skipped_log = done, stored, skipped, messages
+        self.ds = {name: f[name] for name in self.rowsets + ("progress", "skipped_log")}
+        return None
+
+    def commit(self, data: dict, upto: int, skipped: list) -> None:
+        """Append the rows of ``data`` (dataset name -> array) and the messages of the images
+        ``skipped`` since the last commit, flush them, and only then record that the first
+        ``upto`` rows of the attribute file are dealt with."""
+        k = len(data["images"]) if data else 0
+        total = self.skipped_total + len(skipped)
+        room = skipped[:max(0, MAX_SKIP_LOG - self.skipped_total)]
+        with _signals_held():  # (a signal takes effect after both steps)
+            with self.writing():
+                for name, values in data.items():
+                    ds = self.ds[name]
+                    ds.resize(self.stored + k, axis=0)
+                    ds[self.stored:self.stored + k] = values
+                if room:
+                    self.ds["skipped_log"][self.skipped_total:self.skipped_total + len(room)] = np.array(
+                        [m.encode("utf-8", "replace")[:SKIP_LOG_LEN] for m in room], dtype=f"S{SKIP_LOG_LEN}")
+                self.f.flush()  # the rows and messages are on disk ...
+            with self.writing():
+                self.ds["progress"][:] = np.array([upto, self.stored + k, total], dtype=np.int64)
+                self.f.flush()  # ... before the progress record counts them
+            self.done, self.stored, self.skipped_total = upto, self.stored + k, total
+            self.skipped_log += room
+
+    def finish(self, split: str, src: Path):
+        """Write the split and the summary attributes, mark the file complete and close it;
+        DataError if the train or the test split is empty.  Returns (train_idx, test_idx)."""
+        f = self.f
+        train_idx, test_idx = _split(f, split, self.stored)
+        _check_split_sizes(split, self.stored,
+                           None if split == "paper" else f["partition"][:self.stored].tolist(), src)
+        with self.writing():
+            f.create_dataset("train_idx", data=train_idx)
+            f.create_dataset("test_idx", data=test_idx)
+            f.attrs.update({"done": self.done, "n_stored": self.stored, "skipped_total": self.skipped_total,
+                            "skipped_examples": json.dumps(self.skipped_log[:MAX_SKIP_LOG]), "complete": True})
+            f.flush()
+        self.close()
+        return train_idx, test_idx
+
+    def _close_h5(self) -> None:
+        """Close the HDF5 file (after a failed write, the writes of the close are dropped: see
+        :class:`_PartialFile`); raises the disk error if there was one."""
+        f, self.f, self.ds = self.f, None, {}
+        if f is None:
+            return
+        with _signals_held():
+            try:
+                f.close()
+            except _H5_ERRORS as e:
+                if self.pf.error is None:
+                    raise DataError(f"{self.path}: cannot close ({type(e).__name__}: "
+                                    f"{' '.join(str(e).split())[:80]})") from None
+        if self.pf.error is not None:
+            raise self.disk_error()
+
+    def close(self) -> None:
+        """Close everything (idempotent); raises the disk error if closing hit it first."""
+        try:
+            if self.pf is not None:
+                self._close_h5()
+        finally:
+            if self.pf is not None:
+                self.pf.close()
+            if sys.unraisablehook == self._unraisable:
+                sys.unraisablehook = self._hook
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,8 +931,9 @@ class CelebAData:
         if not np.all((self.attrs_int8 == 1) | (self.attrs_int8 == -1)):
             raise DataError(f"{p}: attribute values other than -1 and 1")
         names = a.get("attr_names")
-        if names is None or len(names) != NUM_ATTRS:
-            raise DataError(f"{p}: attr_names should list 40 names")
+        if (not isinstance(names, np.ndarray) or names.shape != (NUM_ATTRS,)
+                or not all(isinstance(s, (bytes, str)) and len(s) for s in names)):
+            raise DataError(f"{p}: attr_names should list 40 names (strings)")
         self.attr_names = [_attr_str(s) for s in names]
         for name in ("train_idx", "test_idx"):
             ds = f[name]
@@ -505,7 +946,9 @@ class CelebAData:
         if len(np.intersect1d(self.train_idx, self.test_idx)):
             raise DataError(f"{p}: train_idx and test_idx overlap")
         if len(self.train_idx) == 0:
-            raise DataError(f"{p}: no training images")
+            raise DataError(f"{p}: no training images (train_idx is empty)")
+        if len(self.test_idx) == 0:
+            raise DataError(f"{p}: no test images (test_idx is empty)")
         self.split = _attr_str(a.get("split"))
         self.skipped = int(a.get("skipped_total", 0))
 

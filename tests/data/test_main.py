@@ -1,15 +1,24 @@
-"""python -m jmvae_cupy.data: exit codes and one-line errors (downloads served via file://)."""
+"""python -m jmvae_cupy.data: exit codes and one-line errors (downloads served via file://; failures
+of a command simulated)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from jmvae_cupy.data import FileSpec, load_mnist
+import pytest
+
+from jmvae_cupy.data import DataError, FileSpec, load_mnist
+from jmvae_cupy.data import __main__ as main_module
 from jmvae_cupy.data import download as download_module
 from jmvae_cupy.data.__main__ import build_parser, main
+from jmvae_cupy.data.errors import Terminated
 
 from .synthetic import MNIST_NAMES, synthetic_mnist, write_mnist_dir
 
@@ -66,3 +75,32 @@ def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "jmvae_cupy.data", "download", "mnist"],
                           capture_output=True, text=True, timeout=60, cwd=repo)
     assert proc.returncode == 2 and "--out" in proc.stderr
+
+
+@pytest.mark.parametrize("exc,status,line", [
+    (OSError(errno.ENOSPC, "No space left on device", "/data/x.gz"), 2, "error: /data/x.gz: No space left on device"),
+    (MemoryError("Unable to allocate 9.0 TiB"), 2, "error: out of memory: Unable to allocate 9.0 TiB"),
+    (DataError("a\nb"), 2, "error: a b"),
+    (KeyboardInterrupt(), 130, "error: interrupted"),
+    (Terminated(), 143, "error: terminated"),
+])
+def test_every_failure_of_a_command_is_one_line_and_a_status(monkeypatch, capsys, exc, status, line):
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(main_module, "download_mnist", fail)
+    assert main(["download", "mnist", "--out", "d", "--no-progress"]) == status
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+
+
+def test_sigterm_is_error_terminated_and_143(monkeypatch, capsys):
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # (the handler interrupts this)
+        raise AssertionError("SIGTERM was not handled")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(main_module, "download_mnist", killed)
+    assert main(["download", "mnist", "--out", "d", "--no-progress"]) == 143
+    assert capsys.readouterr().err.strip().splitlines() == ["error: terminated"]
+    assert signal.getsignal(signal.SIGTERM) is before
