@@ -571,6 +571,13 @@ def main(argv=None) -> int:
     if args.serve:
         side, key, batch = args.serve
         return serve(lambda: build_side(side, key, int(batch), args.device))
+    from jmvae_cupy.backend import BackendError, select_device
+
+    try:  # once, here: a worker would die of it with a traceback, after the driver had started the others
+        select_device(args.device)
+    except BackendError as e:
+        print(f"error: --device {args.device}: {e}", file=sys.stderr)
+        return 2
     if args.threads is not None:
         os.environ.update(thread_env(args.threads))  # the workers inherit it
     if args.breakdown:

@@ -1,15 +1,18 @@
 """Evaluate trained runs: the paper's Table 1 (test conditional log-likelihoods) and its figures.
 
     python -m jmvae_cupy.evaluate RUN_DIR [RUN_DIR ...] [--json] [--samples N] [--iterations K]
-                                  [--importance S] [--repeats R] [--test-size M]
-    python -m jmvae_cupy.evaluate figures RUN_DIR [RUN_DIR ...] --out DIR
+                                  [--importance S] [--repeats R] [--test-size M] [--no-progress]
+    python -m jmvae_cupy.evaluate figures RUN_DIR [RUN_DIR ...] --out DIR    (jmvae_cupy/figures.py)
 
 Each run is loaded from its newest good checkpoint and its ``config.json`` and evaluated on the
 binarised test set of its data (the embedded subset: 2,000 digits, binarised once with a fixed
 seed).  JMVAE-family runs give both directions; a CVAE / CMMA run gives the direction it was
 trained for, and rows of the same model and estimator are merged.  Each cell is the mean over
 the test set, then mean +- std over R repeats of the estimator's randomness (seeds 0..R-1).
-Estimator names and what they bound: jmvae_cupy/estimators.py.  Errors: one line, exit 1.
+Estimator names and what they bound: jmvae_cupy/estimators.py.  A progress bar on stderr counts
+the batches of 500 test examples each (direction, repeat) of each run evaluates (``--no-progress``:
+none); the table or ``--json`` goes to stdout alone.  Errors (a missing or damaged run directory or
+``config.json``, ...): one line on stderr, exit 1.
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ import numpy as np
 
 from .backend import BackendError, asnumpy, select_device, to_device
 from .checkpoint import CheckpointError, load_latest, restore_arrays
+from .cli import guarded
 from .data import DataError, binarized_test_set, load_mnist, one_hot
 from .estimators import DIRECTIONS, complete, evaluate_model, paper_estimate
+from .generate import GenerateError, read_config
 from .inference import x_from_w
 from .models import ModelError, build_model
 from .rng import Rng
 
 NAMES = {"jmvae": "JMVAE", "kl": "JMVAE-kl", "h": "JMVAE-h", "cvae": "CVAE", "cmma": "CMMA"}
 COLUMNS = {"label2image": "label->image", "image2label": "image->label"}
+BATCH = 500  # test examples per call of the estimators (evaluate_model's batch): one tick of the progress bar
 
 
 class EvaluateError(RuntimeError):
@@ -44,26 +50,17 @@ def load_run(run_dir: str, device="cpu", test_size: int = 0):
     file (all if 0: about 50 MB of float32 per 1,000 faces), read through generate.Run, which
     also recovers the image size and widths of the run's architecture.
     """
-    cpath = os.path.join(run_dir, "config.json")
-    if not os.path.isdir(run_dir):
-        raise EvaluateError(f"{run_dir}: not a directory")
-    if not os.path.exists(cpath):
-        raise EvaluateError(f"{run_dir}: no config.json (not a training run directory)")
-    try:
-        with open(cpath) as f:
-            cfg = json.load(f)
-    except ValueError as e:
-        raise EvaluateError(f"{run_dir}: config.json is not valid JSON ({e})") from None
+    cfg = run_config(run_dir)
     if cfg.get("dataset") == "celeba":
         return _load_celeba_run(run_dir, device, test_size)
     try:
-        ck = load_latest(run_dir, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+        ck = load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))  # (m says "warning: ...")
         xp = select_device(device)
         model = build_model(cfg["dataset"], cfg["variant"], seed=cfg["seed"], dtype=cfg["dtype"], xp=xp,
-                            latent=cfg["latent"], alpha=cfg["alpha"], direction=cfg.get("direction"))
+                            latent=cfg["latent"], alpha=cfg["alpha"], direction=cfg["direction"])
         restore_arrays(model.params, ck["params"], xp, "parameters")
         restore_arrays(model.state, ck["state"], xp, "state")
-        data = load_mnist(cfg["data_dir"])
+        data = load_mnist(cfg.get("data_dir"))
     except (CheckpointError, ModelError, DataError, BackendError, KeyError) as e:
         raise EvaluateError(f"{run_dir}: {e}") from None
     x = to_device(binarized_test_set(data, dtype=model.dtype), xp)
@@ -71,8 +68,17 @@ def load_run(run_dir: str, device="cpu", test_size: int = 0):
     return model, cfg, x, w, int(ck["meta"]["epoch"])
 
 
+def run_config(run_dir: str) -> dict:
+    """The checked config.json of a run directory (generate.read_config), or an EvaluateError naming the
+    file and what is wrong with it."""
+    try:
+        return read_config(run_dir)
+    except GenerateError as e:
+        raise EvaluateError(str(e)) from None
+
+
 def _load_celeba_run(run_dir, device, test_size):
-    from .generate import GenerateError, Run  # noqa: PLC0415
+    from .generate import Run  # noqa: PLC0415
 
     try:
         run = Run(run_dir, device=device)
@@ -80,17 +86,38 @@ def _load_celeba_run(run_dir, device, test_size):
         rows = np.arange(n)
         x, w = run.test_x(rows), run.test_w(rows)
     except (GenerateError, CheckpointError, ModelError, DataError, BackendError, KeyError) as e:
-        raise EvaluateError(f"{run_dir}: {e}") from None
+        raise EvaluateError(str(e) if str(e).startswith(run_dir) else f"{run_dir}: {e}") from None
     epoch = int(run.checkpoint.split("-")[1])
     return run.model, run.config, x, w, epoch
 
 
-def evaluate_run(model, x, w, samples=10, iterations=10, importance=0, repeats=1):
-    """{direction: {estimator: (mean, std, values)}} over ``repeats`` seeds."""
-    dirs = [model.direction] if hasattr(model, "direction") else list(DIRECTIONS)
+def directions(model) -> list:
+    """The directions a model is evaluated in: a baseline's own, both for the JMVAE family."""
+    return [model.direction] if hasattr(model, "direction") else list(DIRECTIONS)
+
+
+def batches(n: int) -> int:
+    """Estimator calls per (direction, repeat) on n test examples (the progress bar's unit)."""
+    return -(-n // BATCH)
+
+
+def evaluate_run(model, x, w, samples=10, iterations=10, importance=0, repeats=1, tick=None):
+    """{direction: {estimator: (mean, std, values)}} over ``repeats`` seeds.  The test set goes through
+    the estimators in batches of BATCH rows with one random stream per (direction, repeat), as
+    ``evaluate_model`` would take it; ``tick()`` (optional, a progress bar) follows each batch."""
+    n = x.shape[0]
     out = {}
-    for d in dirs:
-        reps = [evaluate_model(model, x, w, d, Rng([r, 11]), samples, iterations, importance) for r in range(repeats)]
+    for d in directions(model):
+        reps = []
+        for r in range(repeats):
+            rng, sums = Rng([r, 11]), {}
+            for i in range(0, n, BATCH):
+                xb, wb = x[i:i + BATCH], w[i:i + BATCH]
+                for k, v in evaluate_model(model, xb, wb, d, rng, samples, iterations, importance, BATCH).items():
+                    sums[k] = sums.get(k, 0.0) + v * xb.shape[0]
+                if tick is not None:
+                    tick()
+            reps.append({k: s / n for k, s in sums.items()})
         out[d] = {k: (float(np.mean([r[k] for r in reps])), float(np.std([r[k] for r in reps])), [r[k] for r in reps])
                   for k in reps[0]}
     return out
@@ -134,38 +161,41 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=1, help="R repeats of the estimators' randomness (default 1)")
     p.add_argument("--test-size", type=int, default=0, help="evaluate on the first M test digits / faces only (0: all)")
     p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (on stderr)")
     return p
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["figures"]:
-        from .figures import main as figures_main  # noqa: PLC0415
-
-        return figures_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        for name, val, lo in (("samples", args.samples, 1), ("iterations", args.iterations, 0),
+def _evaluate(args) -> int:
+    for name, val, lo in (("samples", args.samples, 1), ("iterations", args.iterations, 0),
                           ("importance", args.importance, 0), ("repeats", args.repeats, 1),
                           ("test-size", args.test_size, 0)):
-            if val < lo:
-                raise EvaluateError(f"--{name} must be >= {lo}, got {val}")
-        loaded = [(rd, *load_run(rd, args.device, args.test_size)) for rd in args.runs]
-        results = []
+        if val < lo:
+            raise EvaluateError(f"--{name} must be >= {lo}, got {val}")
+    for rd in args.runs:  # every config first: a damaged one is found before any run is loaded
+        run_config(rd)
+    loaded = []
+    for rd in args.runs:
+        model, cfg, x, w, epoch = load_run(rd, args.device, args.test_size)
+        if args.test_size:
+            x, w = x[: args.test_size], w[: args.test_size]
+        loaded.append((rd, model, cfg, x, w, epoch))
+    from tqdm import tqdm  # noqa: PLC0415
+
+    total = sum(len(directions(m)) * args.repeats * batches(x.shape[0]) for _, m, _, x, _, _ in loaded)
+    results = []
+    with tqdm(total=total, unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True,
+              disable=not args.progress) as bar:
         for rd, model, cfg, x, w, epoch in loaded:
-            if args.test_size:
-                x, w = x[: args.test_size], w[: args.test_size]
-            est = evaluate_run(model, x, w, args.samples, args.iterations, args.importance, args.repeats)
+            bar.set_description(os.path.basename(os.path.normpath(rd)))
+            est = evaluate_run(model, x, w, args.samples, args.iterations, args.importance, args.repeats,
+                               tick=lambda: bar.update(1))
             results.append({
                 "run": rd, "model": NAMES[cfg["variant"]], "variant": cfg["variant"], "epoch": epoch,
-                "dataset": cfg.get("dataset", "mnist"),
-                "direction": cfg.get("direction"), "test_size": int(x.shape[0]), "samples": args.samples,
+                "dataset": cfg["dataset"],
+                "direction": cfg["direction"], "test_size": int(x.shape[0]), "samples": args.samples,
                 "iterations": args.iterations, "importance": args.importance, "repeats": args.repeats,
                 "estimates": {d: {k: {"mean": m, "std": s, "repeats": v} for k, (m, s, v) in e.items()}
                               for d, e in est.items()}})
-    except EvaluateError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -175,6 +205,16 @@ def main(argv=None) -> int:
         print(f"\n(test {items}: {results[0]['test_size']}; N = {args.samples}, K = {args.iterations}, "
               f"S = {args.importance}, mean ± std over {args.repeats} repeat(s); estimators: jmvae_cupy/estimators.py)")
     return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["figures"]:
+        from .figures import main as figures_main  # noqa: PLC0415
+
+        return figures_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return guarded(lambda: _evaluate(args), (EvaluateError,))
 
 
 # ------------------------------------------------------------------------ helpers used by figures

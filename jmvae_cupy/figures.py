@@ -8,6 +8,11 @@
                            ``--test-size`` digits, for every label->image run (flat for JMVAE-kl);
 * ``latent-<model>.png``   Fig. 3 (runs with a 2-D z only): means of q(z|x,w) and of q(z|w)
                            (JMVAE-kl) or q(z|x^_K, w) (iterative sampling), coloured by label.
+
+MNIST runs only (a CelebA run's figures come from python -m jmvae_cupy.generate).  Every run is
+loaded before ``--out`` is created, and a directory this command created is removed again if it
+fails before writing into it.  A progress bar on stderr counts the runs (``--no-progress``: none).
+Errors: one line on stderr, exit 1.
 """
 
 from __future__ import annotations
@@ -19,60 +24,117 @@ import sys
 import numpy as np
 
 from .backend import asnumpy
-from .evaluate import NAMES, EvaluateError, generation_chain, latent_means, load_run, loglik_vs_iterations
+from .cli import guarded, one_line
+from .evaluate import NAMES, EvaluateError, generation_chain, latent_means, load_run, loglik_vs_iterations, run_config
+from .fsutil import temp_beside
 from .rng import Rng
 from .viz import save_grid, save_line_plot, save_scatter
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jmvae_cupy.figures", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="directory for the PNGs")
     p.add_argument("--iterations", type=int, default=10, help="K (default 10)")
     p.add_argument("--test-size", type=int, default=500,
                    help="test digits for Fig. 5 and Fig. 3 (default 500; 0: all, as in evaluate)")
-    args = p.parse_args(argv)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (on stderr)")
+    return p
+
+
+def make_out_dir(out: str, made: list) -> None:
+    """Create ``out`` (with its missing parents, recorded innermost first in ``made``) and check that
+    files can be written in it."""
+    p = os.path.abspath(out)
+    missing = []
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        missing.append(p)
+        p = os.path.dirname(p)
     try:
-        for name, val in (("iterations", args.iterations), ("test-size", args.test_size)):
-            if val < 0:
-                raise EvaluateError(f"--{name} must be >= 0, got {val}")
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise EvaluateError(f"cannot create output directory {out}: {e.strerror or one_line(e)}") from None
+    finally:
+        made.extend(d for d in missing if os.path.isdir(d))
+    try:
+        fd, tmp = temp_beside(out, prefix=".tmp-", suffix=".png")  # what each atomic PNG write does
+    except OSError as e:
+        raise EvaluateError(f"cannot write in output directory {out}: {e.strerror or one_line(e)}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def remove_if_empty(made: list) -> None:
+    """Remove the directories this command created (innermost first) while they are empty."""
+    for d in made:
         try:
-            os.makedirs(args.out, exist_ok=True)
-        except OSError as e:
-            raise EvaluateError(f"cannot create output directory {args.out}: {e.strerror}") from None
-        curves = {}
-        for rd in args.runs:
-            model, cfg, x, w, _ = load_run(rd)
-            name = NAMES[cfg["variant"]] + (f"-{cfg['direction']}" if cfg.get("direction") else "")
-            tag = os.path.basename(os.path.normpath(rd))
-            if args.test_size:
-                x, w = x[: args.test_size], w[: args.test_size]
-            if getattr(model, "direction", "label2image") != "label2image":
-                continue
-            if hasattr(model, "generate"):
-                labels = model.xp.eye(10, dtype=model.dtype)
-                imgs = asnumpy(model.generate(labels, Rng(4)))
-                save_grid(imgs.reshape(1, 10, 28, 28), os.path.join(args.out, f"gen-{tag}.png"))
-            else:
-                save_grid(generation_chain(model, args.iterations), os.path.join(args.out, f"gen-{tag}.png"))
-            if cfg["latent"] == 2 and hasattr(model, "trunk_forward") and not hasattr(model, "generate"):
-                joint, other, label = latent_means(model, x, w, args.iterations)
-                y = np.argmax(asnumpy(w), axis=1)
-                save_scatter(joint, y, os.path.join(args.out, f"latent-{tag}-joint.png"), f"{name}: q(z|x,w)")
-                save_scatter(other, y, os.path.join(args.out, f"latent-{tag}-cond.png"), f"{name}: {label}")
-                continue
-            ks, vals = loglik_vs_iterations(model, x, w, args.iterations)
-            if cfg["variant"] in ("kl", "cvae", "cmma"):
-                ks, vals = [0, args.iterations], [vals[0], vals[0]]
-            curves[name] = (ks, vals)
-        if curves:
-            save_line_plot(curves, os.path.join(args.out, "ll-vs-iterations.png"),
-                           "test log p(x|w) estimate vs iterations", "iterations K", "Eq. 5 / Eq. 6")
-    except EvaluateError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"figures written to {args.out}: {', '.join(sorted(os.listdir(args.out)))}")
+            os.rmdir(d)  # only an empty directory goes
+        except OSError:
+            break
+
+
+def _write(path: str, save, *args, **kwargs) -> str:
+    """``save(*args, path=path, **kwargs)``; a failed write names the figure.  Returns the file's name."""
+    try:
+        save(*args, path=path, **kwargs)
+    except OSError as e:
+        raise EvaluateError(f"{path}: cannot write ({e.strerror or one_line(e)})") from None
+    return os.path.basename(path)
+
+
+def _figures(args, made: list) -> int:
+    for name, val in (("iterations", args.iterations), ("test-size", args.test_size)):
+        if val < 0:
+            raise EvaluateError(f"--{name} must be >= 0, got {val}")
+    for rd in args.runs:  # every config first: a damaged or CelebA one is named before any work
+        cfg = run_config(rd)
+        if cfg["dataset"] != "mnist":
+            raise EvaluateError(f"{rd}: figures are for MNIST runs, and this is a CelebA run (its faces: "
+                                f"python -m jmvae_cupy.generate {rd} faces ...)")
+    loaded = [(rd, *load_run(rd)) for rd in args.runs]  # a bad checkpoint stops us before --out exists
+    if all(getattr(model, "direction", "label2image") != "label2image" for _, model, *_ in loaded):
+        raise EvaluateError("nothing to draw: every run is an image->label baseline (the figures are label->image)")
+    make_out_dir(args.out, made)
+    from tqdm import tqdm  # noqa: PLC0415
+
+    curves, written = {}, []
+    out = lambda f: os.path.join(args.out, f)  # noqa: E731
+    for rd, model, cfg, x, w, _ in tqdm(loaded, desc="figures", unit="run", file=sys.stderr, leave=False,
+                                        dynamic_ncols=True, disable=not args.progress):
+        name = NAMES[cfg["variant"]] + (f"-{cfg['direction']}" if cfg.get("direction") else "")
+        tag = os.path.basename(os.path.normpath(rd))
+        if args.test_size:
+            x, w = x[: args.test_size], w[: args.test_size]
+        if getattr(model, "direction", "label2image") != "label2image":
+            continue
+        if hasattr(model, "generate"):
+            labels = model.xp.eye(10, dtype=model.dtype)
+            imgs = asnumpy(model.generate(labels, Rng(4)))
+            written.append(_write(out(f"gen-{tag}.png"), save_grid, imgs.reshape(1, 10, 28, 28)))
+        else:
+            written.append(_write(out(f"gen-{tag}.png"), save_grid, generation_chain(model, args.iterations)))
+        if cfg["latent"] == 2 and hasattr(model, "trunk_forward") and not hasattr(model, "generate"):
+            joint, other, label = latent_means(model, x, w, args.iterations)
+            y = np.argmax(asnumpy(w), axis=1)
+            written.append(_write(out(f"latent-{tag}-joint.png"), save_scatter, joint, y, title=f"{name}: q(z|x,w)"))
+            written.append(_write(out(f"latent-{tag}-cond.png"), save_scatter, other, y, title=f"{name}: {label}"))
+            continue
+        ks, vals = loglik_vs_iterations(model, x, w, args.iterations)
+        if cfg["variant"] in ("kl", "cvae", "cmma"):
+            ks, vals = [0, args.iterations], [vals[0], vals[0]]
+        curves[name] = (ks, vals)
+    if curves:
+        written.append(_write(out("ll-vs-iterations.png"), save_line_plot, curves,
+                              title="test log p(x|w) estimate vs iterations", xlabel="iterations K",
+                              ylabel="Eq. 5 / Eq. 6"))
+    print(f"figures written to {args.out}: {', '.join(sorted(written))}")
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    made: list = []
+    return guarded(lambda: _figures(args, made), (EvaluateError,), on_error=lambda: remove_if_empty(made))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,12 @@
   p(w|z); JMVAE / JMVAE-h: iterative completion of w), with the file's labels beside them.
 
 The run's newest good checkpoint is loaded (parameters and batch-norm running statistics; a GAN
-discriminator in it is ignored) and everything runs in eval mode.  Errors are one line, exit 1.
+discriminator in it is ignored) and everything runs in eval mode.  ``--out`` must name a ``.png``
+file in a writable directory (checked before any work); the grid is written atomically.  A float
+option must be finite and representable in the model's dtype, and output that is not finite
+(NaN / inf, e.g. an overflowing --strength) is refused, not written.  ``faces`` shows a progress
+bar on stderr over its rows when they take more than a second (``--no-progress``: none).  Errors
+are one line on stderr, exit 1 (bad flags: argparse's usage message, exit 2).
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ import numpy as np
 
 from .backend import BackendError, select_device, to_device
 from .checkpoint import CheckpointError, load_latest, restore_arrays
+from .cli import guarded, one_line
 from .data import DataError
+from .fsutil import temp_beside
 from .inference import w_from_x, x_from_w
 from .models import ModelError, build_model
 from .rng import Rng
@@ -48,27 +55,90 @@ class GenerateError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ loading
+VARIANTS = ("jmvae", "kl", "h", "cvae", "cmma")
+DIRECTIONS = ("label2image", "image2label")
+PROGRESS_DELAY = 1.0  # seconds before generate's progress bar appears (quick commands show none)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _short(v) -> str:
+    """A JSON value as the file spells it, cut to 40 characters."""
+    r = json.dumps(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def read_config(run_dir: str) -> dict:
+    """The ``config.json`` of the training run in ``run_dir``, checked: a GenerateError naming the file and
+    what is wrong with it otherwise (python -m jmvae_cupy.evaluate and .figures read run directories
+    through this too).  Settings an older config may lack get their defaults (seed 0, float32, alpha 1,
+    no direction, width scale 1)."""
+    if not os.path.exists(run_dir):
+        raise GenerateError(f"{run_dir}: no such run directory")
+    if not os.path.isdir(run_dir):
+        raise GenerateError(f"{run_dir}: not a run directory (not a directory)")
+    cpath = os.path.join(run_dir, "config.json")
+    if not os.path.lexists(cpath):
+        raise GenerateError(f"{run_dir}: not a run directory (no config.json)")
+    if os.path.isdir(cpath):
+        raise GenerateError(f"{cpath}: is a directory, not a training config")
+    try:
+        with open(cpath, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise GenerateError(f"{cpath}: unreadable ({e.strerror or one_line(e)})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; absurdly deep nesting
+        raise GenerateError(f"{cpath}: not valid JSON ({one_line(e)[:80]})") from None
+    if not isinstance(cfg, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(cfg), "a number")
+        raise GenerateError(f"{cpath}: not a jmvae_cupy training config ({kind}, not a JSON object)")
+
+    def bad(key, what):
+        if key not in cfg:
+            return GenerateError(f"{cpath}: \"{key}\" is missing (it must be {what})")
+        return GenerateError(f"{cpath}: \"{key}\" must be {what}, not {_short(cfg[key])}")
+
+    if cfg.get("dataset") not in ("mnist", "celeba"):
+        raise bad("dataset", '"mnist" or "celeba" in a jmvae_cupy training config')
+    if cfg.get("variant") not in VARIANTS:
+        raise bad("variant", "one of " + ", ".join(VARIANTS))
+    if not (_is_int(cfg.get("latent")) and cfg["latent"] >= 1):
+        raise bad("latent", "an integer >= 1")
+    cfg = {"seed": 0, "dtype": "float32", "alpha": 1.0, "direction": None, **cfg}
+    if not (_is_int(cfg["seed"]) and cfg["seed"] >= 0):
+        raise bad("seed", "an integer >= 0")
+    if cfg["dtype"] not in ("float32", "float64"):
+        raise bad("dtype", '"float32" or "float64"')
+    if not (_is_number(cfg["alpha"]) and np.isfinite(cfg["alpha"]) and cfg["alpha"] >= 0):
+        raise bad("alpha", "a finite number >= 0")
+    if cfg["variant"] in ("cvae", "cmma"):
+        if cfg["direction"] is not None and cfg["direction"] not in DIRECTIONS:
+            raise bad("direction", " or ".join(f'"{d}"' for d in DIRECTIONS))
+    elif cfg["direction"] is not None:
+        raise bad("direction", f"null for a {cfg['variant']} run (the baselines cvae, cmma have one)")
+    for key in ("data_dir", "data"):
+        if not (cfg.get(key) is None or isinstance(cfg[key], str)):
+            raise bad(key, "a path or null")
+    if "width_scale" in cfg and not (_is_number(cfg["width_scale"]) and np.isfinite(cfg["width_scale"])
+                                     and cfg["width_scale"] > 0):
+        raise bad("width_scale", "a finite number > 0")
+    return cfg
+
+
 class Run:
     """A trained run: ``model`` (eval mode, restored), ``config``, ``names`` (the w entries), and the
     test data on demand (``test_x(i)``, ``test_w(i)``, ``n_test``)."""
 
     def __init__(self, run_dir: str, device=None):
-        if not os.path.isdir(run_dir):
-            raise GenerateError(f"{run_dir}: no such run directory")
-        cpath = os.path.join(run_dir, "config.json")
-        try:
-            with open(cpath) as f:
-                self.config = json.load(f)
-        except FileNotFoundError:
-            raise GenerateError(f"{run_dir}: not a run directory (no config.json)") from None
-        except (OSError, ValueError) as e:
-            raise GenerateError(f"{cpath}: unreadable ({' '.join(str(e).split())[:80]})") from None
-        cfg = self.config
-        if not isinstance(cfg, dict) or cfg.get("dataset") not in ("mnist", "celeba"):
-            raise GenerateError(f"{cpath}: not a jmvae_cupy training config (dataset {cfg.get('dataset')!r})"
-                                if isinstance(cfg, dict) else f"{cpath}: not a jmvae_cupy training config")
-        if cfg.get("variant") not in ("jmvae", "kl", "h"):
-            raise GenerateError(f"{run_dir}: generation needs a jmvae, kl or h run, not {cfg.get('variant')!r}")
+        self.config = cfg = read_config(run_dir)
+        if cfg["variant"] not in ("jmvae", "kl", "h"):
+            raise GenerateError(f"{run_dir}: generation needs a jmvae, kl or h run, not {cfg['variant']!r}")
         self.dataset, self.variant = cfg["dataset"], cfg["variant"]
         ck = load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
         self.xp = select_device(device)
@@ -82,8 +152,8 @@ class Run:
             arch = celeba_arch(size, cfg.get("width_scale", 1.0), cfg["latent"])
         else:
             arch = "mnist"
-        self.model = build_model(arch, self.variant, seed=cfg.get("seed", 0), dtype=cfg.get("dtype", "float32"),
-                                 xp=self.xp, latent=cfg["latent"], alpha=cfg.get("alpha", 1.0))
+        self.model = build_model(arch, self.variant, seed=cfg["seed"], dtype=cfg["dtype"],
+                                 xp=self.xp, latent=cfg["latent"], alpha=cfg["alpha"])
         restore_arrays(self.model.params, ck["params"], self.xp, "parameters")
         restore_arrays(self.model.state, ck["state"], self.xp, "state")
         self.checkpoint = os.path.basename(ck["path"])
@@ -154,18 +224,25 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------ the pieces
-def average_and_random(run: Run, w, rows: int, rng: Rng, iterations: int):
-    """(average images (C, ...), [random images (C, ...)] * rows) for attribute vectors w (C, w_dim)."""
+def average_and_random(run: Run, w, rows: int, rng: Rng, iterations: int, tick=None):
+    """(average images (C, ...), [random images (C, ...)] * rows) for attribute vectors w (C, w_dim).
+    ``tick()`` (optional) is called after each of the 1 + rows rows (a progress bar)."""
     m, lik = run.model, run.model.arch.x_lik
     if hasattr(m, "encode_w"):  # JMVAE-kl: q(z|w)
         mu, var = m.encode_w(w)
-        dec = lambda z: lik.mean(m.decode_x(z).reshape(len(z), -1))  # noqa: E731
-        avg = dec(mu)
-        rand = [dec(mu + m.xp.sqrt(var) * rng.normal((1, mu.shape[1]), m.dtype, m.xp)) for _ in range(rows)]
-        return run.images(avg), [run.images(r) for r in rand]
-    avg = x_from_w(m, w, rng, iterations=iterations, sample_z=False)
-    rand = [x_from_w(m, w, rng, iterations=iterations, sample_z=True) for _ in range(rows)]
-    return run.images(avg), [run.images(r) for r in rand]
+
+        def row(random: bool):
+            z = mu + m.xp.sqrt(var) * rng.normal((1, mu.shape[1]), m.dtype, m.xp) if random else mu
+            return lik.mean(m.decode_x(z).reshape(len(z), -1))
+    else:
+        def row(random: bool):
+            return x_from_w(m, w, rng, iterations=iterations, sample_z=random)
+    out = []
+    for r in range(1 + rows):
+        out.append(run.images(row(r > 0)))
+        if tick is not None:
+            tick()
+    return out[0], out[1:]
 
 
 def predict_w(run: Run, x, rng: Rng, iterations: int):
@@ -183,6 +260,56 @@ def average_face(run: Run, x, w, encoder: str, rng: Rng, iterations: int):
     else:
         return run.images(x_from_w(m, w, rng, iterations=iterations, sample_z=False))
     return run.images(lik.mean(m.decode_x(mu).reshape(len(mu), -1)))
+
+
+def check_value(what: str, v: float, dtype) -> float:
+    """``v`` if it is finite and representable in ``dtype`` (the model's); a GenerateError otherwise."""
+    big = float(np.finfo(dtype).max)
+    if not (np.isfinite(v) and abs(v) <= big):
+        raise GenerateError(f"{what} must be a finite number within the range of the model's "
+                            f"{np.dtype(dtype).name} (|value| <= {big:.4g}), got {v:g}")
+    return v
+
+
+def check_finite(a, what: str):
+    """``a`` if every entry is finite; a GenerateError (nothing is written) otherwise."""
+    if not np.all(np.isfinite(a)):
+        raise GenerateError(f"{what} is not finite (NaN or inf), nothing written: the model overflows for these "
+                            "inputs (try smaller attribute values)")
+    return a
+
+
+def check_out(out: str) -> None:
+    """Refuse an --out that is not a .png file in an existing, writable directory (before any work)."""
+    if os.path.isdir(out):
+        raise GenerateError(f"--out {out}: is a directory (name the .png file to write)")
+    if os.path.splitext(out)[1].lower() != ".png":
+        raise GenerateError(f"--out {out}: must name a .png file (the grid is written as PNG)")
+    d = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(d):
+        raise GenerateError(f"--out {out}: no such directory")
+    try:
+        fd, tmp = temp_beside(d, prefix=".tmp-", suffix=".png")  # what the atomic write will do
+    except OSError as e:
+        raise GenerateError(f"--out {out}: cannot write in {d} ({e.strerror or one_line(e)})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def write_grid(grid, out: str) -> None:
+    """save_grid, with a write that fails (disk full, ...) named by --out."""
+    try:
+        save_grid(grid, out)
+    except OSError as e:
+        raise GenerateError(f"--out {out}: cannot write ({e.strerror or one_line(e)})") from None
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar on stderr, shown once the work has taken PROGRESS_DELAY seconds (disabled: a no-op)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return tqdm(total=total, desc=desc, unit="row", file=sys.stderr, leave=False, dynamic_ncols=True,
+                delay=PROGRESS_DELAY, disable=not enabled)
 
 
 def _parse_list(spec: str, what: str) -> list:
@@ -211,6 +338,7 @@ def cmd_faces(run: Run, args) -> None:
             digits.append(int(s))
         w, labels = to_device(np.eye(10, dtype=dt)[digits], xp), list(map(str, digits))
     else:
+        strength = check_value("--strength", args.strength, dt)
         if args.base == "zeros":
             base = np.zeros(run.model.arch.w_dim, dtype=dt)
         else:
@@ -222,21 +350,23 @@ def cmd_faces(run: Run, args) -> None:
             neg = s.startswith("-")
             j = run.attr_index(s[1:] if neg else s)
             c = base.copy()
-            c[j] = allset[j] = -args.strength if neg else args.strength
+            c[j] = allset[j] = -strength if neg else strength
             cols.append(c)
             labels.append(f"Not {run.names[j]}" if neg else run.names[j])
         if len(cols) > 2:
             cols.append(allset)
             labels.append("all")
         w = to_device(np.stack(cols), xp)
-    avg, rand = average_and_random(run, w, args.samples, rng, args.iterations)
-    grid = ([real] if real is not None else []) + [avg] + rand
-    save_grid(np.stack(grid), args.out)
+    with progress_bar(1 + args.samples, "faces", args.progress) as bar:
+        avg, rand = average_and_random(run, w, args.samples, rng, args.iterations, tick=lambda: bar.update(1))
+    grid = check_finite(np.stack(([real] if real is not None else []) + [avg] + rand), "the generated grid")
+    write_grid(grid, args.out)
     top = "test faces, " if real is not None else ""
     print(f"wrote {args.out}: rows = {top}average face, {args.samples} random; columns = {', '.join(labels)}")
 
 
 def _parse_set(run: Run, spec: str) -> list:
+    """[(attribute index, value)] of --set "Name=value,..."; values finite in the model's dtype."""
     out = []
     for item in _parse_list(spec, "--set"):
         name, sep, val = item.partition("=")
@@ -246,8 +376,7 @@ def _parse_set(run: Run, spec: str) -> list:
             v = float(val)
         except ValueError:
             raise GenerateError(f"--set: value {val!r} of {name.strip()} is not a number") from None
-        if not np.isfinite(v):
-            raise GenerateError(f"--set: value of {name.strip()} must be finite")
+        check_value(f"--set: the value of {name.strip()}", v, run.model.dtype)
         j = run.attr_index(name.strip())
         out.append((j, v))
     return out
@@ -279,7 +408,7 @@ def cmd_edit(run: Run, args) -> None:
     means = average_face(run, xs, wp, encoder, rng, args.iterations)      # x_mean, x'_mean ...
     x0 = run.images(x)[0]
     edited = np.clip(x0[None] + means[1:] - means[:1], 0.0, 1.0)          # x' = x + x'_mean - x_mean
-    save_grid(np.stack([np.concatenate([x0[None], edited]), means]), args.out)
+    write_grid(check_finite(np.stack([np.concatenate([x0[None], edited]), means]), "the edited grid"), args.out)
     src = "given" if args.given_attrs else "predicted"
     changes = ", ".join(f"{run.names[j]} {w_host[0, j]:+.2f} -> {v:+g}" for j, v in edits)
     q = "q(z|x,w)" if encoder == "xw" else "q(z|w)"
@@ -291,6 +420,7 @@ def cmd_attributes(run: Run, args) -> None:
     x = run.test_x([args.image_index])
     pred = np.asarray(to_device(predict_w(run, x, Rng(args.seed), args.iterations), np), dtype=np.float64)[0]
     true = np.asarray(to_device(run.test_w([args.image_index]), np), dtype=np.float64)[0]
+    check_finite(pred, "the predicted attributes")
     if args.json:
         print(json.dumps({"image_index": args.image_index, "checkpoint": run.checkpoint,
                           "predicted": {n: round(float(v), 6) for n, v in zip(run.names, pred)},
@@ -303,30 +433,55 @@ def cmd_attributes(run: Run, args) -> None:
         print(f"{n:<{width}}  {p:9.3f}  {t:5.0f}")
 
 
+def seed_arg(s: str) -> int:
+    """argparse type of --seed: an integer >= 0 (NumPy's generators take no negative seed)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
+def finite_float(s: str) -> float:
+    """argparse type of a float option: a finite number (its range in the model's dtype is checked later)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {s!r}") from None
+    if not np.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m jmvae_cupy.generate", description=__doc__.split("\n")[0])
     ap.add_argument("run_dir", help="a run directory written by python -m jmvae_cupy.train")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--seed", type=int, default=0, help="seed of the random faces / noise (default 0)")
+        p.add_argument("--seed", type=seed_arg, default=0, help="seed of the random faces / noise (>= 0, default 0)")
         p.add_argument("--iterations", type=int, default=10,
                        help="jmvae / h: iterations of the iterative completion (default 10; paper 40)")
         p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu)")
+        p.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar (faces shows one on stderr when its rows take more than a second)")
 
     f = sub.add_parser("faces", help="attributes -> average and random faces (Fig. 7)")
     g = f.add_mutually_exclusive_group(required=True)
     g.add_argument("--attrs", help='comma-separated attribute names, "-Name" for Not (MNIST: digits)')
     g.add_argument("--from-test", type=int, help="the attributes of the first K test images")
-    f.add_argument("--out", required=True, help="the PNG to write")
+    f.add_argument("--out", required=True, help="the PNG to write (must end in .png)")
     f.add_argument("--samples", type=int, default=4, help="rows of random faces (default 4)")
-    f.add_argument("--strength", type=float, default=2.0, help="value of a set attribute (default 2, the paper's)")
+    f.add_argument("--strength", type=finite_float, default=2.0,
+                   help="value of a set attribute (default 2, the paper's)")
     f.add_argument("--base", choices=["random", "zeros"], default="random", help="the Base attributes")
     common(f)
     e = sub.add_parser("edit", help="change attributes of a test image (Fig. 8)")
     e.add_argument("--image-index", type=int, required=True, help="index into the test set")
     e.add_argument("--set", required=True, help='e.g. "Smiling=1,Eyeglasses=-1"')
-    e.add_argument("--out", required=True, help="the PNG to write")
+    e.add_argument("--out", required=True, help="the PNG to write (must end in .png)")
     e.add_argument("--given-attrs", action="store_true", help="start from the file's attributes, not predicted ones")
     e.add_argument("--encoder", choices=["w", "xw"], default=None,
                    help="average faces from q(z|w) (kl default, the paper's) or q(z|x,w) (jmvae / h default)")
@@ -338,20 +493,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# The errors a user can cause: one line on stderr, exit 1 (cli.guarded: with OSError, MemoryError, Ctrl-C)
+USER_ERRORS = (GenerateError, CheckpointError, DataError, ModelError, BackendError)
+
+
+def _generate(args) -> int:
+    if getattr(args, "samples", 1) < 0 or args.iterations < 0:
+        raise GenerateError("--samples and --iterations must be >= 0")
+    out = getattr(args, "out", None)
+    if out is not None:
+        check_out(out)
+    run = Run(args.run_dir, device=args.device)
+    {"faces": cmd_faces, "edit": cmd_edit, "attributes": cmd_attributes}[args.command](run, args)
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if getattr(args, "samples", 1) < 0 or args.iterations < 0:
-            raise GenerateError("--samples and --iterations must be >= 0")
-        run = Run(args.run_dir, device=args.device)
-        out = getattr(args, "out", None)
-        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            raise GenerateError(f"--out {out}: no such directory")
-        {"faces": cmd_faces, "edit": cmd_edit, "attributes": cmd_attributes}[args.command](run, args)
-        return 0
-    except (GenerateError, CheckpointError, DataError, ModelError, BackendError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return guarded(lambda: _generate(args), USER_ERRORS)
 
 
 if __name__ == "__main__":

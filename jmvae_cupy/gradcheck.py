@@ -100,10 +100,16 @@ def dot(a, b) -> float:
 
 
 def main(argv=None) -> int:
-    """``python -m jmvae_cupy.gradcheck [NAME ... | --all] [--list]``: see jmvae_cupy/gradcheck_cli.py."""
-    from .gradcheck_cli import main as cli_main  # noqa: PLC0415  (the registry imports the whole library)
+    """``python -m jmvae_cupy.gradcheck [NAME ... | --all] [--list]``: see jmvae_cupy/gradcheck_cli.py
+    (= ``python -m jmvae_cupy.gradcheck_cli``).  Ctrl-C, also while the library is imported: one line, 130."""
+    from .cli import guarded  # noqa: PLC0415
 
-    return cli_main(argv)
+    def run() -> int:
+        from .gradcheck_cli import main as cli_main  # noqa: PLC0415  (the registry imports the whole library)
+
+        return cli_main(argv)
+
+    return guarded(run)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """``python -m jmvae_cupy.gradcheck``: every backward pass of the library against central differences.
+(``python -m jmvae_cupy.gradcheck_cli`` runs the same command.)
 
     python -m jmvae_cupy.gradcheck --list             # the registered checks
     python -m jmvae_cupy.gradcheck dense relu         # some of them (shell-style patterns work: 'jmvae_kl*')
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import distributions, gradcheck, optim
+from .cli import guarded
 from .layers import activations, dense, reshape
 from .models import architectures, base
 from .models import baselines as baselines_mod
@@ -683,6 +685,11 @@ def select(patterns: list[str]) -> list[Check]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (exit 0: all passed, 1: a check failed, 2: bad arguments; Ctrl-C: 130, one line)."""
+    return guarded(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m jmvae_cupy.gradcheck",
         description="Check backward passes against central differences in float64 (see docs/derivations/).")
@@ -719,3 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"all {len(checks)} checks passed ({dt:.1f} s)")
     return 0
+
+
+if __name__ == "__main__":  # python -m jmvae_cupy.gradcheck_cli: the same as python -m jmvae_cupy.gradcheck
+    raise SystemExit(main())

@@ -158,6 +158,27 @@ def test_a_bad_count_or_model_gets_one_usage_line(script, args, message):
     assert message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
 
 
+def _device_cases():
+    from jmvae_cupy.backend import gpu_available
+
+    cases = [("zz", "unknown device 'zz': choose one of auto, cpu, gpu")]
+    if not gpu_available():
+        cases.append(("gpu", "device 'gpu' requested but no usable CUDA device"))
+    return cases
+
+
+@pytest.mark.parametrize("device, message", _device_cases())
+def test_a_bad_device_is_one_line_from_the_driver(device, message):
+    """--device zz (or gpu without one): each worker died with a BackendError traceback before the
+    driver's "bench worker 'ours' died".  The driver now checks the device once, through
+    backend.select_device, before it starts a worker."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--device", device],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2 and out.stdout == "", out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --device {device}: {message}"), out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("script", ["throughput.py", "conv.py", "micro.py", "distributed.py"])
 def test_a_python_without_the_package_gets_one_line(script):
     """``python -S`` skips site-packages (the install): each benchmark says so in one line and

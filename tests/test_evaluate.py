@@ -60,3 +60,79 @@ def test_figures_bad_arguments_get_one_line_errors(tiny_run, tmp_path, capsys):
     assert evaluate.main(["figures", tiny_run, "--out", str(tmp_path / "all"), "--test-size", "0",
                           "--iterations", "1"]) == 0
     assert (tmp_path / "all" / "ll-vs-iterations.png").exists()
+
+
+def _one_line(capsys, msg):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+
+
+def test_progress_on_stderr_and_json_alone_on_stdout(tiny_run, capsys):
+    """The Table 1 command printed nothing for minutes: a bar over the batches of every (run, direction,
+    repeat) now goes to stderr; --no-progress turns it off; stdout holds the JSON alone either way."""
+    args = [tiny_run, "--json", "--test-size", "600", "--samples", "1", "--repeats", "2"]
+    assert evaluate.main(args) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)[0]["test_size"] == 600
+    assert "/8 " in cap.err and "batch" in cap.err  # 2 directions x 2 repeats x 2 batches (500 + 100 digits)
+    assert evaluate.main(args + ["--no-progress"]) == 0
+    cap2 = capsys.readouterr()
+    assert cap2.err == "" and json.loads(cap2.out) == json.loads(cap.out)
+
+
+def test_batches_give_the_estimates_of_one_call(tiny_run):
+    """evaluate_run feeds the estimators BATCH rows at a time (one bar tick each) with one stream per
+    (direction, repeat), as estimators.evaluate_model does: the numbers do not change."""
+    from jmvae_cupy.estimators import evaluate_model
+    from jmvae_cupy.rng import Rng
+
+    model, _, x, w, _ = evaluate.load_run(tiny_run)
+    x, w = x[:700], w[:700]
+    ticks = []
+    got = evaluate.evaluate_run(model, x, w, samples=2, importance=2, tick=lambda: ticks.append(1))
+    assert len(ticks) == 4  # 2 directions x 2 batches
+    for d in ("label2image", "image2label"):
+        want = evaluate_model(model, x, w, d, Rng([0, 11]), 2, 10, 2)
+        for k, v in want.items():
+            assert got[d][k][0] == pytest.approx(v, rel=1e-12, abs=1e-12)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tiny_run, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_run", interrupted)
+    assert evaluate.main([tiny_run, "--test-size", "10", "--no-progress"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_figures_leave_no_empty_out_directory(tiny_run, tmp_path, capsys, monkeypatch):
+    """A bad run directory left --out created and empty; a read-only --out was a PermissionError
+    traceback, and so was a figure that could not be written."""
+    import errno
+
+    from jmvae_cupy import figures
+
+    out = tmp_path / "new" / "figs"
+    assert evaluate.main(["figures", tiny_run, str(tmp_path / "missing"), "--out", str(out)]) == 1
+    _one_line(capsys, f"{tmp_path / 'missing'}: no such run directory")
+    assert not (tmp_path / "new").exists()
+
+    def refuse(directory, prefix, suffix=".tmp"):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{directory}/{prefix}abc{suffix}")
+
+    monkeypatch.setattr(figures, "temp_beside", refuse)
+    assert evaluate.main(["figures", tiny_run, "--out", str(out), "--no-progress"]) == 1
+    _one_line(capsys, f"cannot write in output directory {out}: Permission denied")
+    assert not (tmp_path / "new").exists()  # both levels it made are gone again
+    monkeypatch.undo()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{out}/.tmp-xyz.png")
+
+    monkeypatch.setattr(figures, "save_grid", full)
+    tmp_path.joinpath("kept").mkdir()  # an --out that existed before stays
+    assert evaluate.main(["figures", tiny_run, "--out", str(tmp_path / "kept"), "--no-progress",
+                          "--test-size", "20", "--iterations", "1"]) == 1
+    _one_line(capsys, f"{tmp_path / 'kept' / 'gen-kl.png'}: cannot write (No space left on device)")
+    assert (tmp_path / "kept").is_dir()

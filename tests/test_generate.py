@@ -133,3 +133,156 @@ def test_celeba_runs_evaluate_both_directions(runs, capsys, variant):
         assert evaluate_main([str(runs[variant]), "--test-size", "2", "--samples", "1", "--iterations", "1",
                               "--importance", "1"]) == 0
         assert "(test faces: 2;" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ audit fixes: one line, never a traceback
+def _one_line(capsys, msg):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["{kl}", "faces", "--attrs", "Smiling,Male", "--out", "{tmp}"], "is a directory"),
+    (["{kl}", "faces", "--attrs", "Smiling", "--out", "{tmp}/x.jpg"], "must name a .png file"),
+    (["{kl}", "edit", "--image-index", "0", "--set", "Smiling=1", "--out", "{tmp}/x"], "must name a .png file"),
+    (["{kl}", "faces", "--attrs", "Smiling", "--strength", "1e300", "--out", "{tmp}/x.png"],
+     "--strength must be a finite number within the range of the model's float32"),
+    (["{kl}", "edit", "--image-index", "0", "--set", "Smiling=1e300", "--out", "{tmp}/x.png"],
+     "the value of Smiling must be a finite number within the range of the model's float32"),
+    (["{kl}", "edit", "--image-index", "0", "--set", "Smiling=-inf", "--out", "{tmp}/x.png"], "finite number"),
+])
+def test_bad_out_and_out_of_range_values_are_one_line(runs, tmp_path, capsys, argv, msg):
+    """--out a directory was an IsADirectoryError, --out x.jpg silently wrote PNG bytes; --strength 1e300 /
+    --set Smiling=1e300 are finite in float64 but inf in the model's float32 (an all-NaN grid, exit 0)."""
+    subs = {"tmp": str(tmp_path), **{k: str(v) for k, v in runs.items()}}
+    assert main([a.format(**subs) for a in argv]) == 1
+    _one_line(capsys, msg)
+    assert not list(tmp_path.glob("x*")) and not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["faces", "--attrs", "Smiling", "--seed", "-1", "--out", "{tmp}/x.png"], "argument --seed: must be an integer"),
+    (["attributes", "--image-index", "0", "--seed", "-3"], "argument --seed: must be an integer >= 0, got -3"),
+    (["faces", "--attrs", "Smiling", "--strength", "inf", "--out", "{tmp}/x.png"], "--strength: must be a finite"),
+    (["faces", "--attrs", "Smiling", "--strength", "nan", "--out", "{tmp}/x.png"], "--strength: must be a finite"),
+])
+def test_negative_seeds_and_non_finite_strengths_stop_at_the_parser(runs, tmp_path, capsys, argv, msg):
+    """A negative seed was NumPy's ValueError traceback; --strength inf / nan wrote a blank PNG, exit 0."""
+    with pytest.raises(SystemExit) as e:
+        main([str(runs["kl"])] + [a.format(tmp=tmp_path) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and msg in err.strip().splitlines()[-1], err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_an_unwritable_out_directory_is_refused_before_any_work(runs, tmp_path, capsys, monkeypatch):
+    """(A read-only directory: PermissionError traceback.)  Checked before the run is loaded, by making the
+    temporary file the atomic write would make; a write that fails at the end is named by --out too."""
+    import errno
+
+    import jmvae_cupy.generate as G
+
+    def refuse(directory, prefix, suffix=".tmp"):
+        raise PermissionError(errno.EACCES, "Permission denied", str(directory) + "/" + prefix + "abc" + suffix)
+
+    monkeypatch.setattr(G, "temp_beside", refuse)
+    monkeypatch.setattr(G, "Run", lambda *a, **k: pytest.fail("the run was loaded before --out was checked"))
+    assert main([str(runs["kl"]), "faces", "--attrs", "Smiling", "--out", str(tmp_path / "x.png")]) == 1
+    _one_line(capsys, f"--out {tmp_path / 'x.png'}: cannot write in {tmp_path} (Permission denied)")
+    monkeypatch.undo()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".tmp-xyz.png"))
+
+    monkeypatch.setattr(G, "save_grid", full)
+    assert main([str(runs["kl"]), "faces", "--attrs", "Smiling", "--out", str(tmp_path / "x.png")]) == 1
+    _one_line(capsys, f"--out {tmp_path / 'x.png'}: cannot write (No space left on device)")
+
+
+def test_output_that_is_not_finite_is_refused_not_written(runs, tmp_path, capsys, monkeypatch):
+    import jmvae_cupy.generate as G
+
+    real = G.average_and_random
+    monkeypatch.setattr(G, "average_and_random", lambda *a, **k: (lambda r: (r[0] * np.nan, r[1]))(real(*a, **k)))
+    out = tmp_path / "x.png"
+    assert main([str(runs["kl"]), "faces", "--attrs", "Smiling", "--out", str(out)]) == 1
+    _one_line(capsys, "the generated grid is not finite (NaN or inf), nothing written")
+    assert not out.exists()
+
+
+def test_faces_shows_progress_on_stderr_unless_no_progress(runs, tmp_path, capsys, monkeypatch):
+    import jmvae_cupy.generate as G
+
+    monkeypatch.setattr(G, "PROGRESS_DELAY", 0.0)  # (1 s by default: quick commands show no bar)
+    out = tmp_path / "x.png"
+    assert main([str(runs["mnist"]), "faces", "--attrs", "3", "--samples", "3", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "faces:" in cap.err and "/4 " in cap.err and cap.out.startswith(f"wrote {out}")  # rows: 1 + 3
+    assert main([str(runs["mnist"]), "faces", "--attrs", "3", "--samples", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_is_one_line_and_exit_130(runs, tmp_path, capsys, monkeypatch):
+    import jmvae_cupy.generate as G
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(G, "average_and_random", interrupted)
+    assert main([str(runs["kl"]), "faces", "--attrs", "Smiling", "--out", str(tmp_path / "x.png")]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
+DAMAGE = {  # what a config.json holds -> what the one line says
+    "[]": "not a jmvae_cupy training config (an array, not a JSON object)",
+    '"x"': "not a jmvae_cupy training config (a string, not a JSON object)",
+    "DIR": "is a directory",
+    '{"latent": "64"}': '"latent" must be an integer >= 1, not "64"',
+    '{"seed": "a"}': '"seed" must be an integer >= 0, not "a"',
+    '{"seed": -1}': '"seed" must be an integer >= 0, not -1',
+    '{"dtype": "float16"}': '"dtype" must be "float32" or "float64"',
+    '{"alpha": NaN}': '"alpha" must be a finite number >= 0, not NaN',
+    '{"dataset": null}': '"dataset" must be "mnist" or "celeba"',
+    "{": "not valid JSON",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_config_is_one_line_naming_the_file_in_generate_evaluate_and_figures(runs, tmp_path, capsys,
+                                                                                       damage):
+    """[] / "x" were AttributeErrors, a directory an IsADirectoryError, "latent": "64" a TypeError, "seed": "a"
+    a ValueError, a negative seed NumPy's ValueError: the three commands read run directories through
+    generate.read_config."""
+    import shutil
+
+    from jmvae_cupy.evaluate import main as evaluate_main
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["mnist"], run)
+    cpath = run / "config.json"
+    if damage == "DIR":
+        cpath.unlink()
+        cpath.mkdir()
+    elif damage.startswith("{") and damage.endswith("}"):
+        cpath.write_text(json.dumps({**json.loads(cpath.read_text()), **json.loads(damage)}))
+    else:
+        cpath.write_text(damage)
+    assert main([str(run), "attributes", "--image-index", "0"]) == 1
+    _one_line(capsys, f"{cpath}: {DAMAGE[damage]}")
+    assert evaluate_main([str(run), "--test-size", "5", "--no-progress"]) == 1
+    _one_line(capsys, f"{cpath}: {DAMAGE[damage]}")
+    assert evaluate_main(["figures", str(run), "--out", str(tmp_path / "figs")]) == 1
+    _one_line(capsys, f"{cpath}: {DAMAGE[damage]}")
+    assert not (tmp_path / "figs").exists()
+
+
+def test_figures_of_a_celeba_run_say_they_are_for_mnist(runs, tmp_path, capsys):
+    """Was a matmul ValueError (40 attributes for the MNIST figures' 10 labels), after creating --out."""
+    from jmvae_cupy.evaluate import main as evaluate_main
+
+    assert evaluate_main(["figures", str(runs["kl"]), "--out", str(tmp_path / "fc")]) == 1
+    _one_line(capsys, f"{runs['kl']}: figures are for MNIST runs, and this is a CelebA run")
+    assert not (tmp_path / "fc").exists()

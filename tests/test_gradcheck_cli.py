@@ -188,3 +188,23 @@ def test_adam_check_sees_a_wrong_step(monkeypatch, capsys):
     assert gradcheck.main(["adam"]) == 1
     monkeypatch.setattr(optim.Adam, "step", real)
     assert gradcheck.main(["adam"]) == 0
+
+
+def test_python_m_gradcheck_cli_runs_the_same_command():
+    """``python -m jmvae_cupy.gradcheck_cli --all`` did nothing and exited 0 (no __main__ block): a silent
+    "pass".  It now is the same command as ``python -m jmvae_cupy.gradcheck``."""
+    r = subprocess.run([sys.executable, "-m", "jmvae_cupy.gradcheck_cli", "relu"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and "all 1 checks passed" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "jmvae_cupy.gradcheck_cli"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "name checks to run, or --all" in r.stderr, r.stdout + r.stderr
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(check):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gradcheck_cli, "run_check", interrupted)
+    assert gradcheck.main(["relu"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
