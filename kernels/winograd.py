@@ -23,7 +23,8 @@ correlation, T = N * TH * TW tiles of 2x2 outputs, TH = H / 4, TW = W / 4:
 * ``wino_weight_adj(dUt, shape) -> dW`` (A, B, 4, 4): its adjoint (g0 <- u0 + u1, g1 <- u1 + u2).
 
 Dispatch on the array namespace: NumPy -> the parallel Numba CPU kernels; CuPy -> Numba CUDA
-kernels on CuPy's current stream, one thread per output element, for the four data transforms,
+kernels on CuPy's current stream, one thread per output element at a time (grid y and z capped
+at CUDA's limit, the kernels striding over the rest: any batch size), for the four data transforms,
 and the plain-xp references for the (small) weight transforms.  Every output element has one
 writer (no races, no atomics); all kernels only add and subtract, in the order of the
 references, so kernels and references agree exactly (the tests check equality, the CUDA kernels
@@ -42,7 +43,7 @@ import numba
 
 from jmvae_cupy.backend import get_array_module, is_gpu_array
 
-from ._dispatch import KernelArgumentError, float_array_module, launch, numba_cuda
+from ._dispatch import KernelArgumentError, float_array_module, launch, numba_cuda, strided_grid
 
 # --------------------------------------------------------------------------------------------
 # Public API
@@ -428,7 +429,17 @@ def _weight_cpu(W, Ut, adjoint):
 
 # --------------------------------------------------------------------------------------------
 # Numba CUDA kernels (see kernels/reparam.py for why `cuda` is a module global): one thread per
-# output element, its flat C-order index; the arithmetic is the references', term for term.
+# output element at a time; the arithmetic is the references', term for term.
+#
+# Grid layout: blocks of 32 x 8 x 1 threads; x runs along the channels (contiguous addresses:
+# coalesced), y along a pixel or tile index, z along the rest -- (al, be, n) for the 9 N
+# transform planes, (n, h) for the image rows.  These extents grow with the batch: z = N * H
+# (input_adj) and N * OH (output) pass CUDA's 65,535 blocks along z at N = 2,048 for a 32x32
+# CelebA layer (N = 1,024 for a 64x64 image), z = 9 N (input, output_adj) at N = 7,282, and
+# y = 4 TH TW, W, OW or TH TW grow with the image.  So y and z are capped
+# (_dispatch.strided_grid, at most GRID_YZ_CAP blocks) and every kernel loops over its y and z
+# indices with the grid's stride: any batch and image size fits, each element still has one
+# writer.  x needs ceil(channels / 32) blocks, far below its limit of 2**31 - 1.
 # --------------------------------------------------------------------------------------------
 
 cuda = None  # numba.cuda, bound by _cuda_kernels()
@@ -439,105 +450,118 @@ BLOCK = (32, 8, 1)
 
 def _input_kernel(x, V):
     # V[al, be, n, t, s, r, q, c] = (B^T d B)[al, be] of the window of tile (t, s), phase (r, q);
-    # grid: x = c, y = (t, s, r, q), z = (al, be, n)
-    c, y, z = cuda.grid(3)
+    # grid: x = c, y = (t, s, r, q), z = (al, be, n), y and z grid-strided
+    c, y0, z0 = cuda.grid(3)
+    _, sy, sz = cuda.gridsize(3)
     _, _, N, TH, TW, _, _, B = V.shape
-    if c < B and y < TH * TW * 4 and z < 9 * N:
-        t, s, r, q = y // (4 * TW), (y // 4) % TW, (y // 2) % 2, y % 2
-        al, be, n = z // (3 * N), (z // N) % 3, z % N
-        H, W = x.shape[1], x.shape[2]
-        zero = x.dtype.type(0)
-        c0 = zero  # the window's columns v = 0, 1, 2, each transformed along the rows: component al
-        c1 = zero
-        c2 = zero
-        for v in range(3):
-            ww = 4 * s + 2 * v + q - 1
-            d0 = zero
-            d1 = zero
-            d2 = zero
-            if 0 <= ww < W:
-                h0 = 4 * t + r - 1
-                if 0 <= h0 < H:
-                    d0 = x[n, h0, ww, c]
-                if 0 <= h0 + 2 < H:
-                    d1 = x[n, h0 + 2, ww, c]
-                if 0 <= h0 + 4 < H:
-                    d2 = x[n, h0 + 4, ww, c]
-            rv = d0 - d1 if al == 0 else (d1 if al == 1 else d2 - d1)  # rows: (d0 - d1, d1, d2 - d1)
-            if v == 0:
-                c0 = rv
-            elif v == 1:
-                c1 = rv
-            else:
-                c2 = rv
-        V[al, be, n, t, s, r, q, c] = c0 - c1 if be == 0 else (c1 if be == 1 else c2 - c1)  # columns
+    H, W = x.shape[1], x.shape[2]
+    zero = x.dtype.type(0)
+    if c < B:
+        for z in range(z0, 9 * N, sz):
+            al, be, n = z // (3 * N), (z // N) % 3, z % N
+            for y in range(y0, TH * TW * 4, sy):
+                t, s, r, q = y // (4 * TW), (y // 4) % TW, (y // 2) % 2, y % 2
+                c0 = zero  # the window's columns v = 0, 1, 2, each transformed along the rows: component al
+                c1 = zero
+                c2 = zero
+                for v in range(3):
+                    ww = 4 * s + 2 * v + q - 1
+                    d0 = zero
+                    d1 = zero
+                    d2 = zero
+                    if 0 <= ww < W:
+                        h0 = 4 * t + r - 1
+                        if 0 <= h0 < H:
+                            d0 = x[n, h0, ww, c]
+                        if 0 <= h0 + 2 < H:
+                            d1 = x[n, h0 + 2, ww, c]
+                        if 0 <= h0 + 4 < H:
+                            d2 = x[n, h0 + 4, ww, c]
+                    rv = d0 - d1 if al == 0 else (d1 if al == 1 else d2 - d1)  # rows: (d0 - d1, d1, d2 - d1)
+                    if v == 0:
+                        c0 = rv
+                    elif v == 1:
+                        c1 = rv
+                    else:
+                        c2 = rv
+                V[al, be, n, t, s, r, q, c] = c0 - c1 if be == 0 else (c1 if be == 1 else c2 - c1)  # columns
 
 
 def _input_adj_kernel(dV, dx):
     # dx[n, h, w, c]: a gather over the (at most 2 x 2) windows that hold its S pixel, in the
-    # order of the CPU kernel (window row u outer, column v inner); grid: x = c, y = w, z = (n, h)
-    c, w, z = cuda.grid(3)
+    # order of the CPU kernel (window row u outer, column v inner); grid: x = c, y = w, z = (n, h),
+    # y and z grid-strided
+    c, w0, z0 = cuda.grid(3)
+    _, sy, sz = cuda.gridsize(3)
     N, H, W, B = dx.shape
     TH, TW = dV.shape[3], dV.shape[4]
-    if c < B and w < W and z < N * H:
-        n, h = z // H, z % H
-        si, r = (h + 1) // 2, (h + 1) % 2
-        sj, q = (w + 1) // 2, (w + 1) % 2
-        acc = dx.dtype.type(0)
-        for u in range(3):
-            t2 = si - u
-            if t2 >= 0 and t2 % 2 == 0 and t2 // 2 < TH:
-                t = t2 // 2
-                for v in range(3):
-                    s2 = sj - v
-                    if s2 >= 0 and s2 % 2 == 0 and s2 // 2 < TW:
-                        s = s2 // 2
-                        # the adjoint (v0, v1 - v0 - v2, v2) along the rows for each column b ...
-                        k0 = dV[0, 0, n, t, s, r, q, c]
-                        k1 = dV[0, 1, n, t, s, r, q, c]
-                        k2 = dV[0, 2, n, t, s, r, q, c]
-                        if u == 1:
-                            k0 = dV[1, 0, n, t, s, r, q, c] - k0 - dV[2, 0, n, t, s, r, q, c]
-                            k1 = dV[1, 1, n, t, s, r, q, c] - k1 - dV[2, 1, n, t, s, r, q, c]
-                            k2 = dV[1, 2, n, t, s, r, q, c] - k2 - dV[2, 2, n, t, s, r, q, c]
-                        elif u == 2:
-                            k0 = dV[2, 0, n, t, s, r, q, c]
-                            k1 = dV[2, 1, n, t, s, r, q, c]
-                            k2 = dV[2, 2, n, t, s, r, q, c]
-                        # ... then along the columns
-                        acc += k0 if v == 0 else (k1 - k0 - k2 if v == 1 else k2)
-        dx[n, h, w, c] = acc
+    if c < B:
+        for z in range(z0, N * H, sz):
+            n, h = z // H, z % H
+            si, r = (h + 1) // 2, (h + 1) % 2
+            for w in range(w0, W, sy):
+                sj, q = (w + 1) // 2, (w + 1) % 2
+                acc = dx.dtype.type(0)
+                for u in range(3):
+                    t2 = si - u
+                    if t2 >= 0 and t2 % 2 == 0 and t2 // 2 < TH:
+                        t = t2 // 2
+                        for v in range(3):
+                            s2 = sj - v
+                            if s2 >= 0 and s2 % 2 == 0 and s2 // 2 < TW:
+                                s = s2 // 2
+                                # the adjoint (v0, v1 - v0 - v2, v2) along the rows for each column b ...
+                                k0 = dV[0, 0, n, t, s, r, q, c]
+                                k1 = dV[0, 1, n, t, s, r, q, c]
+                                k2 = dV[0, 2, n, t, s, r, q, c]
+                                if u == 1:
+                                    k0 = dV[1, 0, n, t, s, r, q, c] - k0 - dV[2, 0, n, t, s, r, q, c]
+                                    k1 = dV[1, 1, n, t, s, r, q, c] - k1 - dV[2, 1, n, t, s, r, q, c]
+                                    k2 = dV[1, 2, n, t, s, r, q, c] - k2 - dV[2, 2, n, t, s, r, q, c]
+                                elif u == 2:
+                                    k0 = dV[2, 0, n, t, s, r, q, c]
+                                    k1 = dV[2, 1, n, t, s, r, q, c]
+                                    k2 = dV[2, 2, n, t, s, r, q, c]
+                                # ... then along the columns
+                                acc += k0 if v == 0 else (k1 - k0 - k2 if v == 1 else k2)
+                dx[n, h, w, c] = acc
 
 
 def _output_kernel(M, y):
     # y[n, 2t + i, 2s + j, c] = (A^T M A)[i, j]: rows (m_i + m_{i+1}), then columns the same;
-    # grid: x = c, y = ow, z = (n, oh)
-    c, ow, z = cuda.grid(3)
+    # grid: x = c, y = ow, z = (n, oh), y and z grid-strided
+    c, ow0, z0 = cuda.grid(3)
+    _, sy, sz = cuda.gridsize(3)
     N, OH, OW, A = y.shape
-    if c < A and ow < OW and z < N * OH:
-        n, oh = z // OH, z % OH
-        t, i = oh // 2, oh % 2
-        s, j = ow // 2, ow % 2
-        p0 = M[i, j, n, t, s, c] + M[i + 1, j, n, t, s, c]
-        p1 = M[i, j + 1, n, t, s, c] + M[i + 1, j + 1, n, t, s, c]
-        y[n, oh, ow, c] = p0 + p1
+    if c < A:
+        for z in range(z0, N * OH, sz):
+            n, oh = z // OH, z % OH
+            t, i = oh // 2, oh % 2
+            for ow in range(ow0, OW, sy):
+                s, j = ow // 2, ow % 2
+                p0 = M[i, j, n, t, s, c] + M[i + 1, j, n, t, s, c]
+                p1 = M[i, j + 1, n, t, s, c] + M[i + 1, j + 1, n, t, s, c]
+                y[n, oh, ow, c] = p0 + p1
 
 
 def _output_adj_kernel(dM, dy):
     # dM[al, be, n, t, s, c] = (A dy A^T)[al, be]: rows (y0, y0 + y1, y1), then columns the same;
-    # grid: x = c, y = (t, s), z = (al, be, n)
-    c, ts, z = cuda.grid(3)
+    # grid: x = c, y = (t, s), z = (al, be, n), y and z grid-strided
+    c, ts0, z0 = cuda.grid(3)
+    _, sy, sz = cuda.gridsize(3)
     _, _, N, TH, TW, A = dM.shape
-    if c < A and ts < TH * TW and z < 9 * N:
-        t, s = ts // TW, ts % TW
-        al, be, n = z // (3 * N), (z // N) % 3, z % N
-        y00 = dy[n, 2 * t, 2 * s, c]
-        y01 = dy[n, 2 * t, 2 * s + 1, c]
-        y10 = dy[n, 2 * t + 1, 2 * s, c]
-        y11 = dy[n, 2 * t + 1, 2 * s + 1, c]
-        q0 = y00 if al == 0 else (y00 + y10 if al == 1 else y10)  # column 0
-        q1 = y01 if al == 0 else (y01 + y11 if al == 1 else y11)  # column 1
-        dM[al, be, n, t, s, c] = q0 if be == 0 else (q0 + q1 if be == 1 else q1)
+    if c < A:
+        for z in range(z0, 9 * N, sz):
+            al, be, n = z // (3 * N), (z // N) % 3, z % N
+            for ts in range(ts0, TH * TW, sy):
+                t, s = ts // TW, ts % TW
+                y00 = dy[n, 2 * t, 2 * s, c]
+                y01 = dy[n, 2 * t, 2 * s + 1, c]
+                y10 = dy[n, 2 * t + 1, 2 * s, c]
+                y11 = dy[n, 2 * t + 1, 2 * s + 1, c]
+                q0 = y00 if al == 0 else (y00 + y10 if al == 1 else y10)  # column 0
+                q1 = y01 if al == 0 else (y01 + y11 if al == 1 else y11)  # column 1
+                dM[al, be, n, t, s, c] = q0 if be == 0 else (q0 + q1 if be == 1 else q1)
 
 
 @functools.cache
@@ -556,16 +580,17 @@ def _cuda_signatures(float_type):
 
 
 def _grid(nx, ny, nz):
-    """Blocks of BLOCK covering an (nx, ny, nz) grid of threads."""
-    bx, by, bz = BLOCK
-    return (nx + bx - 1) // bx, (ny + by - 1) // by, (nz + bz - 1) // bz
+    """(blocks, BLOCK) covering an (nx, ny, nz) grid of threads, y and z capped at GRID_YZ_CAP
+    blocks (the kernels stride over the rest); LaunchGridError if x is beyond CUDA's limit."""
+    return strided_grid((nx, ny, nz), BLOCK)
 
 
 def _input_cuda(x, V, stream=0):
     """Launch the input transform: V (3, 3, N, TH, TW, 2, 2, B) written from x; returns V."""
     _, _, N, TH, TW, _, _, B = V.shape
     if V.size:
-        _cuda_kernels().input[_grid(B, TH * TW * 4, 9 * N), BLOCK, stream](x, V)
+        blocks, threads = _grid(B, TH * TW * 4, 9 * N)
+        _cuda_kernels().input[blocks, threads, stream](x, V)
     return V
 
 
@@ -573,7 +598,8 @@ def _input_adj_cuda(dV, dx, stream=0):
     """Launch its adjoint: dx (N, H, W, B) gathered from dV (3, 3, N, TH, TW, 2, 2, B); returns dx."""
     N, H, W, B = dx.shape
     if dx.size:
-        _cuda_kernels().input_adj[_grid(B, W, N * H), BLOCK, stream](dV, dx)
+        blocks, threads = _grid(B, W, N * H)
+        _cuda_kernels().input_adj[blocks, threads, stream](dV, dx)
     return dx
 
 
@@ -581,7 +607,9 @@ def _output_cuda(M, y, adjoint, stream=0):
     """adjoint False: y (N, OH, OW, A) <- A^T M A; True: M (3, 3, N, TH, TW, A) <- A y A^T (as _output_cpu)."""
     N, OH, OW, A = y.shape
     if adjoint and M.size:
-        _cuda_kernels().output_adj[_grid(A, (OH // 2) * (OW // 2), 9 * N), BLOCK, stream](M, y)
+        blocks, threads = _grid(A, (OH // 2) * (OW // 2), 9 * N)
+        _cuda_kernels().output_adj[blocks, threads, stream](M, y)
     elif not adjoint and y.size:
-        _cuda_kernels().output[_grid(A, OW, N * OH), BLOCK, stream](M, y)
+        blocks, threads = _grid(A, OW, N * OH)
+        _cuda_kernels().output[blocks, threads, stream](M, y)
     return y

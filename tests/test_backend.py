@@ -1,10 +1,15 @@
 """Backend: device selection, and proof that the GPU path calls only names CuPy has.
 
 CuPy imports without a GPU, so ``hasattr(cupy, name)`` can be checked on this machine: every
-``xp.<name>`` (and ``xp.<a>.<b>``) the library writes must exist in CuPy and in NumPy."""
+name the library takes from an array namespace must exist in CuPy and in NumPy -- ``xp.<name>``
+(and ``xp.<a>.<b>``), also reached as ``self.xp.``, ``model.xp.``, ``xp_.`` (any name or attribute
+``xp``, ``xp_``, ``*_xp``) or ``get_array_module(...).<name>`` -- and every ``cp.<name>`` (CuPy
+itself, backend.py and distributed.py) must exist in CuPy."""
 
 import ast
 import pathlib
+import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,16 +27,47 @@ NP_ALLOWED = {"float32", "float64", "int32", "int64", "uint8", "bool_", "dtype",
               "integer", "floating", "finfo", "errstate"}
 
 
-def _xp_chains(tree):
-    """Yield attribute chains rooted at the name ``xp``: ('exp',), ('linalg', 'norm'), ..."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute):
-            chain, cur = [], node
-            while isinstance(cur, ast.Attribute):
-                chain.append(cur.attr)
-                cur = cur.value
-            if isinstance(cur, ast.Name) and cur.id == "xp":
-                yield tuple(reversed(chain))
+# A name or attribute that holds the array namespace: xp, xp_, self.xp, model.xp, host_xp, ...
+XP_NAME = re.compile(r"(?:\w*_)?xp_?")
+
+
+def _attribute_chain(node):
+    """(root, [attr, ...]) of an attribute chain ``root.a.b``: root is the innermost non-attribute."""
+    attrs = []
+    while isinstance(node, ast.Attribute):
+        attrs.append(node.attr)
+        node = node.value
+    return node, attrs[::-1]
+
+
+def _call_name(node):
+    """The name a call node calls: ``f`` for f(...) and for mod.f(...); None otherwise."""
+    if isinstance(node, ast.Call):
+        func = node.func
+        return func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+    return None
+
+
+def namespace_chains(source: str):
+    """Yield ``(kind, chain, lineno, via)`` for every attribute chain the source takes from an
+    array namespace: kind "xp" after a name or attribute matching XP_NAME (``self.xp.linalg.norm``
+    -> ('linalg', 'norm'), via "self.xp") or after a ``get_array_module(...)`` call (any prefix:
+    ``backend.``; via "get_array_module()"); kind "cp" after the name ``cp`` (CuPy itself, via
+    "cp").  Each prefix of a chain comes too (``xp.linalg``)."""
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        root, attrs = _attribute_chain(node)
+        if isinstance(root, ast.Name):
+            names = [root.id, *attrs]
+            if root.id == "cp":
+                yield "cp", tuple(attrs), node.lineno, "cp"
+                continue
+            at = next((i for i, n in enumerate(names) if XP_NAME.fullmatch(n)), None)
+            if at is not None and at + 1 < len(names):
+                yield "xp", tuple(names[at + 1:]), node.lineno, ".".join(names[:at + 1])
+        elif _call_name(root) == "get_array_module":
+            yield "xp", tuple(attrs), node.lineno, "get_array_module()"
 
 
 def _resolve(mod, chain):
@@ -43,6 +79,57 @@ def _resolve(mod, chain):
     return True
 
 
+def missing_names(source: str, where: str, cupy, numpy=np, gpu_only_cuda: bool = False):
+    """The names of ``namespace_chains(source)`` missing from ``cupy`` (every chain) or ``numpy``
+    (the "xp" chains, but for ``xp.cuda.*`` where gpu_only_cuda: backend.py's GPU-only branch)."""
+    missing = set()
+    for kind, chain, line, _ in namespace_chains(source):
+        mods = (cupy,) if kind == "cp" or (gpu_only_cuda and chain[0] == "cuda") else (cupy, numpy)
+        for mod in mods:
+            if not _resolve(mod, chain):
+                missing.add(f"{where}:{line}: {kind}.{'.'.join(chain)} missing in {mod.__name__}")
+    return sorted(missing)
+
+
+FAKE_SOURCE = """
+def f(self, model, m, run, a, host_xp):
+    self.xp.exp(a); model.xp.linalg.norm(a); m.xp.random.bogus_rng(); run.xp.sum(a)
+    xp_.not_a_cupy_name(a); get_array_module(a).also_bogus(a); backend.get_array_module(a).zeros(3)
+    host_xp.asarray(a).bogus_method(); cp.cuda.no_such_thing(); cp.empty(3); xp.linalg.bogus_inv(a)
+    math.exp(a); np.bogus_numpy_name(a); exp.bogus_attribute
+"""
+
+
+def test_scanner_finds_every_spelling_of_the_namespace():
+    found = list(namespace_chains(FAKE_SOURCE))
+    assert {via for *_, via in found} == {"self.xp", "model.xp", "m.xp", "run.xp", "xp_", "get_array_module()",
+                                         "host_xp", "cp", "xp"}
+    chains = {(kind, chain) for kind, chain, *_ in found}
+    assert chains == {
+        ("xp", ("exp",)), ("xp", ("linalg",)), ("xp", ("linalg", "norm")), ("xp", ("random",)),
+        ("xp", ("random", "bogus_rng")), ("xp", ("sum",)), ("xp", ("not_a_cupy_name",)), ("xp", ("also_bogus",)),
+        ("xp", ("zeros",)), ("xp", ("asarray",)), ("cp", ("cuda",)), ("cp", ("cuda", "no_such_thing")),
+        ("cp", ("empty",)), ("xp", ("linalg", "bogus_inv")),
+    }
+
+
+def test_scanner_reports_names_missing_from_cupy():
+    """With a stand-in CuPy (so that this runs without CuPy too): the bogus names, and only
+    they, are reported; so the real test fails when the library calls a name CuPy lacks."""
+    fake_cupy = SimpleNamespace(__name__="cupy", exp=1, sum=1, zeros=1, asarray=1, empty=1,
+                                linalg=SimpleNamespace(norm=1), random=SimpleNamespace(),
+                                cuda=SimpleNamespace())
+    missing = missing_names(FAKE_SOURCE, "fake.py", fake_cupy)
+    reported = {line.split(": ", 1)[1] for line in missing}
+    assert reported == {
+        "xp.random.bogus_rng missing in cupy", "xp.random.bogus_rng missing in numpy",
+        "xp.not_a_cupy_name missing in cupy", "xp.not_a_cupy_name missing in numpy",
+        "xp.also_bogus missing in cupy", "xp.also_bogus missing in numpy",
+        "cp.cuda.no_such_thing missing in cupy",
+        "xp.linalg.bogus_inv missing in cupy", "xp.linalg.bogus_inv missing in numpy",
+    }
+
+
 def test_sources_found():
     assert len(SOURCES) >= 5
 
@@ -50,19 +137,19 @@ def test_sources_found():
 def test_every_xp_name_exists_in_cupy_and_numpy():
     cupy = pytest.importorskip("cupy", reason="cupy not installed (pip install cupy-cuda13x)")
     missing = []
-    seen = 0
+    seen = {"xp": 0, "cp": 0}
+    spellings = set()
     for path in SOURCES:
-        tree = ast.parse(path.read_text())
-        chains = {c for c in _xp_chains(tree)}
-        # xp.cuda / xp.random internals are only touched in backend.py (GPU-only branch)
-        for chain in chains:
-            seen += 1
-            if path.name == "backend.py" and chain[0] == "cuda":
-                continue
-            for mod in (cupy, np):
-                if not _resolve(mod, chain):
-                    missing.append(f"{path.relative_to(ROOT)}: xp.{'.'.join(chain)} missing in {mod.__name__}")
-    assert seen > 10
+        source = path.read_text()
+        for kind, _, _, via in namespace_chains(source):
+            seen[kind] += 1
+            spellings.add(via)
+        # xp.cuda internals are only touched in backend.py, in its GPU-only branch: CuPy only
+        backend_py = path.name == "backend.py"
+        missing += missing_names(source, str(path.relative_to(ROOT)), cupy, np, gpu_only_cuda=backend_py)
+    assert seen["xp"] > 10 and seen["cp"] > 3, seen
+    # the scan reaches past the plain xp. (test_scanner_finds_every_spelling_of_the_namespace: all)
+    assert {"xp", "self.xp", "get_array_module()", "cp"} <= spellings, spellings
     assert not missing, "\n".join(missing)
 
 

@@ -10,6 +10,10 @@ The launchers get NumPy host arrays, which the simulator accepts as device array
 start as NaN, so an element a kernel forgets to write fails the test.  The simulator runs every
 thread as a Python thread: the sizes are small, but chosen to cover several blocks along both
 grid axes (2-D block 32 x 8) and rows longer than the 128 threads of the KL reduction.
+
+The kernels that loop over a capped grid (grid-stride: bias_relu, winograd) are also run with
+``_dispatch.GRID_YZ_CAP`` lowered (monkeypatch), so that these small arrays take several strides
+along grid y and z, as arrays beyond 65,535 blocks do on a GPU.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported", allow_module_level=True)
 
-from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, im2col, reparam, winograd
+from jmvae_cupy.kernels import _dispatch, adam, bernoulli, bias_relu, gauss_kl, im2col, reparam, winograd
 
 from .kernel_checks import (
     DTYPES,
@@ -119,13 +123,73 @@ def test_bernoulli_kernel(rng, dtype, shape):
     check_bernoulli(ll, r, x, logits)
 
 
+def run_bias_relu_cuda(u, b, dy):
+    """The forward (on a copy of u) and the backward, with the scratch buffer backward_scratch asks
+    for, as launch() allocates it on a GPU (here NaN-filled: a partial sum left unwritten shows)."""
+    y = bias_relu._bias_relu_forward_cuda(u.copy(), b)
+    scratch = [np.full(shape, np.nan, dtype) for shape, dtype in bias_relu.backward_scratch(*dy.shape, dy.dtype)]
+    du, db = bias_relu._bias_relu_backward_cuda(dy, y, nans_like(dy), nans_like(b), *scratch)
+    return y, du, db, scratch
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1), (9, 140)])  # (9, 140): 5 x 2 blocks forward, 2 blocks of 128 backward
+@pytest.mark.parametrize("shape", [(1, 1), (9, 140)])  # (9, 140): 5 x 2 blocks of 32 x 8
 def test_bias_relu_kernels(rng, dtype, shape):
     u, b, dy = bias_relu_inputs(rng, *shape, dtype)
-    y = bias_relu._bias_relu_forward_cuda(u.copy(), b)
-    du, db = bias_relu._bias_relu_backward_cuda(dy, y, nans_like(dy), nans_like(b))
+    y, du, db, _ = run_bias_relu_cuda(u, b, dy)
     check_bias_relu(y, du, db, u, b, dy)
+
+
+# (M, D, grid cap): one row, one column, M not a multiple of the 8 rows of a block nor of the
+# 128 rows of a row block (P = ceil(M / 128) blocks of partial sums), D not a multiple of 32, a
+# larger M (P = 8 row blocks, capped at 3: 16 strides per thread).  Cap 3 (GRID_YZ_CAP lowered):
+# the forward's grid y (ceil(M / 8) blocks) and the backward's P are capped at 3, so each thread
+# strides over several row groups, as at M > 8 * 65,535 on a GPU.  (The simulator takes ~0.1 s
+# per block: the uncapped shapes stay small.)
+BIAS_RELU_CASES = [(1, 1, None), (1, 70, None), (260, 33, None), (1, 1, 3), (300, 1, 3), (129, 33, 3),
+                   (1000, 70, 3)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M, D, cap", BIAS_RELU_CASES, ids=[f"{m}x{d}-cap{c}" for m, d, c in BIAS_RELU_CASES])
+def test_bias_relu_kernels_stride_over_rows(rng, dtype, M, D, cap, monkeypatch):
+    """Forward and backward against the oracle for any M and D, grid y capped or not."""
+    if cap is not None:
+        monkeypatch.setattr(_dispatch, "GRID_YZ_CAP", cap)
+    u, b, dy = bias_relu_inputs(rng, M, D, dtype)
+    y, du, db, scratch = run_bias_relu_cuda(u, b, dy)
+    check_bias_relu(y, du, db, u, b, dy)
+    P = bias_relu.row_blocks(M)
+    assert P == min(-(-M // 128), cap or 65535)
+    assert [s.shape for s in scratch] == ([(P, D)] if P > 1 else [])
+    if P > 1:  # db is the partials added in the second launch's fixed order, bit for bit
+        np.testing.assert_array_equal(db, ordered_column_sums(scratch[0]))
+
+
+def ordered_column_sums(part):
+    """The second backward launch's order: thread row ty adds the partials ty, ty + 8, ... in
+    turn, then the 8 thread rows are added in order (no atomics: the same bits every run)."""
+    acc = np.zeros((8, part.shape[1]), part.dtype)
+    for ty in range(8):
+        for p in range(ty, part.shape[0], 8):
+            acc[ty] += part[p]
+    total = acc[0].copy()
+    for k in range(1, 8):
+        total += acc[k]
+    return total
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("P", [2, 5])
+def test_bias_relu_backward_any_number_of_row_blocks(rng, dtype, P):
+    """The launcher takes P from the scratch buffer: more row blocks than rows (idle blocks write
+    zero partials) and fewer (strides) both give the oracle's du and db."""
+    u, b, dy = bias_relu_inputs(rng, 3, 40, dtype)
+    y = bias_relu.bias_relu_forward_ref(u, b)
+    part = nans_like(dy, (P, 40))
+    du, db = bias_relu._bias_relu_backward_cuda(dy, y, nans_like(dy), nans_like(b), part)
+    check_bias_relu(y, du, db, u, b, dy)
+    assert not np.isnan(part).any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -140,11 +204,9 @@ def test_im2col_kernels(rng, case, dtype):
     check_col2im(out, col, x.shape[1:3], geometry)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_winograd_kernels(rng, dtype):
-    """The four data transforms equal the plain-xp references bit for bit (they only add and
-    subtract, in the same order); (2, 8, 4, 3): border and inner windows, 2 blocks of 256."""
-    n, h, w, b, a = 2, 8, 4, 3, 5
+def check_winograd_cuda(rng, dtype, n, h, w, b, a):
+    """The four CUDA data transforms equal the plain-xp references bit for bit (they only add and
+    subtract, in the same order)."""
     x = rng.standard_normal((n, h, w, b)).astype(dtype)
     V = winograd.wino_input_ref(x)
     got = winograd._input_cuda(x, nans_like(V, (3, 3, n, h // 4, w // 4, 2, 2, b)))
@@ -159,3 +221,21 @@ def test_winograd_kernels(rng, dtype):
     dM6 = nans_like(M, (3, 3, n, h // 4, w // 4, a))
     winograd._output_cuda(dM6, y, True)
     np.testing.assert_array_equal(dM6.reshape(M.shape), winograd.wino_output_adj_ref(y))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_kernels(rng, dtype):
+    """(2, 8, 4, 3): border and inner windows, 2 blocks of 256."""
+    check_winograd_cuda(rng, dtype, 2, 8, 4, 3, 5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cap", [1, 2])
+def test_winograd_kernels_stride_over_y_and_z(rng, dtype, cap, monkeypatch):
+    """GRID_YZ_CAP lowered to 1 or 2 blocks: every kernel strides along grid y (4 TH TW = 40, W = 20,
+    OW = 10, TH TW = 10 threads: 2 to 5 blocks of 8) and z (9 N = 18, N H = 16, N OH = 8 blocks of
+    1), as at a batch beyond 65,535 blocks on a GPU; 33 channels: 2 blocks along x."""
+    monkeypatch.setattr(_dispatch, "GRID_YZ_CAP", cap)
+    blocks, _ = winograd._grid(33, 40, 18)
+    assert blocks == (2, cap, cap)
+    check_winograd_cuda(rng, dtype, 2, 8, 20, 33, 3)

@@ -59,3 +59,16 @@ def test_bad_arguments():
         bias_relu_backward(a, np.zeros((2, 4), np.float32))
     with pytest.raises(KernelArgumentError, match="dtypes"):
         bias_relu_backward(a, a.astype(np.float64))
+
+
+def test_backward_asks_launch_for_the_cuda_partial_sums(monkeypatch):
+    """On CuPy the backward needs a (P, D) buffer of per-block partial sums, P = ceil(M / 128):
+    the public function asks launch() for it (allocated on the CUDA path only), none for P = 1."""
+    from jmvae_cupy.kernels import bias_relu
+
+    asked = []
+    monkeypatch.setattr(bias_relu, "launch", lambda *args, cuda_scratch=(), **kw: asked.append(cuda_scratch))
+    for m in (64, 1000):
+        a = np.zeros((m, 3), np.float32)
+        bias_relu_backward(a, a)
+    assert asked == [[], [((8, 3), np.float32)]]

@@ -4,7 +4,9 @@
   (NUMBA_ENABLE_CUDASIM=1 must be set before numba.cuda is first imported: never in this process);
 * cuda_ptx_cases.py: every kernel compiles to PTX for sm_80 and sm_90 in float32 and float64
   (compile_ptx needs the real numba.cuda, so NUMBA_ENABLE_CUDASIM is removed there);
-* importing the kernels, or running them on NumPy arrays, does not import numba.cuda.
+* importing the kernels, or running them on NumPy arrays, does not import numba.cuda;
+* numba-cuda's low-occupancy warning is silenced by ``_dispatch.low_occupancy_warnings_off``
+  (the real numba.cuda's launch configuration, built without a GPU) and only there.
 
 Each subprocess must pass and must have run at least one test: a module that skips itself, or
 collects nothing, fails here (except the PTX cases when NVVM is genuinely missing).
@@ -73,3 +75,35 @@ def test_kernels_import_numba_cuda_only_when_launching_on_the_gpu():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_low_occupancy_warning_is_off_only_inside_the_package_launches():
+    """numba-cuda warns at the launch configuration (``kernel[blocks, threads]``) of a grid under
+    128 blocks; inside low_occupancy_warnings_off it must not, outside it still does.  Builds
+    numba-cuda's private _LaunchConfiguration (no GPU needed): skipped where that class is gone,
+    in which case the switch must be checked again against the new numba-cuda."""
+    script = (
+        "import warnings, numba\n"
+        "from numba.cuda import dispatcher\n"
+        "from jmvae_cupy.kernels._dispatch import low_occupancy_warnings_off\n"
+        "if not hasattr(dispatcher, '_LaunchConfiguration'):\n"
+        "    print('SKIP'); raise SystemExit\n"
+        "def configure():\n"
+        "    with warnings.catch_warnings(record=True) as w:\n"
+        "        warnings.simplefilter('always')\n"
+        "        dispatcher._LaunchConfiguration(None, (1, 1, 1), (32, 1, 1), 0, 0)\n"
+        "    return [str(x.message) for x in w if 'occupancy' in str(x.message)]\n"
+        "assert configure(), 'numba-cuda no longer warns: the test checks nothing'\n"
+        "with low_occupancy_warnings_off():\n"
+        "    assert not configure(), configure()\n"
+        "assert configure(), 'the warning stayed off after the package launch'\n"
+        "print('OK')\n"
+    )
+    unset = ("NUMBA_ENABLE_CUDASIM", "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if proc.stdout.strip() == "SKIP":
+        pytest.skip("numba-cuda has no _LaunchConfiguration: check low_occupancy_warnings_off by hand")
+    assert proc.stdout.strip() == "OK", proc.stdout

@@ -106,3 +106,57 @@ def test_all_finite_takes_host_scalars_with_device_arrays(rng):
     assert not all_finite([np.float64(np.nan), g])
     g[3, 4] = np.inf
     assert not all_finite([np.float64(1.5), g])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_relu_on_cupy_arrays_beyond_65535_row_blocks(rng, dtype):
+    """M = 1024 * 512 rows (the CelebA 64x64 -> 32x32 layers at batch 512: 65,536 blocks of 8 rows,
+    one more than grid y allows): forward and backward launch and match the oracle; the column
+    sums are the same bits on a second run (no atomics)."""
+    from jmvae_cupy.kernels.bias_relu import bias_relu_backward, bias_relu_forward
+
+    from .kernel_checks import bias_relu_inputs, check_bias_relu
+
+    u, b, dy = bias_relu_inputs(rng, 1024 * 512, 64, dtype)
+    ug, bg, dyg = on_gpu(u, b, dy)
+    y = bias_relu_forward(ug, bg)
+    du, db = bias_relu_backward(dyg, y)
+    _, db2 = bias_relu_backward(dyg, y)
+    check_bias_relu(asnumpy(y), asnumpy(du), asnumpy(db), u, b, dy)
+    np.testing.assert_array_equal(asnumpy(db2), asnumpy(db))
+
+
+def test_winograd_transforms_on_cupy_arrays_beyond_65535_z_blocks(rng):
+    """N = 7,300 images of 20x20: every data transform's z extent (9 N, N H, N OH) passes 65,535
+    blocks; the CUDA kernels stride over it and equal the plain-xp references bit for bit."""
+    from jmvae_cupy.kernels import winograd as wg
+
+    n, h, w, b, a = 7300, 20, 20, 2, 3
+    assert min(9 * n, n * h, n * h // 2) > 65535
+    x = rng.standard_normal((n, h, w, b)).astype(np.float32)
+    M = rng.standard_normal((9, n * (h // 4) * (w // 4), a)).astype(np.float32)
+    (xg, Mg) = on_gpu(x, M)
+    V = wg.wino_input(xg)
+    np.testing.assert_array_equal(asnumpy(V), asnumpy(wg.wino_input_ref(xg)))
+    np.testing.assert_array_equal(asnumpy(wg.wino_input_adj(V, n, h, w)), asnumpy(wg.wino_input_adj_ref(V, n, h, w)))
+    y = wg.wino_output(Mg, n, h // 2, w // 2)
+    np.testing.assert_array_equal(asnumpy(y), asnumpy(wg.wino_output_ref(Mg, n, h // 2, w // 2)))
+    np.testing.assert_array_equal(asnumpy(wg.wino_output_adj(y)), asnumpy(wg.wino_output_adj_ref(y)))
+
+
+def test_package_launches_print_no_low_occupancy_warning(rng):
+    """A small launch (1 block) through the public API warns nothing; the user's own setting is
+    untouched afterwards."""
+    import warnings
+
+    import numba
+
+    from jmvae_cupy.kernels.bias_relu import bias_relu_backward, bias_relu_forward
+
+    before = numba.config.CUDA_LOW_OCCUPANCY_WARNINGS
+    u, b = on_gpu(rng.standard_normal((4, 8)).astype(np.float32), np.zeros(8, np.float32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bias_relu_backward(u, bias_relu_forward(u, b))
+    assert not [w for w in caught if "occupancy" in str(w.message)], [str(w.message) for w in caught]
+    assert numba.config.CUDA_LOW_OCCUPANCY_WARNINGS == before
