@@ -193,7 +193,8 @@ def test_bias_relu_backward_any_number_of_row_blocks(rng, dtype, P):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", [IM2COL_CASES[i] for i in (0, 1, 3)], ids=["s1p0C1", "s2p1C3", "s12p2C3"])
+@pytest.mark.parametrize("case", [IM2COL_CASES[i] for i in (0, 1, 2, 3)],
+                         ids=["s1p0C1", "s2p1C3", "s21p21C8", "s12p2C3"])  # (2: unequal paddings, strides)
 def test_im2col_kernels(rng, case, dtype):
     # several 256-thread blocks, the last partly idle (the simulator takes C-contiguous host
     # arrays only; strided views are covered by the CPU twin's tests, same layout-'A' code)
