@@ -26,7 +26,7 @@ import numpy as np
 from .backend import asnumpy
 from .cli import guarded, one_line
 from .evaluate import NAMES, EvaluateError, generation_chain, latent_means, load_run, loglik_vs_iterations, run_config
-from .fsutil import temp_beside
+from .fsutil import probe_writable
 from .rng import Rng
 from .viz import save_grid, save_line_plot, save_scatter
 
@@ -57,11 +57,9 @@ def make_out_dir(out: str, made: list) -> None:
     finally:
         made.extend(d for d in missing if os.path.isdir(d))
     try:
-        fd, tmp = temp_beside(out, prefix=".tmp-", suffix=".png")  # what each atomic PNG write does
+        probe_writable(out, suffix=".png")  # what each atomic PNG write does
     except OSError as e:
         raise EvaluateError(f"cannot write in output directory {out}: {e.strerror or one_line(e)}") from None
-    os.close(fd)
-    os.unlink(tmp)
 
 
 def remove_if_empty(made: list) -> None:

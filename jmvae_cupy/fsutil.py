@@ -24,3 +24,11 @@ def temp_beside(directory, prefix: str, suffix: str = ".tmp"):
     fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     os.fchmod(fd, _default_mode())
     return fd, path
+
+
+def probe_writable(directory, suffix: str = ".tmp") -> None:
+    """Create and remove a temporary file in ``directory`` (what every atomic write there does
+    first): raises the OSError an atomic write would meet, before any work is spent."""
+    fd, path = temp_beside(directory, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    os.unlink(path)

@@ -43,7 +43,7 @@ from .backend import BackendError, select_device, to_device
 from .checkpoint import CheckpointError, load_latest, restore_arrays
 from .cli import guarded, one_line
 from .data import DataError
-from .fsutil import temp_beside
+from .fsutil import probe_writable
 from .inference import w_from_x, x_from_w
 from .models import ModelError, build_model
 from .rng import Rng
@@ -289,11 +289,9 @@ def check_out(out: str) -> None:
     if not os.path.isdir(d):
         raise GenerateError(f"--out {out}: no such directory")
     try:
-        fd, tmp = temp_beside(d, prefix=".tmp-", suffix=".png")  # what the atomic write will do
+        probe_writable(d, suffix=".png")  # what the atomic write will do
     except OSError as e:
         raise GenerateError(f"--out {out}: cannot write in {d} ({e.strerror or one_line(e)})") from None
-    os.close(fd)
-    os.unlink(tmp)
 
 
 def write_grid(grid, out: str) -> None:

@@ -43,6 +43,7 @@ from .checkpoint import save as save_checkpoint
 from .cli import describe
 from .data import DataError, binarize, binarized_test_set, iterate_batches, load_mnist, one_hot
 from .distributed import DataParallel, DistributedError, GlobalNoiseRng, StepMean, init_distributed, rows_of
+from .fsutil import probe_writable
 from .hostmem import keep_freed_memory
 from .inference import x_from_w
 from .kernels.finite import all_finite
@@ -215,11 +216,8 @@ def prepare_run_dir(out: str, resume: bool):
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise TrainError(f"cannot create output directory {out}: {e.strerror}") from None
-    probe = os.path.join(out, ".write-test")
     try:
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.unlink(probe)
+        probe_writable(out)
     except OSError as e:
         raise TrainError(f"output directory {out} is not writable: {e.strerror}") from None
     lock = lock_run_dir(out)

@@ -111,7 +111,7 @@ def test_figures_leave_no_empty_out_directory(tiny_run, tmp_path, capsys, monkey
     traceback, and so was a figure that could not be written."""
     import errno
 
-    from jmvae_cupy import figures
+    from jmvae_cupy import figures, fsutil
 
     out = tmp_path / "new" / "figs"
     assert evaluate.main(["figures", tiny_run, str(tmp_path / "missing"), "--out", str(out)]) == 1
@@ -121,7 +121,7 @@ def test_figures_leave_no_empty_out_directory(tiny_run, tmp_path, capsys, monkey
     def refuse(directory, prefix, suffix=".tmp"):
         raise PermissionError(errno.EACCES, "Permission denied", f"{directory}/{prefix}abc{suffix}")
 
-    monkeypatch.setattr(figures, "temp_beside", refuse)
+    monkeypatch.setattr(fsutil, "temp_beside", refuse)  # (the probe: fsutil.probe_writable)
     assert evaluate.main(["figures", tiny_run, "--out", str(out), "--no-progress"]) == 1
     _one_line(capsys, f"cannot write in output directory {out}: Permission denied")
     assert not (tmp_path / "new").exists()  # both levels it made are gone again

@@ -183,11 +183,12 @@ def test_an_unwritable_out_directory_is_refused_before_any_work(runs, tmp_path, 
     import errno
 
     import jmvae_cupy.generate as G
+    from jmvae_cupy import fsutil
 
     def refuse(directory, prefix, suffix=".tmp"):
         raise PermissionError(errno.EACCES, "Permission denied", str(directory) + "/" + prefix + "abc" + suffix)
 
-    monkeypatch.setattr(G, "temp_beside", refuse)
+    monkeypatch.setattr(fsutil, "temp_beside", refuse)  # (the probe: fsutil.probe_writable)
     monkeypatch.setattr(G, "Run", lambda *a, **k: pytest.fail("the run was loaded before --out was checked"))
     assert main([str(runs["kl"]), "faces", "--attrs", "Smiling", "--out", str(tmp_path / "x.png")]) == 1
     _one_line(capsys, f"--out {tmp_path / 'x.png'}: cannot write in {tmp_path} (Permission denied)")
