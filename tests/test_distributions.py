@@ -17,6 +17,12 @@ from jmvae_cupy.distributions import (
     standard_normal_loglik,
 )
 from jmvae_cupy.gradcheck import check_gradients, dot
+from jmvae_cupy.kernels.reparam import (
+    reparam_backward,
+    reparam_backward_ref,
+    reparam_forward,
+    reparam_forward_ref,
+)
 from jmvae_cupy.rng import Rng
 
 TOL = 1e-8
@@ -119,3 +125,49 @@ def test_samplers_follow_their_distributions():
     ws = Categorical.sample(np.tile(np.log([[0.2, 0.3, 0.5]]), (20000, 1)), r)
     assert np.all(ws.sum(1) == 1)
     np.testing.assert_allclose(ws.mean(0), [0.2, 0.3, 0.5], atol=0.015)
+
+
+def test_fixed_gaussian_value_at_a_variance_other_than_one(rng):
+    """ll_n = -0.5 sum_d [log(2 pi var) + (x - mu)^2 / var]: the normaliser depends on var too (at
+    var = 1 a missing log var is invisible)."""
+    x, mu = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
+    for var in (0.3, 2.5):
+        ll, _ = FixedVarGaussian(var=var).loglik(x, mu)
+        want = -0.5 * (np.log(2 * np.pi * var) + (x - mu) ** 2 / var).sum(axis=1)
+        np.testing.assert_allclose(ll, want, rtol=1e-13)
+    # one worked number: D = 1, x = mu, var = 0.3: -0.5 log(0.6 pi)
+    ll, _ = FixedVarGaussian(var=0.3).loglik(np.zeros((1, 1)), np.zeros((1, 1)))
+    assert math.isclose(float(ll[0]), -0.5 * math.log(0.6 * math.pi), rel_tol=1e-14)
+
+
+REPARAM_FORWARDS = [reparam_forward, reparam_forward_ref]
+
+
+@pytest.mark.parametrize("forward", REPARAM_FORWARDS, ids=["dispatch", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reparameterisation_is_mu_plus_standard_deviation_times_eps(forward, dtype):
+    """z = mu + sqrt(var) eps, by hand: var = 4, 0.25, 9, 1 have standard deviations 2, 0.5, 3, 1."""
+    mu = np.array([[1.0, -2.0], [0.5, 3.0]], dtype)
+    var = np.array([[4.0, 0.25], [9.0, 1.0]], dtype)
+    eps = np.array([[0.5, -2.0], [-1.0, 0.75]], dtype)
+    want = np.array([[1.0 + 2.0 * 0.5, -2.0 + 0.5 * -2.0], [0.5 + 3.0 * -1.0, 3.0 + 1.0 * 0.75]])
+    z = forward(mu, var, eps)
+    assert z.dtype == dtype
+    np.testing.assert_array_equal(z, want.astype(dtype))
+    # and on random values: the sample has standard deviation sqrt(var) around mu
+    r = np.random.default_rng(5)
+    mu, var, eps = r.standard_normal((6, 7)), r.uniform(0.05, 5.0, (6, 7)), r.standard_normal((6, 7))
+    z = forward(mu.astype(dtype), var.astype(dtype), eps.astype(dtype))
+    np.testing.assert_allclose(z, mu + np.sqrt(var) * eps, rtol=1e-5 if dtype == np.float32 else 1e-14,
+                               atol=1e-5 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("backward", [reparam_backward, reparam_backward_ref], ids=["dispatch", "reference"])
+def test_reparameterisation_backward_by_hand(backward):
+    """dz/dmu = 1, dz/dvar = eps / (2 sqrt(var)): var = 4, eps = 0.5, dz = 3 -> dvar = 3 * 0.5 / 4."""
+    dz = np.array([[3.0, -1.0]])
+    var = np.array([[4.0, 0.25]])
+    eps = np.array([[0.5, -2.0]])
+    dmu, dvar = backward(dz, var, eps)
+    np.testing.assert_array_equal(dmu, dz)
+    np.testing.assert_allclose(dvar, [[3.0 * 0.5 / 4.0, -1.0 * -2.0 / 1.0]], rtol=1e-15)

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from jmvae_cupy import checkpoint
-from jmvae_cupy.train import main
+from jmvae_cupy.data.__main__ import main as data_main
+from jmvae_cupy.distributed import GlobalNoiseRng, rows_of
+from jmvae_cupy.layers.batchnorm import MOMENTUM
+from jmvae_cupy.rng import Rng
+from jmvae_cupy.train import Trainer, beta_at, build_parser, config_from_args, main
+from tests.data.test_celeba import make_celeba
 
 FAST = ["--train-subset", "300", "--no-progress", "--device", "cpu", "--sample-every", "1"]
 
@@ -188,3 +193,70 @@ def test_micro_batches_must_divide_the_batch(tmp_path, capsys):
     assert main(["mnist", "--micro-batches", "0", "--out", str(tmp_path / "r")] + FAST) == 1
     assert _err(capsys) == "error: --micro-batches must be >= 1, got 0"
     assert not (tmp_path / "r").exists()
+
+
+
+# ---------------------------------------------------------------------------- warm-up
+def test_beta_rises_linearly_from_zero_to_one_over_the_warmup():
+    assert beta_at(0, 3) == 0.0
+    assert beta_at(1.5, 3) == 0.5
+    assert beta_at(0.75, 3) == 0.25
+    assert beta_at(3, 3) == 1.0
+    assert beta_at(5, 3) == 1.0
+    assert beta_at(0, 0) == beta_at(2.5, 0) == 1.0  # no warm-up: the bound from the first step
+
+
+def test_steps_use_the_warm_up_beta_and_metrics_record_it(tmp_path, monkeypatch):
+    """3 steps per epoch (300 digits, batches of 100), --warmup 2: step s of epoch e (from 0) trains with
+    beta = (e + s/3) / 2, and the metrics line of epoch e records the beta reached at its end, e / 2."""
+    seen = []
+    part = Trainer._part
+
+    def spy(self, x, w, rng, beta):
+        seen.append(beta)
+        return part(self, x, w, rng, beta)
+    monkeypatch.setattr(Trainer, "_part", spy)
+    out = tmp_path / "run"
+    assert main(["mnist", "--variant", "jmvae", "--epochs", "2", "--warmup", "2", "--out", str(out)] + FAST) == 0
+    np.testing.assert_allclose(seen, [0.0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6], rtol=1e-15, atol=0)
+    assert [json.loads(ln)["beta"] for ln in open(out / "metrics.jsonl")] == [0.5, 1.0]
+
+
+# ---------------------------------------------------------------------------- micro-batches and batch norm
+def test_micro_batches_average_the_batch_norm_statistics_of_chunks_from_the_same_start(tmp_path):
+    """--micro-batches 2 on a CelebA model with batch norm: every chunk's forward starts from the
+    step's running statistics s0, and the step leaves the mean of what the two chunks left,
+    (1 - m) s0 + m (b_0 + b_1) / 2 -- not the statistics of the chunks applied one after the other,
+    nor those of the last chunk alone.  Each chunk's result is rebuilt here by a forward of the model
+    on that chunk alone, from s0, with that chunk's rows of the batch's noise."""
+    src, h5 = tmp_path / "src", tmp_path / "celeba32.h5"
+    make_celeba(src, n=20)
+    assert data_main(["prepare", "celeba", str(src), "--out", str(h5), "--size", "32", "--no-progress"]) == 0
+    args = build_parser().parse_args(["celeba", "--variant", "kl", "--data", str(h5), "--width-scale", "0.0625",
+                                      "--batch-size", "8", "--latent", "4", "--micro-batches", "2",
+                                      "--dtype", "float64", "--device", "cpu"])
+    trainer = Trainer(config_from_args(args), str(tmp_path / "run"), device="cpu", progress=False,
+                      log=lambda *a, **k: None)
+    model = trainer.model
+    assert any(".mean" in k for k in model.state)  # batch norm is there
+    _, batch = trainer._epoch_batches()
+    x, w = batch(0)
+    assert len(x) == 8
+    s0 = {k: v.copy() for k, v in model.state.items()}
+    noise0 = trainer.noise_rng.get_state()
+    trainer._step_grads(x, w, 0.5)
+    after = {k: v.copy() for k, v in model.state.items()}
+    left = []
+    for k in range(2):  # each chunk on its own, from s0
+        for name, v in model.state.items():
+            v[...] = s0[name]
+        r = Rng(0)
+        r.set_state(noise0)
+        model.loss_and_grads(rows_of(x, k, 2), rows_of(w, k, 2), GlobalNoiseRng(r, k, 2), beta=0.5)
+        left.append({name: v.copy() for name, v in model.state.items()})
+    for name in s0:
+        want = (left[0][name] + left[1][name]) / 2
+        np.testing.assert_allclose(after[name], want, rtol=1e-12, atol=1e-14, err_msg=name)
+        if name.endswith(".mean"):  # the chunks' batch means b_k differ: the test can tell the schemes apart
+            b = [(left[k][name] - (1 - MOMENTUM) * s0[name]) / MOMENTUM for k in range(2)]
+            assert np.abs(b[0] - b[1]).max() > 1e-6, name

@@ -150,3 +150,20 @@ def test_training_dx_against_shifts_and_scales(rng):
     xc = x - x.mean(axis=(0, 2, 3), keepdims=True)
     var = x.var(axis=(0, 2, 3))
     assert rel_error((dx * xc).sum(axis=(0, 2, 3)), gamma * g["gamma"] * EPS / (var + EPS)) < 1e-9
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (1, 4, 1, 1)])
+def test_a_one_row_batch_trains_and_blends_the_running_var_with_zero(rng, shape):
+    """M = 1 value per channel: mu = x, the biased batch variance is 0, xhat = 0 so y = beta, and the
+    unbiased estimate var M / (M - 1) is undefined: the convention (module docstring: "M = 1 keeps
+    var") stores the batch variance, 0, so the running var is (1 - momentum) var0 + momentum * 0."""
+    x, gamma, beta = _inputs(rng, shape)
+    C = shape[1]
+    state = _state(C, mean=0.5, var=2.0)
+    y, cache = batchnorm_forward(x, gamma, beta, state, train=True)
+    np.testing.assert_array_equal(y.reshape(C), beta)
+    np.testing.assert_allclose(state["mean"], (1 - MOMENTUM) * 0.5 + MOMENTUM * x.reshape(C), rtol=1e-15)
+    np.testing.assert_allclose(state["var"], (1 - MOMENTUM) * 2.0, rtol=1e-15)
+    dx, g = batchnorm_backward(rng.standard_normal(shape), cache)
+    np.testing.assert_array_equal(dx, 0.0)  # y does not depend on x when the batch has one row
+    assert np.all(np.isfinite(g["gamma"])) and np.all(np.isfinite(g["beta"]))

@@ -63,3 +63,16 @@ def test_baselines_build_on_mnist_and_reject_bad_arguments():
         build_model(ARCH, "cvae", direction="sideways")
     with pytest.raises(ModelError, match="baselines"):
         build_model(ARCH, "kl", direction="label2image")
+
+
+@pytest.mark.parametrize("direction", ["label2image", "image2label"])
+def test_cvae_prior_is_the_standard_normal(direction):
+    """The CVAE's p(z) is N(0, I) whatever the condition: mean exactly 0, variance exactly 1."""
+    for dtype in ("float64", "float32"):
+        model = build_model(ARCH, "cvae", seed=1, dtype=dtype, device="cpu", direction=direction)
+        x, w = (a.astype(dtype) for a in _batch(5))
+        _, cond = model.split(x, w)
+        mu, var = model.prior(cond)
+        assert mu.shape == var.shape == (5, ARCH.latent) and mu.dtype == var.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(mu, 0.0)
+        np.testing.assert_array_equal(var, 1.0)

@@ -134,3 +134,87 @@ def test_build_model_rejects_an_alpha_that_leaves_no_bound(alpha):
     assert build_model(ARCH, "kl", alpha=0).alpha == 0.0  # 0 switches the two terms off: allowed
     assert build_model(ARCH, "kl", alpha="0.5").alpha == 0.5  # (a number in a string, as before)
     build_model(ARCH, "jmvae", alpha=-0.5)
+
+
+# ---------------------------------------------------------------------------- the objective, written out
+def _kl_gauss(m1, v1, m2, v2):
+    """KL(N(m1, diag v1) || N(m2, diag v2)) per row, in closed form (plain NumPy)."""
+    return 0.5 * (np.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1.0).sum(axis=1)
+
+
+@pytest.mark.parametrize("variant", ["jmvae", "kl", "h"])
+def test_warm_up_weight_multiplies_every_kl_term(variant):
+    """The paper's objectives with the warm-up weight beta on every KL (and alpha on JMVAE-kl's two
+    extra ones), written out by hand: beta = 0.3, alpha = 0.5 -> the extra KLs weigh 0.15."""
+    beta, alpha = 0.3, 0.5
+    expected = {"jmvae": {"rec_x": 1.0, "rec_w": 1.0, "kl": -0.3},
+                "kl": {"rec_x": 1.0, "rec_w": 1.0, "kl": -0.3, "kl_x": -0.15, "kl_w": -0.15},
+                "h": {"rec_x": 1.0, "rec_w": 1.0, "kl_z2": -0.3, "kl_z1": -0.3}}[variant]
+    model = build_model(ARCH, variant, seed=1, dtype="float64", device="cpu", alpha=alpha)
+    assert model.coefficients(beta) == pytest.approx(expected, rel=1e-15)
+    x, w = _batch(6)
+    loss, terms, _ = model.loss_and_grads(x, w, Rng(5), beta=beta)
+    t = {k: float(v) for k, v in terms.items()}
+    if variant == "jmvae":
+        objective = t["rec_x"] + t["rec_w"] - beta * t["kl"]
+    elif variant == "kl":
+        objective = t["rec_x"] + t["rec_w"] - beta * t["kl"] - beta * alpha * (t["kl_x"] + t["kl_w"])
+    else:
+        objective = t["rec_x"] + t["rec_w"] - beta * t["kl_z2"] - beta * t["kl_z1"]
+    assert np.isclose(float(loss), -objective, rtol=1e-13, atol=0)
+    assert all(t[k] > 0 for k in expected if k.startswith("kl"))  # (so a dropped beta would show)
+
+
+@pytest.mark.parametrize("variant", ["jmvae", "kl", "h"])
+def test_kl_terms_are_the_closed_form_of_the_encoders_outputs(variant):
+    """Eval mode: each KL term is the batch mean of the closed-form Gaussian KL, in the paper's
+    direction: KL(q(z|x,w) || N(0, I)), KL(q(z|x,w) || q(z|x)), KL(q(z|x,w) || q(z|w));
+    JMVAE-h: KL(q(z2|x,w) || N(0, I)) and KL(q(z1|x,w) || p(z1|z2)), here with p(z1|z2) made
+    independent of z2 (first layer of pz1.net zeroed) so that it has a closed form too."""
+    model = build_model(ARCH, variant, seed=2, dtype="float64", device="cpu", alpha=0.7)
+    _perturb_biases(model, seed=4)
+    x, w = _batch(5)
+    L = ARCH.latent
+    zeros, ones = np.zeros((5, L)), np.ones((5, L))
+    if variant == "h":
+        model.params["pz1.net.0.W"][...] = 0.0
+    _, terms, _ = model.loss_and_grads(x, w, Rng(3), train=False)
+    mu, var = model.encode(x, w)
+    want = {}
+    if variant == "h":
+        h, _ = model.trunk_forward(x, w, False)
+        mu2, var2 = model.run("qz2.head", model.run("qz2.net", h, False)[0], False)[0]
+        pm, pv = model.run("pz1.head", model.run("pz1.net", np.zeros((5, L)), False)[0], False)[0]
+        want["kl_z2"] = _kl_gauss(mu2, var2, zeros, ones)
+        want["kl_z1"] = _kl_gauss(mu, var, pm, pv)
+        reverse = _kl_gauss(pm, pv, mu, var)
+    else:
+        want["kl"] = _kl_gauss(mu, var, zeros, ones)
+    if variant == "kl":
+        mux, varx = model.encode_x(x)
+        muw, varw = model.encode_w(w)
+        want["kl_x"] = _kl_gauss(mu, var, mux, varx)
+        want["kl_w"] = _kl_gauss(mu, var, muw, varw)
+        reverse = _kl_gauss(mux, varx, mu, var)
+        assert not np.isclose(_kl_gauss(muw, varw, mu, var).mean(), want["kl_w"].mean(), rtol=1e-3)
+    for k, v in want.items():
+        np.testing.assert_allclose(float(terms[k]), v.mean(), rtol=1e-12, err_msg=k)
+    if variant != "jmvae":  # the test can tell the two directions apart on these numbers
+        k = "kl_z1" if variant == "h" else "kl_x"
+        assert not np.isclose(reverse.mean(), want[k].mean(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["jmvae", "kl", "h"])
+def test_reported_elbo_is_the_bound_on_log_p_x_w(variant):
+    """terms["elbo"] is the bound of log p(x, w) itself (beta = 1): rec_x + rec_w - KL(q(z|x,w)||p(z))
+    -- JMVAE-kl's extra KLs are regularisers of its objective, not part of the bound; JMVAE-h
+    subtracts both of its KLs -- whatever beta the step used."""
+    model = build_model(ARCH, variant, seed=1, dtype="float64", device="cpu", alpha=0.5)
+    x, w = _batch(6)
+    for beta in (0.3, 1.0):
+        _, terms, _ = model.loss_and_grads(x, w, Rng(5), beta=beta)
+        t = {k: float(v) for k, v in terms.items()}
+        kl = t["kl_z2"] + t["kl_z1"] if variant == "h" else t["kl"]
+        assert np.isclose(t["elbo"], t["rec_x"] + t["rec_w"] - kl, rtol=1e-14, atol=0)
+        if variant == "kl":
+            assert t["kl_x"] > 0 and t["kl_w"] > 0
