@@ -12,6 +12,11 @@ from __future__ import annotations
 import os
 import tempfile
 
+try:
+    import fcntl
+except ImportError:  # (not POSIX: no locks)
+    fcntl = None
+
 
 def _default_mode() -> int:
     umask = os.umask(0)
@@ -32,3 +37,23 @@ def probe_writable(directory, suffix: str = ".tmp") -> None:
     fd, path = temp_beside(directory, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     os.unlink(path)
+
+
+def try_lock(path):
+    """Open ``path`` (created if missing) and take an exclusive ``flock`` on it without waiting.
+
+    Returns the open file (keep it: closing it, or the process ending however it ends, releases
+    the lock), or None when another process holds the lock.  Where the file system has no locks
+    (or the platform no ``fcntl``), the file is returned unlocked: the work goes on unguarded
+    rather than not at all.  Raises the OSError of ``open`` (a missing or read-only directory)."""
+    f = open(path, "a+")
+    if fcntl is None:
+        return f
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    except OSError:
+        pass  # (ENOLCK and the like: a file system without locks)
+    return f

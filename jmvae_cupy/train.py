@@ -25,11 +25,9 @@ Both go through ``distributed.StepMean`` (docs/distributed.md); without them a s
 from __future__ import annotations
 
 import argparse
-import fcntl
 import glob
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -43,7 +41,7 @@ from .checkpoint import save as save_checkpoint
 from .cli import describe
 from .data import DataError, binarize, binarized_test_set, iterate_batches, load_mnist, one_hot
 from .distributed import DataParallel, DistributedError, GlobalNoiseRng, StepMean, init_distributed, rows_of
-from .fsutil import probe_writable
+from .fsutil import probe_writable, try_lock
 from .hostmem import keep_freed_memory
 from .inference import x_from_w
 from .kernels.finite import all_finite
@@ -194,14 +192,11 @@ def lock_run_dir(out: str):
     """Hold ``out/.lock`` (an exclusive flock, released by the kernel when the process ends, however
     it ends) so that a second training process cannot write into the same run directory (it would
     delete the first one's checkpoint in progress as stale).  Returns the open lock file: keep it."""
-    f = open(os.path.join(out, LOCK_NAME), "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip()
-        f.close()
-        raise TrainError(f"{out} is in use by another training process{f' (pid {holder})' if holder else ''}") from None
+    f = try_lock(os.path.join(out, LOCK_NAME))
+    if f is None:
+        with open(os.path.join(out, LOCK_NAME)) as held:
+            holder = held.read().strip()
+        raise TrainError(f"{out} is in use by another training process{f' (pid {holder})' if holder else ''}")
     f.truncate(0)
     f.write(f"{os.getpid()}\n")
     f.flush()
@@ -209,25 +204,37 @@ def lock_run_dir(out: str):
 
 
 def prepare_run_dir(out: str, resume: bool):
-    """Create ``out`` if needed, check that it is writable, lock it (``lock_run_dir``: the open lock
-    file is returned, keep it while training), refuse a directory that holds a run unless
-    ``resume``, and remove the temporary files of a process killed while writing."""
+    """Create ``out`` if needed, check that it is writable, lock it (``lock_run_dir``), refuse a
+    directory that holds a run unless ``resume``, and remove the temporary files of a process
+    killed while writing.  Returns (the open lock file: keep it while training, whether this call
+    created ``out``: decided by the mkdir itself, so that of two processes racing for a new
+    directory only the one that made it, and then locked it, may remove it again on an error)."""
     try:
-        os.makedirs(out, exist_ok=True)
+        parent = os.path.dirname(os.path.abspath(out))
+        os.makedirs(parent, exist_ok=True)
+        try:
+            os.mkdir(out)
+            created = True
+        except FileExistsError:
+            created = False
     except OSError as e:
         raise TrainError(f"cannot create output directory {out}: {e.strerror}") from None
+    if not os.path.isdir(out):
+        raise TrainError(f"cannot create output directory {out}: it is a file")
     try:
         probe_writable(out)
     except OSError as e:
         raise TrainError(f"output directory {out} is not writable: {e.strerror}") from None
     lock = lock_run_dir(out)
-    has_run = bool(list_checkpoints(out)) or os.path.exists(os.path.join(out, "metrics.jsonl"))
-    if has_run and not resume:
+    try:
+        if not resume and (list_checkpoints(out) or os.path.exists(os.path.join(out, "metrics.jsonl"))):
+            raise TrainError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        for stale in glob.glob(os.path.join(out, ".ckpt-*.tmp")) + glob.glob(os.path.join(out, "*.json*.tmp")):
+            os.unlink(stale)  # left by a process killed while writing; never a complete file
+    except BaseException:
         lock.close()
-        raise TrainError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    for stale in glob.glob(os.path.join(out, ".ckpt-*.tmp")) + glob.glob(os.path.join(out, "*.json*.tmp")):
-        os.unlink(stale)  # left by a process killed while writing; never a complete file
-    return lock
+        raise
+    return lock, created
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -672,8 +679,8 @@ def main(argv=None) -> int:
         out = args.out or os.path.join("runs", "-".join(
             [config["dataset"], config["variant"]] + ([config["direction"]] if config["direction"] else [])))
         if writer:
-            made_dir = None if os.path.exists(out) else out
-            lock = prepare_run_dir(out, args.resume)
+            lock, created = prepare_run_dir(out, args.resume)
+            made_dir = out if created else None
         trainer = Trainer(config, out, device=args.device, progress=not args.no_progress and writer,
                           on_nonfinite=args.on_nonfinite, sample_every=args.sample_every,
                           checkpoint_steps=args.checkpoint_steps, log=print if writer else _quiet, dist=dist)
@@ -688,7 +695,8 @@ def main(argv=None) -> int:
             if os.path.exists(mpath):  # epochs of a run killed before its first checkpoint: redone now
                 os.unlink(mpath)
         if writer:  # (on resume too: --epochs may have grown; the settings that must agree were checked)
-            _atomic_write_text(os.path.join(out, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n")
+            recorded = {**config, "epochs": max(config["epochs"], trainer.epoch)}  # (a smaller --epochs: no shrink)
+            _atomic_write_text(os.path.join(out, "config.json"), json.dumps(recorded, indent=2, sort_keys=True) + "\n")
 
         def request_stop(signum, frame):
             trainer.stop_requested = signal.Signals(signum).name
@@ -709,7 +717,8 @@ def main(argv=None) -> int:
         message, code = handled
         print(f"error: {'' if dist is None else f'rank {dist.comm.rank}: '}{message}", file=sys.stderr)
         if made_dir is not None and os.path.isdir(made_dir) and set(os.listdir(made_dir)) <= {LOCK_NAME}:
-            shutil.rmtree(made_dir)  # a run that failed before writing anything leaves no directory
+            os.unlink(os.path.join(made_dir, LOCK_NAME))  # (still held: nobody else can be in there)
+            os.rmdir(made_dir)  # a run that failed before writing anything leaves no directory
         if dist is not None:
             dist.comm.abort(code)  # the other ranks may wait in a collective: end the whole job
         return code

@@ -122,6 +122,28 @@ def test_a_second_process_cannot_train_in_the_same_directory(tmp_path, capsys):
     assert main(ONE + ["--out", str(run), "--resume"]) == 0  # released: the next one may
 
 
+def test_a_trainer_refused_by_the_lock_leaves_the_new_directory_of_the_one_that_won(tmp_path, capsys, monkeypatch):
+    """Two trainers start on a new --out: the other one makes the directory and locks it between
+    this one's look and its mkdir.  This one is refused, and must not remove the directory as one
+    it made (it did, with its lock file, and the winner died writing config.json)."""
+    run, won = tmp_path / "run", {}
+    real_mkdir = os.mkdir
+
+    def racing_mkdir(path, *a, **k):
+        if os.fspath(path) == str(run) and not won:
+            real_mkdir(path)
+            won["lock"] = train.lock_run_dir(str(run))  # (the winner)
+        return real_mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", racing_mkdir)
+    try:
+        assert main(ONE + ["--out", str(run)]) == 1
+        assert "is in use by another training process" in _last_err(capsys)
+        assert sorted(os.listdir(run)) == [train.LOCK_NAME]  # the winner's directory and lock, untouched
+    finally:
+        won["lock"].close()
+
+
 def test_the_last_epochs_samples_are_written_before_its_checkpoint(tmp_path, monkeypatch):
     """A run killed between the two redoes the epoch (and its PNG); the other order lost the PNG."""
     real, run, seen = train.save_checkpoint, tmp_path / "run", []
@@ -144,6 +166,9 @@ def test_resuming_a_complete_run_says_so_and_a_longer_run_updates_the_config(tmp
     assert main(ONE + ["--epochs", "2", "--out", str(run), "--resume"]) == 0
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
     assert _epochs(run) == [1, 2]
+    assert main(ONE + ["--out", str(run), "--resume"]) == 0  # --epochs 1 now: complete, and no shrink
+    assert "the run is complete (2 of 1 epochs)" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
 
 
 def test_damaged_metrics_lines_are_dropped_on_resume(tmp_path):
