@@ -24,9 +24,10 @@ Source layout, as distributed (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html
   ``skipped_total``, ``skipped_examples``; how it was made: ``source_sha256`` (the attribute
   file), ``partition_sha256`` (official), ``source_dir``, ``on_error``, ``chunk``.
 
-Interrupting, failing and re-running: the work goes into ``FILE.h5.partial`` (locked: a second
-``prepare`` on it stops), written through :class:`_PartialFile`.  Every ``chunk`` images (and on
-Ctrl-C or SIGTERM, which first store the images already decoded) the new rows are appended and
+Interrupting, failing and re-running: the work goes into ``FILE.h5.partial``, written through
+:class:`_PartialFile`; ``FILE.h5.lock`` is locked from the first look at ``FILE.h5`` to its
+rename (a second ``prepare`` on the same file stops).  Every ``chunk`` images (and on Ctrl-C or
+SIGTERM, which take effect between rows and first store the images already decoded) the new rows are appended and
 the file is flushed and fsynced; only then is the ``progress`` record [rows of the attribute file
 dealt with, images stored, images skipped] (a small dataset rewritten in place) advanced and
 flushed, so a re-run never counts a row that was not stored.  The file is created with HDF5's
@@ -71,6 +72,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fsutil import try_lock
 from .errors import DataError
 
 #: The 40 attribute names of list_attr_celeba.txt, in the file's order.
@@ -297,6 +299,23 @@ def prepare_celeba(src, out, split: str = "paper", on_error: str = "skip", size:
     img_dir = src / "img_align_celeba"
     if not img_dir.is_dir():
         raise DataError(f"{img_dir}: missing image folder")
+    lock_path = Path(str(out) + ".lock")
+    try:
+        lock = try_lock(lock_path)
+    except OSError as e:
+        raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
+    if lock is None:
+        raise DataError(f"{out}: another prepare is writing this file (wait for it to end)")
+    try:  # (held from the first look at FILE.h5 to its rename: a second prepare waits for none of it)
+        return _prepare_locked(src, out, img_dir, split, on_error, size, chunk, progress, log)
+    finally:
+        lock_path.unlink(missing_ok=True)  # (before the release: a process that opened it meanwhile
+        lock.close()                       # then locks an unlinked file and finds FILE.h5 finished)
+
+
+def _prepare_locked(src: Path, out: Path, img_dir: Path, split: str, on_error: str, size: int, chunk: int,
+                    progress: bool, log) -> dict:
+    """prepare_celeba's work, with the arguments checked and ``FILE.h5.lock`` held."""
     attr_path, part_path = src / "list_attr_celeba.txt", src / "list_eval_partition.txt"
     if out.exists():  # a finished file: validate it, check it was made this way, and leave it alone
         return _already_prepared(out, attr_path, part_path, size, split, on_error, log)
@@ -351,29 +370,33 @@ def prepare_celeba(src, out, split: str = "paper", on_error: str = "skip", size:
         i = w.done
         try:
             while i < len(rows):
-                lineno, name, vals = rows[i]
-                if name is None:
-                    row_error(vals)
-                else:
-                    p = None
-                    if part is not None:
-                        p = part.get(name)
-                        if p is None:
-                            row_error(f"{attr_path}:{lineno}: {name} has no entry in list_eval_partition.txt")
-                    if part is None or p is not None:
-                        try:
-                            x = _load_image(img_dir / name, size)
-                        except DataError as e:
-                            row_error(str(e))
-                        else:
-                            buf_x.append(x), buf_w.append(vals), buf_n.append(name.encode())
-                            if p is not None:
-                                buf_p.append(p)
-                i += 1
-                if bar is not None:
-                    bar.update(1)
-                if len(buf_x) >= chunk:
-                    commit(i)
+                # a Ctrl-C or SIGTERM takes effect at the end of the row: row i is buffered (or
+                # skipped) and counted, or neither (between the two, commit(i) below would store
+                # one image more than it counts, and a re-run would start the file over)
+                with _signals_held():
+                    lineno, name, vals = rows[i]
+                    if name is None:
+                        row_error(vals)
+                    else:
+                        p = None
+                        if part is not None:
+                            p = part.get(name)
+                            if p is None:
+                                row_error(f"{attr_path}:{lineno}: {name} has no entry in list_eval_partition.txt")
+                        if part is None or p is not None:
+                            try:
+                                x = _load_image(img_dir / name, size)
+                            except DataError as e:
+                                row_error(str(e))
+                            else:
+                                buf_x.append(x), buf_w.append(vals), buf_n.append(name.encode())
+                                if p is not None:
+                                    buf_p.append(p)
+                    i += 1
+                    if bar is not None:
+                        bar.update(1)
+                    if len(buf_x) >= chunk:
+                        commit(i)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every image decoded so far is kept
             commit(i)
             raise
@@ -531,23 +554,9 @@ def _signals_held():
 _pwrite, _fsync = os.pwrite, os.fsync
 
 
-def _lock(fd: int, path: Path) -> None:
-    """An exclusive lock on the open ``.partial``: a second ``prepare`` on the same file stops."""
-    try:
-        import fcntl  # noqa: PLC0415  (POSIX only)
-    except ImportError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise DataError(f"{path}: another prepare is writing this file (wait for it to end)") from None
-    except OSError:
-        pass  # a file system without locks
-
-
 class _PartialFile:
     """``FILE.h5.partial`` as HDF5 sees it (h5py's file-object driver): positioned reads and
-    writes on one locked descriptor, that never raise, and that can go back to the last flush.
+    writes on one descriptor, that never raise, and that can go back to the last flush.
 
     A failed write (disk full, quota, I/O error) cannot be reported through HDF5 safely: HDF5
     hides some (a chunk written while a dataset is closed gives only an 'Exception ignored'
@@ -573,7 +582,6 @@ class _PartialFile:
         except OSError as e:
             raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
         try:
-            _lock(self.fd, path)
             self.checkpoint()
         except BaseException:
             os.close(self.fd)

@@ -15,6 +15,7 @@ import pytest
 
 from jmvae_cupy.data import DataError
 from jmvae_cupy.data import celeba as cb
+from jmvae_cupy.fsutil import try_lock
 
 from .test_celeba import _prep, make_celeba
 
@@ -192,7 +193,7 @@ def test_a_damaged_progress_record_starts_over(tmp_path, source, monkeypatch, ca
 def test_a_second_prepare_on_the_same_file_stops(tmp_path, source, capsys):
     src, _ = source
     out = tmp_path / "c.h5"
-    held = cb._PartialFile(tmp_path / "c.h5.partial")
+    held = try_lock(tmp_path / "c.h5.lock")  # (another prepare, from its first look at c.h5 to the rename)
     try:
         assert _prep(src, out, *CHUNK) == 2
         assert "another prepare is writing" in one_error_line(capsys)
@@ -227,7 +228,9 @@ def test_sigterm_keeps_the_work_done_and_exits_143(tmp_path, source, monkeypatch
     assert one_error_line(capsys) == "error: terminated"
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's only
     with h5py.File(tmp_path / "c.h5.partial", "r") as f:
-        assert list(f["progress"][:]) == [12, 12, 0]  # as Ctrl-C: the decoded images are kept
+        # as Ctrl-C: the decoded images are kept, the 13th too (the signal takes effect at the end
+        # of its row: buffered and counted, never one without the other)
+        assert list(f["progress"][:]) == [13, 13, 0]
     monkeypatch.setattr(cb, "_load_image", real)
     assert _prep(src, out, *CHUNK) == 0
     assert_same(out, ref)
