@@ -247,9 +247,11 @@ def importance_estimates(model, x, w, direction, rng, samples: int):
             f"iw{samples}-joint": iw_average(lx + lw + lr)}
 
 
-def evaluate_model(model, x, w, direction, rng, samples=10, iterations=10, importance=0, batch_size=500):
+def evaluate_model(model, x, w, direction, rng, samples=10, iterations=10, importance=0, batch_size=500,
+                   tick=None):
     """Mean over the test set of every estimator for one direction: {name: float}.
-    ``importance`` = S > 0 adds the importance-weighted estimates."""
+    ``importance`` = S > 0 adds the importance-weighted estimates; ``tick()`` (optional: a progress
+    bar) is called after each batch of ``batch_size`` rows."""
     sums: dict = {}
     n = x.shape[0]
     for i in range(0, n, batch_size):
@@ -260,4 +262,6 @@ def evaluate_model(model, x, w, direction, rng, samples=10, iterations=10, impor
             out.update(importance_estimates(model, xb, wb, direction, rng, importance))
         for k, vals in out.items():
             sums[k] = sums.get(k, 0.0) + float(np.sum(asnumpy(vals).astype(np.float64)))
+        if tick is not None:
+            tick()
     return {k: s / n for k, s in sums.items()}

@@ -102,22 +102,13 @@ def batches(n: int) -> int:
 
 
 def evaluate_run(model, x, w, samples=10, iterations=10, importance=0, repeats=1, tick=None):
-    """{direction: {estimator: (mean, std, values)}} over ``repeats`` seeds.  The test set goes through
-    the estimators in batches of BATCH rows with one random stream per (direction, repeat), as
-    ``evaluate_model`` would take it; ``tick()`` (optional, a progress bar) follows each batch."""
-    n = x.shape[0]
+    """{direction: {estimator: (mean, std, values)}} over ``repeats`` seeds (one random stream per
+    (direction, repeat)); the test set goes through the estimators in batches of BATCH rows, and
+    ``tick()`` (optional, a progress bar) follows each batch."""
     out = {}
     for d in directions(model):
-        reps = []
-        for r in range(repeats):
-            rng, sums = Rng([r, 11]), {}
-            for i in range(0, n, BATCH):
-                xb, wb = x[i:i + BATCH], w[i:i + BATCH]
-                for k, v in evaluate_model(model, xb, wb, d, rng, samples, iterations, importance, BATCH).items():
-                    sums[k] = sums.get(k, 0.0) + v * xb.shape[0]
-                if tick is not None:
-                    tick()
-            reps.append({k: s / n for k, s in sums.items()})
+        reps = [evaluate_model(model, x, w, d, Rng([r, 11]), samples, iterations, importance, BATCH, tick=tick)
+                for r in range(repeats)]
         out[d] = {k: (float(np.mean([r[k] for r in reps])), float(np.std([r[k] for r in reps])), [r[k] for r in reps])
                   for k in reps[0]}
     return out

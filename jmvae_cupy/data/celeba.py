@@ -72,6 +72,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import one_line
 from ..fsutil import try_lock
 from .errors import DataError
 
@@ -251,7 +252,7 @@ def _load_image(path: Path, size: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
         why = why.replace(repr(str(path)), "").replace(str(path), "").strip(" :") or type(e).__name__
         raise DataError(f"{path}: unreadable JPEG ({why[:80]})") from None
 
@@ -488,7 +489,7 @@ def _check_rows(f, n: int, official: bool, step: int = 2048) -> None:
             pt = f["partition"][a:b] if official else None
         except _H5_ERRORS as e:
             raise DataError(f"rows {a}..{b - 1} do not read back ({type(e).__name__}: "
-                            f"{' '.join(str(e).split())[:80]})") from None
+                            f"{one_line(e)[:80]})") from None
         if not np.all((at == 1) | (at == -1)):
             raise DataError(f"rows {a}..{b - 1}: attribute values other than -1 and 1")
         bad = next((j for j, s in enumerate(nm) if not _NAME.match(bytes(s).decode("ascii", "replace"))), None)
@@ -600,7 +601,7 @@ class _PartialFile:
     def _failed(self, e: Exception) -> None:
         if self.error is not None:
             return
-        why = getattr(e, "strerror", None) or " ".join(str(e).split())[:120] or type(e).__name__
+        why = getattr(e, "strerror", None) or one_line(e)[:120] or type(e).__name__
         self.error = OSError(getattr(e, "errno", None), why, str(self.path))
         try:  # back to the checkpoint: in-place writes (no new space needed), then the size
             for start, old in reversed(self.undo):
@@ -740,7 +741,7 @@ class _Partial:
             except (DataError, *_H5_ERRORS) as e:
                 if self.pf.error is not None:
                     raise self.disk_error() from None
-                why = f"is unreadable (killed while writing? {type(e).__name__}: {' '.join(str(e).split())[:60]})"
+                why = f"is unreadable (killed while writing? {type(e).__name__}: {one_line(e)[:60]})"
             if why is None:
                 return
             self.log(f"{self.path} {why}: starting over")
@@ -854,7 +855,7 @@ class _Partial:
             except _H5_ERRORS as e:
                 if self.pf.error is None:
                     raise DataError(f"{self.path}: cannot close ({type(e).__name__}: "
-                                    f"{' '.join(str(e).split())[:80]})") from None
+                                    f"{one_line(e)[:80]})") from None
         if self.pf.error is not None:
             raise self.disk_error()
 
@@ -902,7 +903,7 @@ class CelebAData:
             raise DataError(f"{p}: no such file (make it with: python -m jmvae_cupy.data prepare celeba SRC "
                             f"--out {p})") from None
         except OSError as e:
-            raise DataError(f"{p}: not a readable HDF5 file ({' '.join(str(e).split())[:80]})") from None
+            raise DataError(f"{p}: not a readable HDF5 file ({one_line(e)[:80]})") from None
         try:
             self._validate()
         except DataError:
@@ -910,7 +911,7 @@ class CelebAData:
             raise
         except _H5_ERRORS as e:  # a damaged file can fail inside h5py in many ways: name it, one line
             self.f.close()
-            raise DataError(f"{p}: damaged HDF5 file ({type(e).__name__}: {' '.join(str(e).split())[:80]})") from None
+            raise DataError(f"{p}: damaged HDF5 file ({type(e).__name__}: {one_line(e)[:80]})") from None
         except BaseException:
             self.f.close()
             raise
@@ -968,7 +969,7 @@ class CelebAData:
                 blk = self.f["images"][b * self.block:(b + 1) * self.block]
             except _H5_ERRORS as e:
                 raise DataError(f"{self.path}: damaged image block {b} ({type(e).__name__}: "
-                                f"{' '.join(str(e).split())[:80]})") from None
+                                f"{one_line(e)[:80]})") from None
             if len(self._cache) >= 2:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[b] = blk
