@@ -39,6 +39,13 @@ def assert_same(path, ref):
             np.testing.assert_array_equal(f[k][:], g[k][:], err_msg=k)
 
 
+def rerun_gives(src, out, ref, capsys, said: str) -> None:
+    """The same command again succeeds, saying ``said``, with a file equal to a clean run's."""
+    assert _prep(src, out, *CHUNK) == 0
+    assert said in capsys.readouterr().out
+    assert_same(out, ref)
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
@@ -144,9 +151,7 @@ def test_a_failed_sync_stops_before_the_rows_are_counted(tmp_path, source, monke
                                       f"are kept (run the same command again to continue)")
     assert_counted_rows_are_stored(tmp_path / "c.h5.partial", ref)
     monkeypatch.setattr(cb, "_fsync", real)
-    assert _prep(src, out, *CHUNK) == 0
-    assert "resuming" in capsys.readouterr().out
-    assert_same(out, ref)
+    rerun_gives(src, out, ref, capsys, "resuming")
 
 
 def test_a_finished_file_that_does_not_validate_is_never_renamed(tmp_path, source, monkeypatch, capsys):
@@ -171,9 +176,7 @@ def test_a_finished_partial_that_was_not_renamed_is_finished_by_a_rerun(tmp_path
     monkeypatch.undo()
     assert (tmp_path / "c.h5.partial").exists() and not out.exists()
     capsys.readouterr()
-    assert _prep(src, out, *CHUNK) == 0
-    assert "resuming" in capsys.readouterr().out
-    assert_same(out, ref)
+    rerun_gives(src, out, ref, capsys, "resuming")
 
 
 def test_a_damaged_progress_record_starts_over(tmp_path, source, monkeypatch, capsys):
@@ -185,9 +188,7 @@ def test_a_damaged_progress_record_starts_over(tmp_path, source, monkeypatch, ca
     with h5py.File(tmp_path / "c.h5.partial", "r+") as f:
         f["progress"][1] = 25  # more images than the datasets hold
     capsys.readouterr()
-    assert _prep(src, out, *CHUNK) == 0
-    assert "inconsistent progress record" in capsys.readouterr().out
-    assert_same(out, ref)
+    rerun_gives(src, out, ref, capsys, "inconsistent progress record")
 
 
 def test_a_second_prepare_on_the_same_file_stops(tmp_path, source, capsys):
