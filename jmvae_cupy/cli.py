@@ -12,11 +12,15 @@
 
 Anything else is a bug and keeps its traceback.  ``on_error`` (optional) runs before the message
 on every handled path, e.g. to remove an output directory that was created and is still empty.
+With ``JMVAE_TRACEBACK=1`` in the environment the traceback of a handled error is printed too,
+above its line (an OSError may be a bug of ours as well as a full disk).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 INTERRUPTED = 130
 
@@ -45,6 +49,12 @@ def describe(e: BaseException, known: tuple = (), status: int = 1):
     return None
 
 
+def show_traceback_if_asked(e: BaseException) -> None:
+    """Print ``e``'s traceback to stderr when JMVAE_TRACEBACK is set (to 1, or anything but 0)."""
+    if os.environ.get("JMVAE_TRACEBACK", "0") not in ("", "0"):
+        traceback.print_exception(type(e), e, e.__traceback__)
+
+
 def guarded(body, known: tuple = (), status: int = 1, on_error=None) -> int:
     """Run ``body()`` (returning the exit status) with the package's one-line error handling."""
     try:
@@ -53,6 +63,7 @@ def guarded(body, known: tuple = (), status: int = 1, on_error=None) -> int:
         handled = describe(e, known, status)
         if handled is None:  # a bug (or SystemExit): its traceback / exit as usual
             raise
+        show_traceback_if_asked(e)
     if on_error is not None:
         on_error()
     print(f"error: {handled[0]}", file=sys.stderr)

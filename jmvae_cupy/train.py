@@ -38,7 +38,7 @@ import numpy as np
 from .backend import BackendError, device_name, get_dtype, select_device, to_device
 from .checkpoint import CheckpointError, list_checkpoints, load_latest, restore_arrays
 from .checkpoint import save as save_checkpoint
-from .cli import describe
+from .cli import describe, show_traceback_if_asked
 from .data import DataError, binarize, binarized_test_set, iterate_batches, load_mnist, one_hot
 from .distributed import DataParallel, DistributedError, GlobalNoiseRng, StepMean, init_distributed, rows_of
 from .fsutil import probe_writable, try_lock
@@ -714,6 +714,8 @@ def main(argv=None) -> int:
                 raise
             traceback.print_exc()
             handled = (f"{type(e).__name__}: {e}", 1)
+        else:
+            show_traceback_if_asked(e)
         message, code = handled
         print(f"error: {'' if dist is None else f'rank {dist.comm.rank}: '}{message}", file=sys.stderr)
         if made_dir is not None and os.path.isdir(made_dir) and set(os.listdir(made_dir)) <= {LOCK_NAME}:

@@ -50,3 +50,14 @@ def test_success_and_bugs_pass_through():
 def test_os_error_without_a_file_name():
     assert os_error_message(OSError(errno.EIO, "Input/output error")) == "Input/output error"
     assert os_error_message(OSError("plain")) == "plain"
+
+
+def test_jmvae_traceback_shows_the_traceback_above_the_line(capsys, monkeypatch):
+    body = raiser(OSError(errno.ENOENT, "No such file or directory", "x.h5"))
+    assert guarded(body) == 1
+    assert capsys.readouterr().err == "error: x.h5: No such file or directory\n"
+    monkeypatch.setenv("JMVAE_TRACEBACK", "1")
+    assert guarded(body) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert err.endswith("error: x.h5: No such file or directory\n")
