@@ -28,6 +28,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on the first N training digits only (quick smoke runs; 0: all)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     p.add_argument("--sample-every", type=int, default=5, help="write a PNG of generated digits every N epochs")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also keep the checkpoint of every N-th epoch in RUN/snapshots/ (never pruned; for "
+                        "evaluating a run along its training; 0: none)")
     p.add_argument("--checkpoint-steps", type=int, default=0,
                    help="also checkpoint every N steps inside an epoch (0: at epoch ends only)")
     p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
@@ -135,7 +139,8 @@ def config_from_args(args) -> dict:
     direction = (args.direction or "label2image") if args.variant in ("cvae", "cmma") else None
     for name, val, lo in (("epochs", args.epochs, 1), ("batch-size", args.batch_size, 1),
                           ("latent", args.latent, 1), ("sample-every", args.sample_every, 1),
-                          ("checkpoint-steps", args.checkpoint_steps, 0), ("train-subset", args.train_subset, 0),
+                          ("checkpoint-steps", args.checkpoint_steps, 0),
+                          ("snapshot-every", args.snapshot_every, 0), ("train-subset", args.train_subset, 0),
                           ("micro-batches", args.micro_batches, 1), ("seed", args.seed, 0)):
         if val < lo:
             raise TrainError(f"--{name} must be >= {lo}, got {val}")
@@ -377,8 +382,9 @@ class Trainer:
     """The training loop, its state, and its checkpoints (one object so that resume is exact)."""
 
     def __init__(self, config: dict, out: str, device=None, progress=True, on_nonfinite="stop",
-                 sample_every=5, checkpoint_steps=0, log=print, dist=None):
+                 sample_every=5, checkpoint_steps=0, log=print, dist=None, snapshot_every=0):
         self.config, self.out, self.log = config, out, log
+        self.snapshot_every = snapshot_every
         self.progress, self.on_nonfinite = progress, on_nonfinite
         self.sample_every, self.checkpoint_steps = sample_every, checkpoint_steps
         self.xp = select_device(device)
@@ -423,7 +429,30 @@ class Trainer:
         return save_checkpoint(self.out, self.epoch, self.step, meta, self.model.params, self.model.state,
                                self.opt.m, self.opt.v, extra=extra)
 
-    def restore(self) -> None:
+    def keep_snapshot(self, path: str) -> None:
+        """--snapshot-every N: the checkpoint ``path`` of an epoch divisible by N also goes to
+        snapshots/ckpt-EEEEEE.h5 (a hard link where the file system has them, else a copy; atomic).
+        Called after each epoch's checkpoint and once at start, so that a run killed between the
+        two still gets its snapshot."""
+        if not (self.snapshot_every and self.is_writer and path and self.epoch % self.snapshot_every == 0
+                and self.epoch > 0 and self.step == 0):
+            return
+        sdir = os.path.join(self.out, "snapshots")
+        final = os.path.join(sdir, f"ckpt-{self.epoch:06d}.h5")
+        if os.path.exists(final):
+            return
+        os.makedirs(sdir, exist_ok=True)
+        tmp = final + ".tmp"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, final)
+
+    def restore(self) -> str:
+        """Load the newest good checkpoint of the run directory; returns its path."""
         ck = load_latest(self.out, warn=self.log) if self.is_writer else None
         if self.dist is not None:  # rank 0 reads the file, every rank restores the same checkpoint
             ck = self.dist.comm.bcast_obj(ck)
@@ -452,6 +481,7 @@ class Trainer:
         if self.is_writer and os.path.exists(mpath):
             _atomic_write_text(mpath, "".join(_metrics_lines_up_to(mpath, self.epoch)))
         self.log(f"resumed from {os.path.basename(ck['path'])} (epoch {self.epoch}, step {self.step})")
+        return ck["path"]
 
     # ---------------------------------------------------------------- one epoch
     def _epoch_batches(self):
@@ -643,7 +673,7 @@ class Trainer:
             # writes the same PNG again (after the checkpoint, that PNG would never be written)
             if self.epoch % self.sample_every == 0 or self.epoch == cfg["epochs"]:
                 self.write_samples(os.path.join(self.out, f"samples-e{self.epoch:04d}.png"))
-            self.save()
+            self.keep_snapshot(self.save())
             recs = ", ".join(f"{k} {test[k]:.{1 if k == 'rec_x' else 3}f}" for k in ("rec_x", "rec_w") if k in test)
             self.log(f"epoch {self.epoch}/{cfg['epochs']}  train loss {train['loss']:.2f}  "
                      f"test elbo {test['elbo']:.2f}  ({recs})  {record['seconds']:.1f}s")
@@ -683,12 +713,13 @@ def main(argv=None) -> int:
             made_dir = out if created else None
         trainer = Trainer(config, out, device=args.device, progress=not args.no_progress and writer,
                           on_nonfinite=args.on_nonfinite, sample_every=args.sample_every,
-                          checkpoint_steps=args.checkpoint_steps, log=print if writer else _quiet, dist=dist)
+                          checkpoint_steps=args.checkpoint_steps, log=print if writer else _quiet, dist=dist,
+                          snapshot_every=args.snapshot_every)
         resume = bool(args.resume and list_checkpoints(out)) if writer else None
         if dist is not None:
             resume = dist.comm.bcast_obj(resume)
         if resume:
-            trainer.restore()
+            trainer.keep_snapshot(trainer.restore())
         elif writer and args.resume:
             print(f"no checkpoint in {out} yet: starting a new run", file=sys.stderr)
             mpath = os.path.join(out, "metrics.jsonl")

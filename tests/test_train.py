@@ -260,3 +260,21 @@ def test_micro_batches_average_the_batch_norm_statistics_of_chunks_from_the_same
         if name.endswith(".mean"):  # the chunks' batch means b_k differ: the test can tell the schemes apart
             b = [(left[k][name] - (1 - MOMENTUM) * s0[name]) / MOMENTUM for k in range(2)]
             assert np.abs(b[0] - b[1]).max() > 1e-6, name
+
+
+def test_snapshots_keep_every_nth_epoch_and_survive_a_kill_between_checkpoint_and_snapshot(tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    args = ["mnist", "--variant", "kl", "--snapshot-every", "2", "--out", str(out)] + FAST
+    assert main(args + ["--epochs", "5"]) == 0
+    snaps = sorted(os.listdir(out / "snapshots"))
+    assert snaps == ["ckpt-000002.h5", "ckpt-000004.h5"]                 # epochs 2 and 4, never pruned
+    assert len(checkpoint.list_checkpoints(str(out))) == checkpoint.KEEP  # the pruned series is separate
+    assert checkpoint.load(str(out / "snapshots" / "ckpt-000004.h5"))["meta"]["epoch"] == 4
+    # killed after epoch 6's checkpoint, before its snapshot: the resume makes the snapshot first
+    monkeypatch.setattr(Trainer, "keep_snapshot", lambda self, path: None)
+    assert main(args + ["--epochs", "6", "--resume"]) == 0
+    assert not (out / "snapshots" / "ckpt-000006.h5").exists()
+    monkeypatch.undo()
+    assert main(args + ["--epochs", "6", "--resume"]) == 0
+    assert checkpoint.load(str(out / "snapshots" / "ckpt-000006.h5"))["meta"]["epoch"] == 6
+    assert main(["mnist", "--snapshot-every", "-1", "--out", str(tmp_path / "bad")] + FAST) == 1
