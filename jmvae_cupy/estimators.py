@@ -18,8 +18,9 @@ c the one given (the *condition*).  All estimators are Monte Carlo; what each on
               >= INT q(z2|c) INT p(z1|z2) log p(t|z1) dz1 dz2   (Jensen twice)
               ~  (1/N) sum_l (1/N) sum_k log p(t|z1_lk),  z2_l ~ q(z2|c),  z1_lk ~ p(z1|z2_l).
     q(z2|c) is q(z2|t^_K, c) after K steps of iterative sampling (as for JMVAE); z1 is drawn from
-    the *prior* p(z1|z2), not from q(z1|.).  N x N = 100 decoder evaluations per example.  The
-    second Jensen step makes it looser than Eq. 5 (the paper says so: JMVAE-h may be
+    the *prior* p(z1|z2), not from q(z1|.).  With the top layer q(z2|z1) (``h_top="z1"``) each
+    estimate draws z1 ~ q(z1|t^_K, c) once and then uses q(z2|z1) as q(z2|c).  N x N = 100 decoder
+    evaluations per example.  The second Jensen step makes it looser than Eq. 5 (the paper says so: JMVAE-h may be
     underestimated).  A lower bound on log INT q(z2|c) p(t|z2) dz2, not on log p(t|c).
 ``eq5-prior`` (CVAE, CMMA)
     (1/N) sum_l log p(t|z_l, c),  z_l ~ p(z) (CVAE) or p(z|c) (CMMA): the model's own prior,
@@ -30,7 +31,8 @@ c the one given (the *condition*).  All estimators are Monte Carlo; what each on
     increasing in S, equal to log p(t|c) as S -> infinity.
 ``iwS-joint`` (JMVAE family)
     log (1/S) sum_s p(x|z_s) p(w|z_s) p(z_s) / q(z_s|x,w): the same bound on the joint
-    log p(x, w) (JMVAE-h: z = (z1, z2), p(z) = p(z2) p(z1|z2), q = q(z1|x,w) q(z2|x,w)).
+    log p(x, w) (JMVAE-h: z = (z1, z2), p(z) = p(z2) p(z1|z2), q = q(z1|x,w) q(z2|x,w), or
+    q(z1|x,w) q(z2|z1) with the top layer q(z2|z1)).
 ``snisS`` (JMVAE family, conditionals)
     log p(t|c) = log p(x,w) - log p(c), both by importance sampling with the *same* S draws
     z_s ~ q(z|x,w) (a valid proposal for p(c) = E_q[p(c|z) p(z)/q(z|x,w)] too: any density
@@ -161,20 +163,6 @@ def complete(model, x, w, direction, rng, iterations: int, init: str = "zeros"):
     return (th, w) if direction == "label2image" else (x, th)
 
 
-def _h_q2(model, x, w):
-    """JMVAE-h q(z2|x,w): (mu, var)."""
-    h, _ = model.trunk_forward(x, w, False)
-    g, _ = model.run("qz2.net", h, False)
-    return model.run("qz2.head", g, False)[0]
-
-
-def _h_prior_z1(model):
-    def prior(z2):
-        p, _ = model.run("pz1.net", z2, False)
-        return model.run("pz1.head", p, False)[0]
-    return prior
-
-
 def paper_estimator_name(model, iterations: int = 10) -> str:
     v = model.variant
     return {"kl": "eq5-unimodal", "jmvae": f"eq5-iter{iterations}", "h": f"eq6-iter{iterations}",
@@ -199,7 +187,7 @@ def paper_estimate(model, x, w, direction, rng, samples: int = 10, iterations: i
     if v == "jmvae":
         return name, eq5_bound(*model.encode(xc, wc), ll, rng, samples)
     if v == "h":
-        return name, eq6_bound(*_h_q2(model, xc, wc), _h_prior_z1(model), ll, rng, samples)
+        return name, eq6_bound(*model.encode_z2(xc, wc, rng), model.prior_z1, ll, rng, samples)
     raise EstimatorError(f"no estimator for variant {v!r}")
 
 
@@ -214,14 +202,34 @@ def _jmvae_parts(model, x, w):
         return mu, var, lambda z: (lx(z), lw(z), standard_normal_loglik(z))
     xp, L = model.xp, a.latent
     m1, v1 = model.encode(x, w)
-    m2, v2 = _h_q2(model, x, w)
-    prior = _h_prior_z1(model)
+    m2, v2 = model.encode_z2(x, w)
 
     def parts(z):
         z1, z2 = z[:, :L], z[:, L:]
-        pm, pv = prior(z2)
+        pm, pv = model.prior_z1(z2)
         return lx(z1), lw(z1), standard_normal_loglik(z2) + gaussian_loglik(z1, pm, pv)[0]
     return xp.concatenate([m1, m2], axis=1), xp.concatenate([v1, v2], axis=1), parts
+
+
+def _h_top_z1_log_weights(model, x, w, rng, samples: int):
+    """JMVAE-h with q(z2|z1): S draws z1_s ~ q(z1|x,w), z2_s ~ q(z2|z1_s); per draw (S, B) arrays of
+    log p(x|z1), log p(w|z1) and log p(z2) + log p(z1|z2) - log q(z1|x,w) - log q(z2|z1) (the
+    proposal is the model's own two-step encoder, not a product of independent Gaussians)."""
+    xp = model.xp
+    lx = _target_loglik(model, x, "label2image")
+    lw = _target_loglik(model, w, "image2label")
+    m1, v1 = model.encode(x, w)
+    rows = []
+    for _ in range(samples):
+        z1 = _draw(m1, v1, rng)
+        g, _ = model.run("qz2.net", z1, False)
+        m2, v2 = model.run("qz2.head", g, False)[0]
+        z2 = _draw(m2, v2, rng)
+        pm, pv = model.prior_z1(z2)
+        rest = (standard_normal_loglik(z2) + gaussian_loglik(z1, pm, pv)[0]
+                - gaussian_loglik(z1, m1, v1)[0] - gaussian_loglik(z2, m2, v2)[0])
+        rows.append((lx(z1), lw(z1), rest))
+    return tuple(xp.stack([r[i] for r in rows]) for i in range(3))
 
 
 def importance_estimates(model, x, w, direction, rng, samples: int):
@@ -231,8 +239,8 @@ def importance_estimates(model, x, w, direction, rng, samples: int):
     ``iwS-joint`` for log p(x, w) (one set of draws serves both)."""
     v = model.variant
     t, c = _split(x, w, direction)
-    mu, var = model.encode(x, w)
     if v in ("cvae", "cmma"):
+        mu, var = model.encode(x, w)
         if direction != model.direction:
             raise EstimatorError(f"this {v} model is trained for {model.direction}, not {direction}")
 
@@ -240,8 +248,11 @@ def importance_estimates(model, x, w, direction, rng, samples: int):
             pm, pv = model.prior(c)
             return model.target_loglik(z, t, c) + gaussian_loglik(z, pm, pv)[0]
         return {f"iw{samples}": iw_bound(mu, var, log_joint, rng, samples)}
-    mu, var, parts = _jmvae_parts(model, x, w)
-    lx, lw, lr = _log_weights(mu, var, parts, rng, samples)
+    if getattr(model, "top", "chain") == "z1":
+        lx, lw, lr = _h_top_z1_log_weights(model, x, w, rng, samples)
+    else:
+        mu, var, parts = _jmvae_parts(model, x, w)
+        lx, lw, lr = _log_weights(mu, var, parts, rng, samples)
     lt, lc = (lx, lw) if direction == "label2image" else (lw, lx)
     return {f"snis{samples}": logsumexp(lt + lc + lr, axis=0) - logsumexp(lc + lr, axis=0),
             f"iw{samples}-joint": iw_average(lx + lw + lr)}

@@ -26,6 +26,7 @@ import numpy as np
 
 from .backend import BackendError, asnumpy, select_device, to_device
 from .checkpoint import CheckpointError, load_latest, restore_arrays
+from .checkpoint import load as load_checkpoint
 from .cli import guarded
 from .data import DataError, binarized_test_set, load_mnist, one_hot
 from .estimators import DIRECTIONS, complete, evaluate_model, paper_estimate
@@ -43,8 +44,9 @@ class EvaluateError(RuntimeError):
     """A run directory that cannot be evaluated (one-line message)."""
 
 
-def load_run(run_dir: str, device="cpu", test_size: int = 0):
-    """(model, config, test x, test w, epoch) of the newest good checkpoint in ``run_dir``.
+def load_run(run_dir: str, device="cpu", test_size: int = 0, checkpoint_path: str | None = None):
+    """(model, config, test x, test w, epoch) of the newest good checkpoint in ``run_dir`` (or of
+    ``checkpoint_path``, e.g. a snapshot of train --snapshot-every, MNIST runs).
 
     MNIST: the binarised test set.  CelebA: the first ``test_size`` test images of the run's HDF5
     file (all if 0: about 50 MB of float32 per 1,000 faces), read through generate.Run, which
@@ -54,10 +56,14 @@ def load_run(run_dir: str, device="cpu", test_size: int = 0):
     if cfg.get("dataset") == "celeba":
         return _load_celeba_run(run_dir, device, test_size)
     try:
-        ck = load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))  # (m says "warning: ...")
+        if checkpoint_path is None:
+            ck = load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))  # (m says "warning: ...")
+        else:
+            ck = load_checkpoint(checkpoint_path)
         xp = select_device(device)
         model = build_model(cfg["dataset"], cfg["variant"], seed=cfg["seed"], dtype=cfg["dtype"], xp=xp,
-                            latent=cfg["latent"], alpha=cfg["alpha"], direction=cfg["direction"])
+                            latent=cfg["latent"], alpha=cfg["alpha"], direction=cfg["direction"],
+                            h_top=cfg["h_top"])
         restore_arrays(model.params, ck["params"], xp, "parameters")
         restore_arrays(model.state, ck["state"], xp, "state")
         data = load_mnist(cfg.get("data_dir"))

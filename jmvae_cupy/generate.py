@@ -78,7 +78,7 @@ def read_config(run_dir: str) -> dict:
     """The ``config.json`` of the training run in ``run_dir``, checked: a GenerateError naming the file and
     what is wrong with it otherwise (python -m jmvae_cupy.evaluate and .figures read run directories
     through this too).  Settings an older config may lack get their defaults (seed 0, float32, alpha 1,
-    no direction, width scale 1)."""
+    no direction, width scale 1, JMVAE-h's top layer "chain")."""
     if not os.path.exists(run_dir):
         raise GenerateError(f"{run_dir}: no such run directory")
     if not os.path.isdir(run_dir):
@@ -110,13 +110,15 @@ def read_config(run_dir: str) -> dict:
         raise bad("variant", "one of " + ", ".join(VARIANTS))
     if not (_is_int(cfg.get("latent")) and cfg["latent"] >= 1):
         raise bad("latent", "an integer >= 1")
-    cfg = {"seed": 0, "dtype": "float32", "alpha": 1.0, "direction": None, **cfg}
+    cfg = {"seed": 0, "dtype": "float32", "alpha": 1.0, "direction": None, "h_top": "chain", **cfg}
     if not (_is_int(cfg["seed"]) and cfg["seed"] >= 0):
         raise bad("seed", "an integer >= 0")
     if cfg["dtype"] not in ("float32", "float64"):
         raise bad("dtype", '"float32" or "float64"')
     if not (_is_number(cfg["alpha"]) and np.isfinite(cfg["alpha"]) and cfg["alpha"] >= 0):
         raise bad("alpha", "a finite number >= 0")
+    if cfg["h_top"] not in ("chain", "z1") or (cfg["h_top"] != "chain" and cfg["variant"] != "h"):
+        raise bad("h_top", '"chain", or "z1" in a JMVAE-h (variant "h") run')
     if cfg["variant"] in ("cvae", "cmma"):
         if cfg["direction"] is not None and cfg["direction"] not in DIRECTIONS:
             raise bad("direction", " or ".join(f'"{d}"' for d in DIRECTIONS))
@@ -153,7 +155,7 @@ class Run:
         else:
             arch = "mnist"
         self.model = build_model(arch, self.variant, seed=cfg["seed"], dtype=cfg["dtype"],
-                                 xp=self.xp, latent=cfg["latent"], alpha=cfg["alpha"])
+                                 xp=self.xp, latent=cfg["latent"], alpha=cfg["alpha"], h_top=cfg["h_top"])
         restore_arrays(self.model.params, ck["params"], self.xp, "parameters")
         restore_arrays(self.model.state, ck["state"], self.xp, "state")
         self.checkpoint = os.path.basename(ck["path"])

@@ -495,7 +495,8 @@ def _model_check(variant: str, coef: dict | None, direction: str | None = None) 
         cls = getattr(baselines_mod, variant.upper())
         model = cls(arch, seed=3, dtype="float64", alpha=ALPHA, direction=direction)
     else:
-        cls = {"jmvae": jmvae_mod.JMVAE, "kl": jmvae_mod.JMVAEKL, "h": jmvae_mod.JMVAEH}[variant]
+        cls = {"jmvae": jmvae_mod.JMVAE, "kl": jmvae_mod.JMVAEKL, "h": jmvae_mod.JMVAEH,
+               "h-z1": jmvae_mod.JMVAEHTopZ1}[variant]
         model = cls(arch, seed=3, dtype="float64", alpha=ALPHA)
     r = _rng(0)
     for k, p in model.params.items():  # zero biases put ReLU inputs on the kink: move them off
@@ -532,6 +533,8 @@ _register_model("jmvae_kl", "kl", ("rec_x", "rec_w", "kl", "kl_x", "kl_w"), (_M 
                 what="JMVAE-kl Eq. 4")
 _register_model("jmvae_h", "h", ("rec_x", "rec_w", "kl_z2", "kl_z1"), (_M + "jmvae.JMVAEH.loss_and_grads",),
                 what="JMVAE-h Eq. 3")
+_register_model("jmvae_h_top_z1", "h-z1", ("rec_x", "rec_w", "kl_z2", "kl_z1"),
+                (_M + "jmvae.JMVAEHTopZ1.loss_and_grads",), what="JMVAE-h Eq. 3, top layer q(z2|z1)")
 for _v in ("cvae", "cmma"):
     for _d, _short, _rec in (("label2image", "l2i", "rec_x"), ("image2label", "i2l", "rec_w")):
         _register_model(f"{_v}_{_short}", _v, (_rec, "kl"), (f"{_M}baselines.{_v.upper()}.loss_and_grads",),
@@ -647,6 +650,7 @@ DERIVATIONS: dict[str, str] = {
     _M + "jmvae.JMVAE.loss_and_grads": "objectives.md",
     _M + "jmvae.JMVAEKL.loss_and_grads": "objectives.md",
     _M + "jmvae.JMVAEH.loss_and_grads": "objectives.md",
+    _M + "jmvae.JMVAEHTopZ1.loss_and_grads": "objectives.md",
     _M + "baselines.CVAE.loss_and_grads": "objectives.md",
     _M + "baselines.CMMA.loss_and_grads": "objectives.md",
     _M + "gan.VAEGAN.backward": "gan.md",

@@ -56,6 +56,7 @@ RESUME_KEYS = ("dataset", "variant", "batch_size", "lr", "warmup", "latent", "al
                "train_subset", "direction", "data", "width_scale", "gan", "gan_weight")
 RESUME_KEYS += ("distributed",)  # {"ranks": P, "exact_noise": ..., ["ordered_reduce": True]}: --distributed only
 RESUME_KEYS += ("micro_batches",)  # K: in runs with --micro-batches K > 1 only
+RESUME_KEYS += ("h_top",)  # JMVAE-h's top layer: in runs with --h-top z1 only
 
 # Defaults that differ between the datasets (the paper's CelebA setting: lr 1e-4, warm-up 20 of 50 epochs).
 DATASET_DEFAULTS = {
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 3, celeba 20; paper: 200 MNIST, 20 CelebA)")
     p.add_argument("--latent", type=int, default=None,
                    help="size of z (default 64, celeba 128; 2 for latent-space plots)")
+    p.add_argument("--h-top", choices=["chain", "z1"], default="chain",
+                   help="JMVAE-h's top layer: q(z2|x,w) on a deterministic chain on the joint trunk (default), or "
+                        "the appendix's literal q(z2|z1), z2 drawn from a sampled z1 (docs/results.md)")
     p.add_argument("--alpha", type=float, default=1.0, help="JMVAE-kl weight of the two extra KL terms (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
     p.add_argument("--device", default=None, help="cpu | gpu | auto (default: $JMVAE_DEVICE or auto)")
@@ -153,6 +157,8 @@ def config_from_args(args) -> dict:
         raise TrainError(f"--warmup must be >= 0, got {args.warmup}")
     if not (args.alpha >= 0 and np.isfinite(args.alpha)):  # (a negative weight rewards the KLs: no bound)
         raise TrainError(f"--alpha must be >= 0, got {args.alpha}")
+    if args.h_top != "chain" and args.variant != "h":
+        raise TrainError(f"--h-top applies to JMVAE-h (--variant h) only, not {args.variant!r}")
     if args.gan_weight is not None and not args.gan:
         raise TrainError("--gan-weight applies to --gan (celeba) only")
     get_dtype(args.dtype)
@@ -175,8 +181,10 @@ def config_from_args(args) -> dict:
         raise TrainError("--data is for celeba; mnist reads --data-dir DIR")
     elif args.gan:
         raise TrainError("--gan is for celeba")
-    if args.micro_batches > 1:  # only then in the config: runs without it keep their old configs
+    if args.micro_batches > 1:  # only then in the config (a config without it means 1)
         extra["micro_batches"] = args.micro_batches
+    if args.h_top != "chain":  # only then in the config (a config without it means the chain)
+        extra["h_top"] = args.h_top
     return {**extra,
         "dataset": args.dataset, "variant": args.variant, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "warmup": args.warmup, "latent": args.latent, "alpha": args.alpha, "seed": args.seed,
@@ -392,7 +400,7 @@ class Trainer:
         self.source = make_source(config, self.dtype)
         self.model = build_model(self.source.arch, config["variant"], seed=config["seed"], dtype=config["dtype"],
                                  xp=self.xp, latent=config["latent"], alpha=config["alpha"],
-                                 direction=config.get("direction"))
+                                 direction=config.get("direction"), h_top=config.get("h_top", "chain"))
         self.opt = Adam(lr=config["lr"])
         self.gan = None  # --gan: the discriminator, its Adam and the GAN terms (models/gan.py)
         if config.get("gan"):

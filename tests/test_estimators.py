@@ -141,17 +141,24 @@ def test_snis_conditional_converges_to_the_exact_conditional():
 ARCH = mnist_arch(hidden=8, latent=3, x_dim=12, w_dim=4, chain=4)
 
 
-@pytest.mark.parametrize("variant", ["jmvae", "kl", "h", "cvae", "cmma"])
+def _build(variant, **kw):
+    """build_model on ARCH; "h-z1" is JMVAE-h with the top layer q(z2|z1)."""
+    if variant == "h-z1":
+        return build_model(ARCH, "h", h_top="z1", **kw)
+    return build_model(ARCH, variant, **kw)
+
+
+@pytest.mark.parametrize("variant", ["jmvae", "kl", "h", "h-z1", "cvae", "cmma"])
 @pytest.mark.parametrize("direction", ["label2image", "image2label"])
 def test_model_estimators_have_names_and_sane_values(variant, direction):
     kw = {"direction": direction} if variant in ("cvae", "cmma") else {}
-    model = build_model(ARCH, variant, seed=0, dtype="float64", device="cpu", **kw)
+    model = _build(variant, seed=0, dtype="float64", device="cpu", **kw)
     r = np.random.default_rng(1)
     x = (r.random((20, 12)) < 0.5).astype(np.float64)
     w = np.eye(4)[r.integers(0, 4, 20)]
     res = evaluate_model(model, x, w, direction, Rng(0), samples=3, iterations=2, importance=5, batch_size=8)
     names = set(res)
-    expected = {"jmvae": "eq5-iter2", "kl": "eq5-unimodal", "h": "eq6-iter2", "cvae": "eq5-prior",
+    expected = {"jmvae": "eq5-iter2", "kl": "eq5-unimodal", "h": "eq6-iter2", "h-z1": "eq6-iter2", "cvae": "eq5-prior",
                 "cmma": "eq5-prior"}[variant]
     assert expected in names
     assert ("iw5" in names) if variant in ("cvae", "cmma") else {"snis5", "iw5-joint"} <= names
@@ -181,13 +188,13 @@ def _jiggle(model, prefix, seed):
         model.params[k] += 0.5 * r.standard_normal(model.params[k].shape)
 
 
-@pytest.mark.parametrize("variant", ["jmvae", "kl", "h"])
+@pytest.mark.parametrize("variant", ["jmvae", "kl", "h", "h-z1"])
 def test_snis_label_probabilities_sum_to_one(variant):
     """snisS for image->label estimates p(w|x): summed over the K labels it is 1.  Exactly so when
     every label gets the same draws: q(z|x,w) made blind to w (first layer of its w branch zeroed)
     and the same Rng per label; then sum_w exp(snis) = sum_s softmax_s(log p(x|z_s) + log p(z_s) -
     log q(z_s)) sum_w p(w|z_s) = 1.  And close to 1 at large S for the model as built."""
-    model = build_model(ARCH, variant, seed=0, dtype="float64", device="cpu")
+    model = _build(variant, seed=0, dtype="float64", device="cpu")
     x, _ = _data(1)
     K = ARCH.w_dim
 
@@ -272,16 +279,18 @@ def test_iterative_completion_never_sees_the_true_target(variant, direction, mon
     np.testing.assert_array_equal(a[ti], _complete_by_hand(model, x, w, direction, 4, 3))
 
 
-@pytest.mark.parametrize("variant", ["jmvae", "kl", "h"])
+@pytest.mark.parametrize("variant", ["jmvae", "kl", "h", "h-z1"])
 def test_one_sample_iw_joint_is_the_elbo_in_expectation(variant):
     """With S = 1, iwS-joint is log p(x, w, z) - log q(z|x,w) at one z ~ q: its expectation is the
     ELBO that the model reports (beta = 1, eval mode): rec_x + rec_w - KL(q || N(0, I)), JMVAE-h
     rec_x + rec_w - KL(q(z2) || N(0, I)) - E_q(z2) KL(q(z1) || p(z1|z2)).  Compared on 4000 copies
     of one pair (means within 4 standard errors).  JMVAE-h's p(z1|z2) is moved far from N(0, I)
-    (mean 1.5, variance ~0.3), so that a wrong prior term would cost nats, not hundredths."""
-    model = build_model(ARCH, variant, seed=0, dtype="float64", device="cpu")
+    (mean 1.5, variance ~0.3), so that a wrong prior term would cost nats, not hundredths.
+    JMVAE-h with q(z2|z1): q = q(z1|x,w) q(z2|z1), and the model's kl_z1 is log q(z1) - log p(z1|z2)
+    with the entropy in closed form."""
+    model = _build(variant, seed=0, dtype="float64", device="cpu")
     L = ARCH.latent
-    if variant == "h":
+    if variant.startswith("h"):
         model.params["pz1.head.b"][:L] = 1.5
         model.params["pz1.head.b"][L:] = -1.0
     x, w = _data(1)

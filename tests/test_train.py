@@ -278,3 +278,17 @@ def test_snapshots_keep_every_nth_epoch_and_survive_a_kill_between_checkpoint_an
     assert main(args + ["--epochs", "6", "--resume"]) == 0
     assert checkpoint.load(str(out / "snapshots" / "ckpt-000006.h5"))["meta"]["epoch"] == 6
     assert main(["mnist", "--snapshot-every", "-1", "--out", str(tmp_path / "bad")] + FAST) == 1
+
+
+def test_h_top_z1_is_recorded_resumed_and_checked(tmp_path, capsys):
+    out = tmp_path / "hz1"
+    args = ["mnist", "--variant", "h", "--h-top", "z1", "--out", str(out)] + FAST
+    assert main(args + ["--epochs", "1"]) == 0
+    assert json.load(open(out / "config.json"))["h_top"] == "z1"
+    assert "qz2.net.0.W" in _final_params(str(out))[0]
+    assert _final_params(str(out))[0]["qz2.net.0.W"].shape[0] == 64  # q(z2|z1) reads z1 (latent 64)
+    assert main(["mnist", "--variant", "h", "--epochs", "2", "--out", str(out), "--resume"] + FAST) == 1
+    assert "h_top" in capsys.readouterr().err                             # the chain cannot resume a z1 run
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    assert main(["mnist", "--variant", "kl", "--h-top", "z1", "--out", str(tmp_path / "x")] + FAST) == 1
+    assert "--h-top applies to JMVAE-h" in capsys.readouterr().err

@@ -18,6 +18,7 @@ minimised (Adam descends); ``terms["elbo"]`` is the proper lower bound of log p(
 from __future__ import annotations
 
 from ..backend import get_dtype
+from ..distributions import LOG_2PI, gaussian_loglik, gaussian_loglik_backward
 from ..kernels.gauss_kl import gauss_kl_backward, gauss_kl_forward
 from ..kernels.reparam import reparam_backward, reparam_forward
 from .base import ModelError, Params, zeros_like_or
@@ -321,7 +322,119 @@ class JMVAEH(JMVAE):
         self.trunk_backward(dh, trunk_c, grads)
         return self._finish(terms_n, c, grads)
 
+    top = "chain"  # q(z2|x,w) reads the deterministic chain on h (JMVAEHTopZ1: z2 ~ q(z2|z1))
+
     def encode(self, x, w, train=False):
         """q(z1|x,w): (mu, var) — the representation the decoders read."""
         h, _ = self.trunk_forward(x, w, train)
         return self.run("qz1.head", h, train)[0]
+
+    def encode_z2(self, x, w, rng=None, train=False):
+        """q(z2|x,w): (mu2, var2), each (N, latent) — the chain on h(x, w); ``rng`` is not used
+        (JMVAEHTopZ1 draws z1 with it)."""
+        h, _ = self.trunk_forward(x, w, train)
+        g, _ = self.run("qz2.net", h, train)
+        return self.run("qz2.head", g, train)[0]
+
+    def prior_z1(self, z2, train=False):
+        """p(z1|z2): (mu, var), each (N, latent)."""
+        p, _ = self.run("pz1.net", z2, train)
+        return self.run("pz1.head", p, train)[0]
+
+
+class JMVAEHTopZ1(JMVAEH):
+    """JMVAE-h with the appendix's literal MNIST reading of its top layer: z2 ~ q(z2|z1).
+
+    The appendix lists q(z2|z1) with the MLP "D512R-D512R-D64-D512R-D512R": the joint trunk, a
+    64-unit layer, then two more layers.  Read literally, the 64-unit layer is z1 itself (64 is the
+    size of z1): z1 ~ q(z1|x,w) is *sampled*, and q(z2|z1) = N(mu2(z1), var2(z1)) reads it through
+    ``qz2.net`` = the chain after its bottleneck ("D512R-D512R").  :class:`JMVAEH` (``top =
+    "chain"``) instead feeds the deterministic chain on h, as Fig. 2(b) and the text's
+    q(z1, z2|x,w) = q(z1|x,w) q(z2|x,w) say.
+
+    With q(z1, z2|x,w) = q(z1|x,w) q(z2|z1) the bound of Eq. 3 becomes (one sample z1, z2)
+
+        L = log p(x|z1) + log p(w|z1) - KL(q(z2|z1) || N(0, I)) - [log q(z1|x,w) - log p(z1|z2)]
+
+    ``kl_z1`` = log q(z1|x,w) - log p(z1|z2) at the drawn z1, z2, with E_q[log q(z1|x,w)] taken in
+    closed form as -H[q(z1|x,w)] = -1/2 sum_d (log 2 pi var1 + 1).  (In the chain reading z2 does not
+    depend on z1 and E_q(z2)[KL(q(z1|x,w) || p(z1|z2))] is closed form given z2; here z2 is drawn from
+    z1, so only the entropy part is.)  Derivation:
+    docs/derivations/objectives.md, "JMVAE-h, top layer q(z2|z1)".
+    """
+
+    top = "z1"
+
+    def _build(self):
+        a = self.arch
+        d = self._build_trunk()
+        self._register_head("qz1.head", d, a.latent)
+        dc = self._register_net("qz2.net", top_z1_net(a.h_chain), (a.latent,)).out_shape[0]
+        self._register_head("qz2.head", dc, a.latent)
+        dp = self._register_net("pz1.net", a.prior_z1, (a.latent,)).out_shape[0]
+        self._register_head("pz1.head", dp, a.latent)
+        self._build_decoders()
+
+    def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
+        """As :meth:`JMVAE.loss_and_grads`; terms rec_x, rec_w, kl_z2 = KL(q(z2|z1) || N(0, I)),
+        kl_z1 = -H[q(z1|x,w)] - log p(z1|z2) (one sample)."""
+        self._check_batch(x, w)
+        xp, N = self.xp, x.shape[0]
+        c = self.coefficients(beta) if coef is None else {k: coef.get(k, 0.0) for k in self.term_names}
+        grads = {}
+        # ---- forward
+        h, trunk_c = self.trunk_forward(x, w, train)                  # h(x, w)
+        (mu1, var1), hc1 = self.run("qz1.head", h, train)             # q(z1|x,w)
+        eps1 = rng.normal(mu1.shape, self.dtype, xp)
+        eps2 = rng.normal(mu1.shape, self.dtype, xp)
+        z1 = reparam_forward(mu1, var1, eps1)                         # z1 ~ q(z1|x,w)
+        g, gc = self.run("qz2.net", z1, train)
+        (mu2, var2), hc2 = self.run("qz2.head", g, train)             # q(z2|z1)
+        z2 = reparam_forward(mu2, var2, eps2)                         # z2 ~ q(z2|z1)
+        p, pc = self.run("pz1.net", z2, train)
+        (pm, pv), phc = self.run("pz1.head", p, train)                # p(z1|z2)
+        lx, lw, rec_c = self.reconstruct_forward(z1, x, w, train)
+        lp, lpc = gaussian_loglik(z1, pm, pv)                         # log p(z1|z2)   (N,)
+        neg_entropy = -0.5 * (LOG_2PI + xp.log(var1) + 1.0).sum(axis=1)  # -H[q(z1|x,w)]  (N,)
+        terms_n = {"rec_x": lx, "rec_w": lw,
+                   "kl_z2": gauss_kl_forward(mu2, var2),               # KL(q(z2|z1) || N(0, I))
+                   "kl_z1": neg_entropy - lp}                          # log q(z1) - log p(z1|z2)
+        # ---- backward
+        s = {k: -c[k] / N for k in c}
+        dz1 = self.reconstruct_backward(s["rec_x"], s["rec_w"], rec_c, grads)     # terms 1, 2
+        dz1 = zeros_like_or(dz1, mu1)
+        dvar1 = xp.zeros_like(var1)
+        dmu2, dvar2 = xp.zeros_like(mu2), xp.zeros_like(var2)
+        if s["kl_z1"] != 0.0:                            # term 4: -H[q(z1)] - log p(z1|z2)
+            dvar1 = dvar1 + s["kl_z1"] * (-0.5 / var1)                           # d(-H)/d var1 = -1/(2 var1)
+            dz1_p, dpm, dpv = gaussian_loglik_backward(xp.full((N,), -s["kl_z1"], dtype=self.dtype), lpc)
+            dz1 = dz1 + dz1_p
+            dp = self.run_back("pz1.head", (dpm, dpv), phc, grads)
+            dz2 = self.run_back("pz1.net", dp, pc, grads)                        # through p(z1|z2) to z2
+            dmu2, dvar2 = reparam_backward(dz2, var2, eps2)
+        if s["kl_z2"] != 0.0:                            # term 3: KL(q(z2|z1) || N(0, I))
+            a2m, a2v, _, _ = gauss_kl_backward(xp.full((N,), s["kl_z2"], dtype=self.dtype), mu2, var2)
+            dmu2, dvar2 = dmu2 + a2m, dvar2 + a2v
+        if s["kl_z1"] != 0.0 or s["kl_z2"] != 0.0:       # q(z2|z1) reads z1: its gradient joins z1's
+            dg = self.run_back("qz2.head", (dmu2, dvar2), hc2, grads)
+            dz1 = dz1 + self.run_back("qz2.net", dg, gc, grads)
+        dmu1, dvar1_r = reparam_backward(dz1, var1, eps1)                        # z1 = mu1 + sqrt(var1) eps1
+        dh = self.run_back("qz1.head", (dmu1, dvar1 + dvar1_r), hc1, grads)
+        self.trunk_backward(dh, trunk_c, grads)
+        return self._finish(terms_n, c, grads)
+
+    def encode_z2(self, x, w, rng=None, train=False):
+        """q(z2|z1) at one draw z1 ~ q(z1|x,w) (``rng``; its mean if rng is None): (mu2, var2)."""
+        mu1, var1 = self.encode(x, w, train)
+        z1 = mu1 if rng is None else mu1 + self.xp.sqrt(var1) * rng.normal(mu1.shape, mu1.dtype, self.xp)
+        g, _ = self.run("qz2.net", z1, train)
+        return self.run("qz2.head", g, train)[0]
+
+
+def top_z1_net(h_chain: str) -> str:
+    """q(z2|z1)'s MLP in the literal reading: the chain "D64-D512R-D512R" after its bottleneck
+    D64, which is z1 itself ("D512R-D512R")."""
+    first, _, rest = h_chain.partition("-")
+    if not rest:
+        raise ModelError(f"the JMVAE-h chain {h_chain!r} has no layers after its bottleneck {first!r}")
+    return rest

@@ -54,13 +54,21 @@ def _check(model, coef, beta=1.0):
 
 VARIANTS = [("jmvae", ("rec_x", "rec_w", "kl")),
             ("kl", ("rec_x", "rec_w", "kl", "kl_x", "kl_w")),
-            ("h", ("rec_x", "rec_w", "kl_z2", "kl_z1"))]
+            ("h", ("rec_x", "rec_w", "kl_z2", "kl_z1")),
+            ("h-z1", ("rec_x", "rec_w", "kl_z2", "kl_z1"))]  # JMVAE-h with the top layer q(z2|z1)
+
+
+def _build(variant, **kw):
+    """build_model for the names above ("h-z1": JMVAE-h, h_top="z1")."""
+    if variant == "h-z1":
+        return build_model(ARCH, "h", h_top="z1", **kw)
+    return build_model(ARCH, variant, **kw)
 CASES = [(v, (t,)) for v, ts in VARIANTS for t in ts] + [(v, None) for v, _ in VARIANTS]
 
 
 @pytest.mark.parametrize("variant,term", CASES, ids=[f"{v}-{t[0] if t else 'total'}" for v, t in CASES])
 def test_gradient_matches_finite_differences(variant, term):
-    model = build_model(ARCH, variant, seed=3, dtype="float64", device="cpu", alpha=0.7)
+    model = _build(variant, seed=3, dtype="float64", device="cpu", alpha=0.7)
     # terms alone with weight -1 or +1 like in the objective; the total uses beta = 0.6 (warm-up)
     coef = None if term is None else {term[0]: (1.0 if term[0].startswith("rec") else -1.0)}
     errs, grads = _check(model, coef, beta=0.6)
@@ -70,9 +78,9 @@ def test_gradient_matches_finite_differences(variant, term):
     assert touched, "a term with no gradient anywhere cannot be checked"
 
 
-@pytest.mark.parametrize("variant", ["jmvae", "kl", "h"])
+@pytest.mark.parametrize("variant", ["jmvae", "kl", "h", "h-z1"])
 def test_terms_add_up_to_the_loss(variant):
-    model = build_model(ARCH, variant, seed=1, dtype="float64", device="cpu", alpha=0.5)
+    model = _build(variant, seed=1, dtype="float64", device="cpu", alpha=0.5)
     x, w = _batch(6)
     loss, terms, _ = model.loss_and_grads(x, w, Rng(5), beta=0.3)
     c = model.coefficients(0.3)
@@ -218,3 +226,56 @@ def test_reported_elbo_is_the_bound_on_log_p_x_w(variant):
         assert np.isclose(t["elbo"], t["rec_x"] + t["rec_w"] - kl, rtol=1e-14, atol=0)
         if variant == "kl":
             assert t["kl_x"] > 0 and t["kl_w"] > 0
+
+
+def _mlp(model, name, h):
+    """A dense ReLU stack by hand from model.params (every layer ReLU but none here ends without)."""
+    i = 0
+    while f"{name}.{i}.W" in model.params:
+        h = np.maximum(h @ model.params[f"{name}.{i}.W"] + model.params[f"{name}.{i}.b"], 0)
+        i += 2  # (layer i: dense, i + 1: its ReLU)
+    return h
+
+
+def _head_mean(model, name, h):
+    """mu of a fused Gaussian head: the first half of its dense outputs."""
+    o = h @ model.params[f"{name}.W"] + model.params[f"{name}.b"]
+    return o[:, :o.shape[1] // 2]
+
+
+def test_h_top_z1_terms_match_a_forward_written_by_hand():
+    """JMVAE-h, q(z2|z1): z1 ~ q(z1|x,w), z2 ~ q(z2|z1) with the same noise, and the four terms
+    computed here from the parameters: log p(x|z1), log p(w|z1), KL(q(z2|z1)||N(0,I)) and
+    log q(z1|x,w) - log p(z1|z2), whose mean over many noise draws equals the Monte Carlo mean of
+    log q(z1) - log p(z1|z2) with log q evaluated at the draw (the closed-form entropy is unbiased)."""
+    m = _build("h-z1", seed=2, dtype="float64", device="cpu")
+    assert m.top == "z1" and m.components["qz2.net"].in_shape == (ARCH.latent,)
+    x, w = _batch(3, seed=4)
+    _, terms, _ = m.loss_and_grads(x, w, Rng(11), beta=1.0, train=False)
+    r = Rng(11)
+    h = np.concatenate([_mlp(m, "qxw.x", x), _mlp(m, "qxw.w", w)], axis=1)
+    mu1, var1 = m.encode(x, w)
+    eps1 = r.normal(mu1.shape, np.float64, np)
+    eps2 = r.normal(mu1.shape, np.float64, np)
+    np.testing.assert_allclose(_head_mean(m, "qz1.head", h), mu1, rtol=1e-12)
+    z1 = mu1 + np.sqrt(var1) * eps1
+    g = _mlp(m, "qz2.net", z1)
+    mu2, var2 = m.run("qz2.head", g, False)[0]
+    z2 = mu2 + np.sqrt(var2) * eps2
+    pm, pv = m.prior_z1(z2)
+    kl2 = 0.5 * np.sum(mu2 ** 2 + var2 - np.log(var2) - 1, axis=1)
+    log_p = -0.5 * np.sum(np.log(2 * np.pi * pv) + (z1 - pm) ** 2 / pv, axis=1)
+    neg_h = -0.5 * np.sum(np.log(2 * np.pi * var1) + 1, axis=1)
+    np.testing.assert_allclose(float(terms["kl_z2"]), kl2.mean(), rtol=1e-10)
+    np.testing.assert_allclose(float(terms["kl_z1"]), (neg_h - log_p).mean(), rtol=1e-10)
+    # the closed-form entropy against log q(z1|x,w) at the draws, averaged over many draws
+    big = np.random.default_rng(0).standard_normal((20000,) + mu1.shape)
+    log_q = -0.5 * np.sum(np.log(2 * np.pi * var1) + big ** 2, axis=2).mean(axis=0)
+    np.testing.assert_allclose(log_q, neg_h, atol=0.05)
+
+
+def test_h_top_choice_is_checked():
+    with pytest.raises(ModelError, match="top layer"):
+        build_model(ARCH, "h", h_top="z3", device="cpu")
+    with pytest.raises(ModelError, match="JMVAE-h"):
+        build_model(ARCH, "kl", h_top="z1", device="cpu")
