@@ -17,7 +17,8 @@ c the one given (the *condition*).  All estimators are Monte Carlo; what each on
     log p(t|c) ~ log INT q(z2|c) INT p(z1|z2) p(t|z1) dz1 dz2
               >= INT q(z2|c) INT p(z1|z2) log p(t|z1) dz1 dz2   (Jensen twice)
               ~  (1/N) sum_l (1/N) sum_k log p(t|z1_lk),  z2_l ~ q(z2|c),  z1_lk ~ p(z1|z2_l).
-    q(z2|c) is q(z2|t^_K, c) after K steps of iterative sampling (as for JMVAE); z1 is drawn from
+    q(z2|c) is q(z2|t^_K, c) after K steps of iterative sampling (as for JMVAE; each step reaches
+    z1 through q(z1|t^, c), or through the top layer, z2 then p(z1|z2), in ``eq6-iterK-top``); z1 is drawn from
     the *prior* p(z1|z2), not from q(z1|.).  With the top layer q(z2|z1) (``h_top="z1"``) each
     estimate draws z1 ~ q(z1|t^_K, c) once and then uses q(z2|z1) as q(z2|c).  N x N = 100 decoder
     evaluations per example.  The second Jensen step makes it looser than Eq. 5 (the paper says so: JMVAE-h may be
@@ -59,6 +60,7 @@ import numpy as np
 
 from .backend import asnumpy
 from .distributions import gaussian_loglik, logsumexp, standard_normal_loglik
+from .inference import joint_latent
 
 DIRECTIONS = ("label2image", "image2label")
 
@@ -141,10 +143,11 @@ def _target_loglik(model, t, direction):
     return lambda z: a.w_lik.loglik(t, model.decode_w(z))[0]
 
 
-def complete(model, x, w, direction, rng, iterations: int, init: str = "zeros"):
+def complete(model, x, w, direction, rng, iterations: int, init: str = "zeros", path: str = "z1"):
     """The paper's iterative sampling for a model with only the joint encoder: the target
     modality is filled with zeros (``init="zeros"``) or uniform noise, then K times
-    z ~ q(z|t^, c), t^ ~ p(t|z).  Returns the batch (x, w) with the target replaced by t^_K."""
+    z ~ q(z|t^, c), t^ ~ p(t|z).  Returns the batch (x, w) with the target replaced by t^_K.
+    JMVAE-h: ``path`` "z1" or "top" (inference.joint_latent) is how each step reaches z1."""
     xp, a = model.xp, model.arch
     t, _ = _split(x, w, direction)
     if init == "zeros":
@@ -155,7 +158,7 @@ def complete(model, x, w, direction, rng, iterations: int, init: str = "zeros"):
         raise EstimatorError(f"unknown init {init!r}: choose zeros or noise")
     for _ in range(iterations):
         xx, ww = (th, w) if direction == "label2image" else (x, th)
-        z = _draw(*model.encode(xx, ww), rng)
+        z = joint_latent(model, xx, ww, rng, True, path)
         if direction == "label2image":
             th = a.x_lik.sample(model.decode_x(z).reshape(t.shape[0], -1), rng).reshape(t.shape)
         else:
@@ -163,17 +166,21 @@ def complete(model, x, w, direction, rng, iterations: int, init: str = "zeros"):
     return (th, w) if direction == "label2image" else (x, th)
 
 
-def paper_estimator_name(model, iterations: int = 10) -> str:
+def paper_estimator_name(model, iterations: int = 10, path: str = "z1") -> str:
+    """eq5-unimodal, eq5-iterK, eq6-iterK (JMVAE-h, completion through z1), eq6-iterK-top (through
+    the top layer), eq5-prior."""
     v = model.variant
-    return {"kl": "eq5-unimodal", "jmvae": f"eq5-iter{iterations}", "h": f"eq6-iter{iterations}",
+    return {"kl": "eq5-unimodal", "jmvae": f"eq5-iter{iterations}",
+            "h": f"eq6-iter{iterations}" + ("-top" if path == "top" else ""),
             "cvae": "eq5-prior", "cmma": "eq5-prior"}[v]
 
 
-def paper_estimate(model, x, w, direction, rng, samples: int = 10, iterations: int = 10):
-    """The paper's conditional estimator for ``model`` (see the module docstring): (name, (B,) array)."""
+def paper_estimate(model, x, w, direction, rng, samples: int = 10, iterations: int = 10, path: str = "z1"):
+    """The paper's conditional estimator for ``model`` (see the module docstring): (name, (B,) array).
+    path: how JMVAE-h's completion steps reach z1 ("z1" or "top", :func:`complete`)."""
     v = model.variant
     t, c = _split(x, w, direction)
-    name = paper_estimator_name(model, iterations)
+    name = paper_estimator_name(model, iterations, path if v == "h" else "z1")
     if v in ("cvae", "cmma"):
         if direction != model.direction:
             raise EstimatorError(f"this {v} model is trained for {model.direction}, not {direction}")
@@ -183,7 +190,7 @@ def paper_estimate(model, x, w, direction, rng, samples: int = 10, iterations: i
     if v == "kl":
         mu, var = model.encode_w(w) if direction == "label2image" else model.encode_x(x)
         return name, eq5_bound(mu, var, ll, rng, samples)
-    xc, wc = complete(model, x, w, direction, rng, iterations)
+    xc, wc = complete(model, x, w, direction, rng, iterations, path=path if v == "h" else "z1")
     if v == "jmvae":
         return name, eq5_bound(*model.encode(xc, wc), ll, rng, samples)
     if v == "h":
@@ -259,7 +266,7 @@ def importance_estimates(model, x, w, direction, rng, samples: int):
 
 
 def evaluate_model(model, x, w, direction, rng, samples=10, iterations=10, importance=0, batch_size=500,
-                   tick=None):
+                   tick=None, path="z1"):
     """Mean over the test set of every estimator for one direction: {name: float}.
     ``importance`` = S > 0 adds the importance-weighted estimates; ``tick()`` (optional: a progress
     bar) is called after each batch of ``batch_size`` rows."""
@@ -267,7 +274,7 @@ def evaluate_model(model, x, w, direction, rng, samples=10, iterations=10, impor
     n = x.shape[0]
     for i in range(0, n, batch_size):
         xb, wb = x[i:i + batch_size], w[i:i + batch_size]
-        name, val = paper_estimate(model, xb, wb, direction, rng, samples, iterations)
+        name, val = paper_estimate(model, xb, wb, direction, rng, samples, iterations, path)
         out = {name: val}
         if importance:
             out.update(importance_estimates(model, xb, wb, direction, rng, importance))

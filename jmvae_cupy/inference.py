@@ -4,6 +4,10 @@
 * JMVAE and JMVAE-h only have the joint encoder q(z|x,w): the missing modality is filled with
   zeros (or noise) and refined by the paper's iterative sampling, a Markov chain with kernel
   T(x'|x, w) = integral p(x'|z) q(z|x, w) dz:   z ~ q(z|x^, w),  x^ ~ p(x|z),  K times.
+* JMVAE-h's decoders read z1, which the chain reaches by one of two paths (``path``):
+  ``"z1"``: z1 ~ q(z1|x^, w) (the bottom layer of the joint encoder);
+  ``"top"``: z2 ~ q(z2|x^, w), then z1 ~ p(z1|z2) (through the top layer and the prior, the
+  path of Fig. 2(b) and of Eq. 6; the paper samples "at the top stochastic layer").
 """
 
 from __future__ import annotations
@@ -26,13 +30,33 @@ def _sample_z(mu, var, rng, sample: bool):
     return mu + xp.sqrt(var) * rng.normal(mu.shape, mu.dtype, xp)
 
 
+H_PATHS = ("z1", "top")
+
+
+def joint_latent(model, x, w, rng, sample: bool = True, path: str = "z1"):
+    """The z the decoders read, inferred by the joint encoder from (x, w): (N, latent).
+
+    JMVAE: z ~ q(z|x,w).  JMVAE-h: path "z1": z1 ~ q(z1|x,w); path "top": z2 ~ q(z2|x,w), then
+    z1 ~ p(z1|z2).  sample=False: the mean at each step instead of a draw.
+    """
+    if path not in H_PATHS:
+        raise ValueError(f"unknown JMVAE-h path {path!r}: choose z1 or top")
+    if path == "z1":
+        return _sample_z(*model.encode(x, w), rng, sample)
+    if model.variant != "h":
+        raise ValueError(f"the path through the top layer is JMVAE-h's; a {model.variant} model has none")
+    z2 = _sample_z(*model.encode_z2(x, w, rng if sample else None), rng, sample)
+    return _sample_z(*model.prior_z1(z2), rng, sample)
+
+
 def x_from_w(model, w, rng, iterations: int = 10, init: str = "zeros", sample_z: bool = True,
-             return_chain: bool = False):
+             return_chain: bool = False, path: str = "z1"):
     """Images generated from w (N, w_dim): the mean of p(x|z), shaped (N, *x_shape).
 
     JMVAE-kl: z ~ q(z|w) (its mean if sample_z is False), ``iterations`` is ignored.
     JMVAE / JMVAE-h: iterative sampling for ``iterations`` steps from an x filled with ``init``.
     return_chain: also return the list of means after 0..K iterations (the paper's Fig. 4).
+    path: JMVAE-h's path to z1 (:func:`joint_latent`).
     """
     a, xp = model.arch, model.xp
     lik = a.x_lik
@@ -43,7 +67,7 @@ def x_from_w(model, w, rng, iterations: int = 10, init: str = "zeros", sample_z:
     x = _fill((w.shape[0],) + tuple(a.x_shape), model.dtype, xp, rng, init)
     chain = []
     for k in range(iterations + 1):
-        z = _sample_z(*model.encode(x, w), rng, sample_z)
+        z = joint_latent(model, x, w, rng, sample_z, path)
         out = model.decode_x(z)
         mean = lik.mean(out.reshape(out.shape[0], -1)).reshape(x.shape)
         chain.append(mean)
@@ -52,14 +76,18 @@ def x_from_w(model, w, rng, iterations: int = 10, init: str = "zeros", sample_z:
     return (chain[-1], chain) if return_chain else chain[-1]
 
 
-def w_from_x(model, x, rng, iterations: int = 10, init: str = "zeros", sample_z: bool = True):
+def w_from_x(model, x, rng, iterations: int = 10, init: str = "zeros", sample_z: bool = True,
+             return_chain: bool = False, path: str = "z1"):
     """The mean of p(w|z) (class probabilities for MNIST) given x, (N, w_dim); as :func:`x_from_w`."""
     a, xp = model.arch, model.xp
     if hasattr(model, "encode_x"):
-        return a.w_lik.mean(model.decode_w(_sample_z(*model.encode_x(x), rng, sample_z)))
+        mean = a.w_lik.mean(model.decode_w(_sample_z(*model.encode_x(x), rng, sample_z)))
+        return (mean, [mean]) if return_chain else mean
     w = _fill((x.shape[0], a.w_dim), model.dtype, xp, rng, init)
+    chain = []
     for k in range(iterations + 1):
-        out = model.decode_w(_sample_z(*model.encode(x, w), rng, sample_z))
+        out = model.decode_w(joint_latent(model, x, w, rng, sample_z, path))
+        chain.append(a.w_lik.mean(out))
         if k < iterations:
             w = a.w_lik.sample(out, rng)
-    return a.w_lik.mean(out)
+    return (chain[-1], chain) if return_chain else chain[-1]
