@@ -175,7 +175,8 @@ def paper_estimator_name(model, iterations: int = 10, path: str = "z1") -> str:
             "cvae": "eq5-prior", "cmma": "eq5-prior"}[v]
 
 
-def paper_estimate(model, x, w, direction, rng, samples: int = 10, iterations: int = 10, path: str = "z1"):
+def paper_estimate(model, x, w, direction, rng, samples: int = 10, iterations: int = 10, path: str = "z1",
+                   init: str = "zeros"):
     """The paper's conditional estimator for ``model`` (see the module docstring): (name, (B,) array).
     path: how JMVAE-h's completion steps reach z1 ("z1" or "top", :func:`complete`)."""
     v = model.variant
@@ -190,7 +191,7 @@ def paper_estimate(model, x, w, direction, rng, samples: int = 10, iterations: i
     if v == "kl":
         mu, var = model.encode_w(w) if direction == "label2image" else model.encode_x(x)
         return name, eq5_bound(mu, var, ll, rng, samples)
-    xc, wc = complete(model, x, w, direction, rng, iterations, path=path if v == "h" else "z1")
+    xc, wc = complete(model, x, w, direction, rng, iterations, init, path=path if v == "h" else "z1")
     if v == "jmvae":
         return name, eq5_bound(*model.encode(xc, wc), ll, rng, samples)
     if v == "h":
@@ -266,7 +267,7 @@ def importance_estimates(model, x, w, direction, rng, samples: int):
 
 
 def evaluate_model(model, x, w, direction, rng, samples=10, iterations=10, importance=0, batch_size=500,
-                   tick=None, path="z1"):
+                   tick=None, path="z1", init="zeros"):
     """Mean over the test set of every estimator for one direction: {name: float}.
     ``importance`` = S > 0 adds the importance-weighted estimates; ``tick()`` (optional: a progress
     bar) is called after each batch of ``batch_size`` rows."""
@@ -274,7 +275,7 @@ def evaluate_model(model, x, w, direction, rng, samples=10, iterations=10, impor
     n = x.shape[0]
     for i in range(0, n, batch_size):
         xb, wb = x[i:i + batch_size], w[i:i + batch_size]
-        name, val = paper_estimate(model, xb, wb, direction, rng, samples, iterations, path)
+        name, val = paper_estimate(model, xb, wb, direction, rng, samples, iterations, path, init)
         out = {name: val}
         if importance:
             out.update(importance_estimates(model, xb, wb, direction, rng, importance))

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,10 +29,11 @@ from .backend import BackendError, asnumpy, select_device, to_device
 from .checkpoint import CheckpointError, load_latest, restore_arrays
 from .checkpoint import load as load_checkpoint
 from .cli import guarded
+from .coherence import CoherenceError, celeba_classifier, coherence, mnist_classifier, model_generator
 from .data import DataError, binarized_test_set, load_mnist, one_hot
 from .estimators import DIRECTIONS, complete, evaluate_model, paper_estimate
 from .generate import GenerateError, read_config
-from .inference import x_from_w
+from .inference import H_PATHS, x_from_w
 from .models import ModelError, build_model
 from .rng import Rng
 
@@ -44,8 +46,17 @@ class EvaluateError(RuntimeError):
     """A run directory that cannot be evaluated (one-line message)."""
 
 
-def load_run(run_dir: str, device="cpu", test_size: int = 0, checkpoint_path: str | None = None):
-    """(model, config, test x, test w, epoch) of the newest good checkpoint in ``run_dir`` (or of
+class LoadedRun(NamedTuple):
+    model: object
+    config: dict
+    x: object         # test images (N, *x_shape), binarised MNIST or CelebA faces, on the model's device
+    w: object         # test labels / attributes (N, w_dim)
+    epoch: int
+    checkpoint: str   # the checkpoint file the parameters came from
+
+
+def load_run(run_dir: str, device="cpu", test_size: int = 0, checkpoint_path: str | None = None) -> LoadedRun:
+    """(model, config, test x, test w, epoch, checkpoint path) of the newest good checkpoint in ``run_dir`` (or of
     ``checkpoint_path``, e.g. a snapshot of train --snapshot-every, MNIST runs).
 
     MNIST: the binarised test set.  CelebA: the first ``test_size`` test images of the run's HDF5
@@ -71,7 +82,7 @@ def load_run(run_dir: str, device="cpu", test_size: int = 0, checkpoint_path: st
         raise EvaluateError(f"{run_dir}: {e}") from None
     x = to_device(binarized_test_set(data, dtype=model.dtype), xp)
     w = to_device(one_hot(data.test_y, 10, model.dtype), xp)
-    return model, cfg, x, w, int(ck["meta"]["epoch"])
+    return LoadedRun(model, cfg, x, w, int(ck["meta"]["epoch"]), ck["path"])
 
 
 def run_config(run_dir: str) -> dict:
@@ -94,7 +105,7 @@ def _load_celeba_run(run_dir, device, test_size):
     except (GenerateError, CheckpointError, ModelError, DataError, BackendError, KeyError) as e:
         raise EvaluateError(str(e) if str(e).startswith(run_dir) else f"{run_dir}: {e}") from None
     epoch = int(run.checkpoint.split("-")[1])
-    return run.model, run.config, x, w, epoch
+    return LoadedRun(run.model, run.config, x, w, epoch, os.path.join(run_dir, run.checkpoint))
 
 
 def directions(model) -> list:
@@ -107,13 +118,66 @@ def batches(n: int) -> int:
     return -(-n // BATCH)
 
 
-def evaluate_run(model, x, w, samples=10, iterations=10, importance=0, repeats=1, tick=None):
-    """{direction: {estimator: (mean, std, values)}} over ``repeats`` seeds (one random stream per
-    (direction, repeat)); the test set goes through the estimators in batches of BATCH rows, and
-    ``tick()`` (optional, a progress bar) follows each batch."""
+def coherence_paths(model) -> tuple:
+    """The generation paths coherence is measured along: JMVAE-h both (inference.H_PATHS), others one."""
+    return H_PATHS if model.variant == "h" else ("z1",)
+
+
+def classifier_for(cfg: dict, cache_dir=None):
+    """The coherence classifier of a run's data: MNIST digits, or the attributes of its CelebA file."""
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    try:
+        if cfg["dataset"] == "celeba":
+            from .data.celeba import open_celeba  # noqa: PLC0415  (h5py file reader: only for CelebA runs)
+
+            return celeba_classifier(open_celeba(cfg["data"]), cfg.get("width_scale", 1.0), cache_dir=cache_dir,
+                                     log=log)
+        return mnist_classifier(load_mnist(cfg.get("data_dir")), cache_dir, log=log)
+    except (DataError, CoherenceError) as e:
+        raise EvaluateError(f"coherence classifier: {e}") from None
+
+
+def coherence_run(model, x, w, classifier, ks, init="zeros", seed=0, tick=None) -> dict:
+    """{direction: {path: {K: coherence}}} of one model on the test pairs (x, w) (coherence.py)."""
     out = {}
     for d in directions(model):
-        reps = [evaluate_model(model, x, w, d, Rng([r, 11]), samples, iterations, importance, BATCH, tick=tick)
+        out[d] = {}
+        for path in coherence_paths(model):
+            gen = model_generator(model, d, Rng([seed, 13]), ks, init=init, path=path)
+            out[d][path] = coherence(gen, x, w, d, classifier, BATCH, tick=tick)
+    return out
+
+
+def coherence_table(results: list, classifier_accuracy=None) -> str:
+    """Markdown: one row per (model, path, direction), one column per K."""
+    ks = sorted({int(k) for r in results for d in r.get("coherence", {}).values() for p in d.values() for k in p})
+    lines = ["| model | direction | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    for r in results:
+        for d, paths in r.get("coherence", {}).items():
+            for path, vals in paths.items():
+                name = r["model"] + (f" ({'z1 ~ q(z1|x,w)' if path == 'z1' else 'z2 ~ q(z2|x,w), z1 ~ p(z1|z2)'})"
+                                     if r["variant"] == "h" else "")
+                cells = [f"{vals[k]:.3f}" if k in vals else "—" for k in (str(k) for k in ks)]
+                lines.append(f"| {name} | {d.replace('2', ' -> ')} | " + " | ".join(cells) + " |")
+    if classifier_accuracy is not None:
+        lines.append("\n(label -> image: the fraction of generated images the digit classifier assigns to their label; "
+                     f"its accuracy on the real test digits, the ceiling, is {classifier_accuracy:.3f}. "
+                     "image -> label: the fraction of generated labels that are right.)")
+    return "\n".join(lines)
+
+
+def evaluate_run(model, x, w, samples=10, iterations=10, importance=0, repeats=1, tick=None, init="zeros"):
+    """{direction: {estimator: (mean, std, values)}} over ``repeats`` seeds (one random stream per
+    (direction, repeat)); the test set goes through the estimators in batches of BATCH rows, and
+    ``tick()`` (optional, a progress bar) follows each batch.  JMVAE-h: Eq. 6 with the completion
+    through z1 (eq6-iterK) and through the top layer (eq6-iterK-top)."""
+    out = {}
+    paths = H_PATHS if model.variant == "h" else ("z1",)
+    for d in directions(model):
+        reps = [{k: v for path in paths
+                 for k, v in evaluate_model(model, x, w, d, Rng([r, 11]), samples, iterations,
+                                            importance if path == "z1" else 0, BATCH, tick=tick, path=path,
+                                            init=init).items()}
                 for r in range(repeats)]
         out[d] = {k: (float(np.mean([r[k] for r in reps])), float(np.std([r[k] for r in reps])), [r[k] for r in reps])
                   for k in reps[0]}
@@ -157,6 +221,16 @@ def build_parser():
                    help="S importance samples for the iwS / snisS estimates (default 0: off)")
     p.add_argument("--repeats", type=int, default=1, help="R repeats of the estimators' randomness (default 1)")
     p.add_argument("--test-size", type=int, default=0, help="evaluate on the first M test digits / faces only (0: all)")
+    p.add_argument("--init", choices=["zeros", "noise"], default="zeros",
+                   help="how JMVAE / JMVAE-h fill the missing modality before iterative sampling (default zeros)")
+    p.add_argument("--coherence", action="store_true",
+                   help="add cross-modal coherence (jmvae_cupy/coherence.py) after K iterations, both directions; "
+                        "JMVAE-h along both paths to z1")
+    p.add_argument("--coherence-k", default="0,1,5,10,20", metavar="K,K,...",
+                   help="--coherence: the iteration counts to read (default 0,1,5,10,20)")
+    p.add_argument("--classifier-cache", default=None, metavar="DIR",
+                   help="--coherence: where the digit classifier is cached (default $JMVAE_CACHE_DIR or "
+                        "~/.cache/jmvae_cupy)")
     p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (on stderr)")
     return p
@@ -168,40 +242,68 @@ def _evaluate(args) -> int:
                           ("test-size", args.test_size, 0)):
         if val < lo:
             raise EvaluateError(f"--{name} must be >= {lo}, got {val}")
+    ks = _parse_ks(args.coherence_k) if args.coherence else None
     for rd in args.runs:  # every config first: a damaged one is found before any run is loaded
         run_config(rd)
     loaded = []
     for rd in args.runs:
-        model, cfg, x, w, epoch = load_run(rd, args.device, args.test_size)
+        model, cfg, x, w, epoch, ckpt = load_run(rd, args.device, args.test_size)
         if args.test_size:
             x, w = x[: args.test_size], w[: args.test_size]
-        loaded.append((rd, model, cfg, x, w, epoch))
+        loaded.append((rd, model, cfg, x, w, epoch, ckpt))
     from tqdm import tqdm  # noqa: PLC0415
 
-    total = sum(len(directions(m)) * args.repeats * batches(x.shape[0]) for _, m, _, x, _, _ in loaded)
+    classifiers = {}  # one per data set: a run's data file / directory -> its classifier
+    for _, _, cfg, *_ in loaded if args.coherence else ():
+        key = cfg.get("data") or cfg.get("data_dir") or ""
+        if key not in classifiers:
+            classifiers[key] = classifier_for(cfg, args.classifier_cache)
+    total = sum(len(directions(m)) * batches(x.shape[0]) * (len(coherence_paths(m)) * (args.repeats + bool(ks)))
+                for _, m, _, x, _, _, _ in loaded)
     results = []
     with tqdm(total=total, unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True,
               disable=not args.progress) as bar:
-        for rd, model, cfg, x, w, epoch in loaded:
+        for rd, model, cfg, x, w, epoch, ckpt in loaded:
             bar.set_description(os.path.basename(os.path.normpath(rd)))
             est = evaluate_run(model, x, w, args.samples, args.iterations, args.importance, args.repeats,
-                               tick=lambda: bar.update(1))
+                               tick=lambda: bar.update(1), init=args.init)
+            classifier = classifiers.get(cfg.get("data") or cfg.get("data_dir") or "")
+            coh = coherence_run(model, x, w, classifier, ks, args.init, tick=lambda: bar.update(1)) if ks else None
             results.append({
                 "run": rd, "model": NAMES[cfg["variant"]], "variant": cfg["variant"], "epoch": epoch,
                 "dataset": cfg["dataset"],
                 "direction": cfg["direction"], "test_size": int(x.shape[0]), "samples": args.samples,
                 "iterations": args.iterations, "importance": args.importance, "repeats": args.repeats,
+                "init": args.init, "checkpoint": os.path.basename(ckpt),
                 "estimates": {d: {k: {"mean": m, "std": s, "repeats": v} for k, (m, s, v) in e.items()}
                               for d, e in est.items()}})
+            if coh is not None:
+                results[-1]["coherence"] = {d: {p: {str(k): v for k, v in c.items()} for p, c in e.items()}
+                                            for d, e in coh.items()}
+                results[-1]["classifier_accuracy"] = classifier.meta.get("test_accuracy")
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         print(table(results))
+        if classifiers:
+            accs = [c.meta.get("test_accuracy") for c in classifiers.values()]
+            acc = accs[0] if len(accs) == 1 and isinstance(accs[0], float) else None
+            print("\n" + coherence_table(results, acc))
         items = "faces" if all(r["dataset"] == "celeba" for r in results) else \
             "digits" if all(r["dataset"] == "mnist" for r in results) else "examples"
         print(f"\n(test {items}: {results[0]['test_size']}; N = {args.samples}, K = {args.iterations}, "
               f"S = {args.importance}, mean ± std over {args.repeats} repeat(s); estimators: jmvae_cupy/estimators.py)")
     return 0
+
+
+def _parse_ks(text: str) -> list:
+    try:
+        ks = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise EvaluateError(f"--coherence-k must be comma-separated integers, got {text!r}") from None
+    if not ks or ks[0] < 0:
+        raise EvaluateError(f"--coherence-k needs iteration counts >= 0, got {text!r}")
+    return ks
 
 
 def main(argv=None) -> int:

@@ -97,7 +97,7 @@ def _figures(args, made: list) -> int:
 
     curves, written = {}, []
     out = lambda f: os.path.join(args.out, f)  # noqa: E731
-    for rd, model, cfg, x, w, _ in tqdm(loaded, desc="figures", unit="run", file=sys.stderr, leave=False,
+    for rd, model, cfg, x, w, *_ in tqdm(loaded, desc="figures", unit="run", file=sys.stderr, leave=False,
                                         dynamic_ncols=True, disable=not args.progress):
         name = NAMES[cfg["variant"]] + (f"-{cfg['direction']}" if cfg.get("direction") else "")
         tag = os.path.basename(os.path.normpath(rd))

@@ -86,7 +86,7 @@ def test_batches_give_the_estimates_of_one_call(tiny_run):
     from jmvae_cupy.estimators import evaluate_model
     from jmvae_cupy.rng import Rng
 
-    model, _, x, w, _ = evaluate.load_run(tiny_run)
+    model, _, x, w, *_ = evaluate.load_run(tiny_run)
     x, w = x[:700], w[:700]
     ticks = []
     got = evaluate.evaluate_run(model, x, w, samples=2, importance=2, tick=lambda: ticks.append(1))
