@@ -233,14 +233,14 @@ def cached_classifier(name: str, train_images, train_labels, test_images, test_l
     return clf
 
 
-def mnist_classifier(data, cache_dir: str | None = None, log=print) -> Classifier:
+def mnist_classifier(data, cache_dir: str | None = None, log=print, epochs: int = 20) -> Classifier:
     """The MNIST digit classifier of ``data`` (a :class:`~jmvae_cupy.data.MnistData`): trained on its
     training digits (grey levels and fresh binarisations), its accuracy measured on the binarised
     test digits that evaluation uses."""
     from .data import binarized_test_set  # noqa: PLC0415  (data imports nothing from here; kept lazy: heavy)
 
     return cached_classifier("mnist", data.train_x, data.train_y, binarized_test_set(data), data.test_y,
-                             MNIST_SPEC, "categorical", cache_dir=cache_dir, log=log, epochs=20, binarize=True,
+                             MNIST_SPEC, "categorical", cache_dir=cache_dir, log=log, epochs=epochs, binarize=True,
                              n_classes=10)
 
 

@@ -158,6 +158,7 @@ def coherence_table(results: list, classifier_accuracy=None) -> str:
                 name = r["model"] + (f" ({'z1 ~ q(z1|x,w)' if path == 'z1' else 'z2 ~ q(z2|x,w), z1 ~ p(z1|z2)'})"
                                      if r["variant"] == "h" else "")
                 cells = [f"{vals[k]:.3f}" if k in vals else "—" for k in (str(k) for k in ks)]
+                name = name.replace("|", "\\|")  # (a pipe would split the markdown cell)
                 lines.append(f"| {name} | {d.replace('2', ' -> ')} | " + " | ".join(cells) + " |")
     if classifier_accuracy is not None:
         lines.append("\n(label -> image: the fraction of generated images the digit classifier assigns to their label; "

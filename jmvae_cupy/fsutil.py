@@ -9,6 +9,7 @@ mode a plain ``open(path, "w")`` would (0666 less the process umask).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -57,3 +58,23 @@ def try_lock(path):
     except OSError:
         pass  # (ENOLCK and the like: a file system without locks)
     return f
+
+
+def write_text(path, text: str) -> None:
+    """Replace the file ``path`` by ``text`` atomically (a temporary file beside it, fsynced, renamed)."""
+    fd, tmp = temp_beside(os.path.dirname(os.path.abspath(path)), prefix=".write-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj) -> None:
+    """``obj`` as indented JSON (sorted keys), written atomically."""
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True))

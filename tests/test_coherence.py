@@ -110,7 +110,7 @@ def test_evaluate_coherence_table_and_json(tiny_run, mnist, cache, capsys):
     assert evaluate.main(args) == 0
     out = capsys.readouterr().out
     assert "eq6-iter10-top" in out and "| K=0 | K=2 |" in out
-    assert "| JMVAE-h (z2 ~ q(z2|x,w), z1 ~ p(z1|z2)) | label -> image |" in out
+    assert "| JMVAE-h (z2 ~ q(z2\\|x,w), z1 ~ p(z1\\|z2)) | label -> image |" in out
     assert "the ceiling, is 0.9" in out
     assert evaluate.main(args + ["--json"]) == 0
     res = json.loads(capsys.readouterr().out)[0]
