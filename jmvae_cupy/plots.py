@@ -122,12 +122,13 @@ def generation_chains(chains, path, svg: bool = False, row_labels=None) -> Figur
 
 
 def _line_panels(panels, path, svg, xkey: str, ykey: str, xlabel: str) -> Figure:
-    """Side-by-side axes sharing x: per series a line with markers (x = ``xkey``, y = ``ykey``), a
-    shaded band where the series has ``lo``/``hi``, a dashed line per panel ``references`` entry."""
+    """Axes stacked one above the other, sharing x (wide plots with room for long legends beside them):
+    per series a line with markers (x = ``xkey``, y = ``ykey``), a shaded band where the series has
+    ``lo``/``hi``, a dashed line per panel ``references`` entry."""
     if not panels:
         raise ValueError("no panels")
-    fig, axes = _figure(1, len(panels), (5.6 * len(panels), 3.8), sharex=True)
-    for ax, p in zip(axes[0], panels):
+    fig, axes = _figure(len(panels), 1, (11.0, 3.4 * len(panels)), sharex=True)
+    for ax, p in zip(axes[:, 0], panels):
         for name, s in p["series"].items():
             (line,) = ax.plot(s[xkey], s[ykey], marker="o", ms=4, label=name)
             if s.get("lo") is not None and s.get("hi") is not None:
@@ -135,6 +136,8 @@ def _line_panels(panels, path, svg, xkey: str, ykey: str, xlabel: str) -> Figure
         for i, (name, value) in enumerate(p.get("references", {}).items()):
             ax.axhline(value, ls="--", lw=1.2, color=f"C{(len(p['series']) + i) % 10}", label=name)
         ax.set(title=p["title"], xlabel=xlabel, ylabel=p["ylabel"])
+        if p.get("ylim") is not None:  # e.g. (0, 1) for a fraction: the whole scale, not the data's
+            ax.set_ylim(*p["ylim"])
         ax.tick_params(labelbottom=True)
         _integer_x(ax)
         ax.legend(**OUTSIDE_RIGHT)
@@ -146,8 +149,9 @@ def curves_vs_iterations(panels, path, svg: bool = False) -> Figure:
 
     ``panels``: list of dicts ``{"title": str, "ylabel": str, "series": {name: {"k": list[int] (L,),
     "mean": list[float] (L,), "lo": list[float] (L,) or None, "hi": list[float] (L,) or None}},
-    "references": {name: float}}``.  A band is shaded between ``lo`` and ``hi`` where both are given;
-    each reference is a horizontal dashed line.  Every line is in the legend (outside the axes).
+    "references": {name: float}, "ylim": (lo, hi) (optional)}``.  A band is shaded between ``lo`` and
+    ``hi`` where both are given; each reference is a horizontal dashed line.  Every line is in the
+    legend (outside the axes).
     """
     return _line_panels(panels, path, svg, "k", "mean", "iterations K")
 

@@ -112,6 +112,7 @@ def write_figures(out: str, names: list, svg: bool = False) -> list:
             {"title": "label -> image: the paper's estimate", "ylabel": "Eq. 5 / Eq. 6 (nats)", "series": est,
              "references": est_ref},
             {"title": "label -> image: coherence", "ylabel": "fraction classified as their label", "series": coh,
+             "ylim": (0.0, 1.0),
              "references": {**coh_ref, "chance": CHANCE, "classifier on real digits": acc}}])
     # learning curves of the 64-d JMVAE-family runs; the trend over snapshots
     lc = {label(e): _metrics(out, n) for n, e in ev.items() if e["latent"] != 2 and e["variant"] in MODEL}
@@ -142,7 +143,7 @@ def _trend_panels(ev: dict) -> list:
                 s["value"].append(d["active_units"])
     if not coh:
         return []
-    return [{"title": "label -> image coherence", "ylabel": "fraction", "series": coh},
+    return [{"title": "label -> image coherence", "ylabel": "fraction", "series": coh, "ylim": (0.0, 1.0)},
             {"title": "label -> image: the paper's estimate", "ylabel": "nats", "series": est},
             {"title": "active units per layer", "ylabel": "dimensions", "series": au}]
 

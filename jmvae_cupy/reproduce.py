@@ -69,7 +69,7 @@ def settings(args) -> dict:
                 "snapshot_every": 1}
     e = args.epochs or 300
     return {"epochs": e, "train_subset": 0, "test_size": args.test_size, "samples": 10, "importance": 100,
-            "repeats": 3, "ks": [0, 1, 5, 10, 20], "fig5_ks": [0, 1, 2, 3, 5, 7, 10, 15, 20], "trend_k": 10,
+            "repeats": 3, "ks": [0, 1, 5, 10, 20], "fig5_ks": [0, 1, 2, 3, 5, 10, 20], "trend_k": 10,
             "classifier_epochs": 20, "snapshot_every": max(1, e // 12)}
 
 

@@ -235,3 +235,15 @@ def test_path_may_be_str_and_overwrites(tmp_path):
     panels = [{"title": "t", "ylabel": "y", "series": {"a": {"epoch": [1, 2], "value": [1.0, 2.0]}}}]
     plots.metric_vs_epoch(panels, str(path), svg=True)
     _check_files(tmp_path, path, True)
+
+
+def test_a_panel_can_fix_its_y_range(tmp_path):
+    """A fraction is drawn on its whole scale (0..1), whatever the data span."""
+    from jmvae_cupy.plots import metric_vs_epoch
+
+    fig = metric_vs_epoch([{"title": "c", "ylabel": "fraction", "ylim": (0.0, 1.0),
+                            "series": {"a": {"epoch": [1, 2], "value": [0.1, 0.12]}}},
+                           {"title": "d", "ylabel": "nats", "series": {"a": {"epoch": [1, 2], "value": [-3, -2]}}}],
+                          str(tmp_path / "m.png"))
+    a, b = fig.axes[:2]
+    assert a.get_ylim() == (0.0, 1.0) and b.get_ylim() != (0.0, 1.0)
