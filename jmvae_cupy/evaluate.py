@@ -326,20 +326,39 @@ def loglik_vs_iterations(model, x, w, max_iter=10, samples=10, seed=0):
     return ks, vals
 
 
-def latent_means(model, x, w, iterations=10, seed=0):
-    """2-D codes: means of q(z|x,w), and of q(z|w) (JMVAE-kl) or q(z|x^_K, w) after iterative sampling."""
-    joint = asnumpy(model.encode(x, w)[0])
-    if hasattr(model, "encode_w"):
-        return joint, asnumpy(model.encode_w(w)[0]), "q(z|w)"
-    xc, wc = complete(model, x, w, "label2image", Rng([seed, 5]), iterations)
-    return joint, asnumpy(model.encode(xc, wc)[0]), f"q(z|x^_{iterations},w)"
+def latent_samples(model, x, w, iterations=10, seed=0) -> dict:
+    """Fig. 3 (2-D latents): {"joint", "cond"} (N, 2) each, one sampled z per test pair from the joint
+    encoder, and one from the label alone: q(z|w) (JMVAE-kl), or the joint encoder after K
+    iterations from zeros (JMVAE; JMVAE-h at its top layer z2 with the completion through the top
+    layer, as the paper samples "at the top stochastic layer"); and the two panels' titles."""
+    rng = Rng([seed, 23])
+
+    def draw(mu, var):
+        return asnumpy(mu + model.xp.sqrt(var) * rng.normal(mu.shape, mu.dtype, model.xp))
+    if model.variant == "h":
+        joint = draw(*model.encode_z2(x, w, rng))
+        xc, wc = complete(model, x, w, "label2image", rng, iterations, path="top")
+        return {"joint": joint, "cond": draw(*model.encode_z2(xc, wc, rng)),
+                "joint_title": "joint: q(z2|x,w) (top layer)", "cond_title": f"from w alone: q(z2|x^_{iterations},w)"}
+    joint = draw(*model.encode(x, w))
+    if model.variant == "kl":
+        return {"joint": joint, "cond": draw(*model.encode_w(w)), "joint_title": "joint: q(z|x,w)",
+                "cond_title": "from w alone: q(z|w)"}
+    xc, wc = complete(model, x, w, "label2image", rng, iterations)
+    return {"joint": joint, "cond": draw(*model.encode(xc, wc)), "joint_title": "joint: q(z|x,w)",
+            "cond_title": f"from w alone: q(z|x^_{iterations},w)"}
 
 
-def generation_chain(model, iterations=10, seed=0):
-    """Images generated from labels 0..9 after 0..K iterations: (K+1, 10, 28, 28)."""
+def generation_chain(model, ks=(0, 1, 2, 5, 10, 20), seed=0, path="z1"):
+    """Fig. 4: images generated from labels 0..9 after each K in ``ks`` of iterative sampling
+    (JMVAE-h: along ``path``), (len(ks), 10, 28, 28); JMVAE-kl and the baselines: one row."""
     w = to_device(one_hot(np.arange(10), 10, model.dtype), model.xp)
-    _, chain = x_from_w(model, w, Rng([seed, 4]), iterations=iterations, return_chain=True)
-    return np.stack([asnumpy(c).reshape(10, 28, 28) for c in chain])
+    if hasattr(model, "generate"):
+        return asnumpy(model.generate(w, Rng([seed, 4]))).reshape(1, 10, 28, 28)
+    kw = {"path": path} if model.variant == "h" else {}
+    _, chain = x_from_w(model, w, Rng([seed, 4]), iterations=max(ks), return_chain=True, **kw)
+    rows = [0] if model.variant == "kl" else ks
+    return np.stack([asnumpy(chain[min(k, len(chain) - 1)]).reshape(10, 28, 28) for k in rows])
 
 
 if __name__ == "__main__":

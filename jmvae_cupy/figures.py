@@ -1,13 +1,15 @@
-"""The paper's MNIST figures from trained runs (PNG, Pillow only):
+"""The paper's MNIST figures from trained runs (PNG; plots with matplotlib, image grids with Pillow):
 
     python -m jmvae_cupy.figures RUN_DIR [RUN_DIR ...] --out DIR      (= python -m jmvae_cupy.evaluate figures ...)
 
-* ``gen-<model>.png``      Fig. 4: images generated from labels 0-9 (columns) after 0..K iterations
-                           of iterative sampling (rows; JMVAE-kl and CVAE/CMMA need none: one row);
+* ``gen-<model>.png``      Fig. 4: images generated from labels 0-9 (columns) after K = 0, 1, 2, 5
+                           and --iterations steps of iterative sampling (rows; JMVAE-kl and
+                           CVAE/CMMA need none: one row);
 * ``ll-vs-iterations.png`` Fig. 5: the label->image estimator (Eq. 5 / Eq. 6) against K, on
                            ``--test-size`` digits, for every label->image run (flat for JMVAE-kl);
-* ``latent-<model>.png``   Fig. 3 (runs with a 2-D z only): means of q(z|x,w) and of q(z|w)
-                           (JMVAE-kl) or q(z|x^_K, w) (iterative sampling), coloured by label.
+* ``latent.png``           Fig. 3 (runs with a 2-D z only): one row per run, a sampled z per test
+                           digit from q(z|x,w) and from the label alone (q(z|w) for JMVAE-kl,
+                           q(z|x^_K, w) after iterative sampling), on shared axes, coloured by label.
 
 MNIST runs only (a CelebA run's figures come from python -m jmvae_cupy.generate).  Every run is
 loaded before ``--out`` is created, and a directory this command created is removed again if it
@@ -23,12 +25,12 @@ import sys
 
 import numpy as np
 
+from . import plots
 from .backend import asnumpy
 from .cli import guarded, one_line
-from .evaluate import NAMES, EvaluateError, generation_chain, latent_means, load_run, loglik_vs_iterations, run_config
+from .evaluate import NAMES, EvaluateError, generation_chain, latent_samples, load_run, loglik_vs_iterations, run_config
 from .fsutil import probe_writable
-from .rng import Rng
-from .viz import save_grid, save_line_plot, save_scatter
+from .viz import save_grid
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +97,7 @@ def _figures(args, made: list) -> int:
     make_out_dir(args.out, made)
     from tqdm import tqdm  # noqa: PLC0415
 
-    curves, written = {}, []
+    curves, written, latents = {}, [], []
     out = lambda f: os.path.join(args.out, f)  # noqa: E731
     for rd, model, cfg, x, w, *_ in tqdm(loaded, desc="figures", unit="run", file=sys.stderr, leave=False,
                                         dynamic_ncols=True, disable=not args.progress):
@@ -105,26 +107,22 @@ def _figures(args, made: list) -> int:
             x, w = x[: args.test_size], w[: args.test_size]
         if getattr(model, "direction", "label2image") != "label2image":
             continue
-        if hasattr(model, "generate"):
-            labels = model.xp.eye(10, dtype=model.dtype)
-            imgs = asnumpy(model.generate(labels, Rng(4)))
-            written.append(_write(out(f"gen-{tag}.png"), save_grid, imgs.reshape(1, 10, 28, 28)))
-        else:
-            written.append(_write(out(f"gen-{tag}.png"), save_grid, generation_chain(model, args.iterations)))
+        ks = sorted({0, 1, 2, 5, args.iterations} & set(range(args.iterations + 1)))
+        written.append(_write(out(f"gen-{tag}.png"), save_grid, generation_chain(model, ks)))
         if cfg["latent"] == 2 and hasattr(model, "trunk_forward") and not hasattr(model, "generate"):
-            joint, other, label = latent_means(model, x, w, args.iterations)
-            y = np.argmax(asnumpy(w), axis=1)
-            written.append(_write(out(f"latent-{tag}-joint.png"), save_scatter, joint, y, title=f"{name}: q(z|x,w)"))
-            written.append(_write(out(f"latent-{tag}-cond.png"), save_scatter, other, y, title=f"{name}: {label}"))
+            latents.append({"title": name, "labels": np.argmax(asnumpy(w), axis=1),
+                            **latent_samples(model, x, w, args.iterations)})
             continue
-        ks, vals = loglik_vs_iterations(model, x, w, args.iterations)
+        k, vals = loglik_vs_iterations(model, x, w, args.iterations)
         if cfg["variant"] in ("kl", "cvae", "cmma"):
-            ks, vals = [0, args.iterations], [vals[0], vals[0]]
-        curves[name] = (ks, vals)
+            k, vals = [0, args.iterations], [vals[0], vals[0]]
+        curves[name] = {"k": k, "mean": vals, "lo": None, "hi": None}
+    if latents:
+        written.append(_write(out("latent.png"), plots.latent_panels, latents))
     if curves:
-        written.append(_write(out("ll-vs-iterations.png"), save_line_plot, curves,
-                              title="test log p(x|w) estimate vs iterations", xlabel="iterations K",
-                              ylabel="Eq. 5 / Eq. 6"))
+        written.append(_write(out("ll-vs-iterations.png"), plots.curves_vs_iterations, [
+            {"title": "label -> image: test log p(x|w) estimate against K", "ylabel": "Eq. 5 / Eq. 6 (nats)",
+             "series": curves}]))
     print(f"figures written to {args.out}: {', '.join(sorted(written))}")
     return 0
 

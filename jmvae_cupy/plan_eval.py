@@ -22,11 +22,13 @@ from .cli import guarded
 from .coherence import CoherenceError, coherence, mnist_classifier, model_generator
 from .data import load_mnist
 from .diagnostics import diagnose
-from .estimators import complete, paper_estimate
-from .evaluate import EvaluateError, LoadedRun, coherence_run, evaluate_run, load_run
+from .estimators import paper_estimate
+from .evaluate import EvaluateError, LoadedRun, coherence_run, evaluate_run, generation_chain, latent_samples, load_run
 from .fsutil import temp_beside, write_json
-from .inference import H_PATHS, x_from_w
+from .inference import H_PATHS
 from .rng import Rng
+
+CHAIN_KS = (0, 1, 2, 5, 10, 20)  # Fig. 4's rows
 
 
 def classifier_path(out: str) -> str:
@@ -62,37 +64,6 @@ def curves_vs_k(run: LoadedRun, clf, s: dict) -> dict:
             coh.append([coherence(model_generator(model, "label2image", Rng([r, 22, k]), [k], path=path), x, w,
                                   "label2image", clf)[k] for r in range(s["repeats"])])
         out[path] = {"k": list(s["fig5_ks"]), "estimate": est, "coherence": coh}
-    return out
-
-
-def latents(run: LoadedRun, iterations: int = 10) -> dict:
-    """Fig. 3 (2-D latents): one sampled z per test pair from the joint encoder, and one from the
-    label alone: q(z|w) (JMVAE-kl), or the joint encoder after K iterations from zeros (JMVAE;
-    JMVAE-h at its top layer z2, the completion through the top layer, as the paper samples)."""
-    model, x, w, rng = run.model, run.x, run.w, Rng([0, 23])
-
-    def draw(mu, var):
-        return asnumpy(mu + model.xp.sqrt(var) * rng.normal(mu.shape, mu.dtype, model.xp))
-    if model.variant == "h":
-        joint = draw(*model.encode_z2(x, w, rng))
-        xc, wc = complete(model, x, w, "label2image", rng, iterations, path="top")
-        return {"joint": joint, "cond": draw(*model.encode_z2(xc, wc, rng))}
-    joint = draw(*model.encode(x, w))
-    if model.variant == "kl":
-        return {"joint": joint, "cond": draw(*model.encode_w(w))}
-    xc, wc = complete(model, x, w, "label2image", rng, iterations)
-    return {"joint": joint, "cond": draw(*model.encode(xc, wc))}
-
-
-def chains(run: LoadedRun, ks=(0, 1, 2, 5, 10, 20)) -> dict:
-    """Fig. 4: images from labels 0..9 after each K (one chain per path): {path: (len(ks), 10, 28, 28)}."""
-    model = run.model
-    w = model.xp.eye(10, dtype=model.dtype)
-    out = {}
-    for path in _paths(model):
-        kw = {"path": path} if model.variant == "h" else {}
-        _, chain = x_from_w(model, w, Rng([0, 24]), iterations=max(ks), return_chain=True, **kw)
-        out[path] = np.stack([asnumpy(chain[min(k, len(chain) - 1)]).reshape(10, 28, 28) for k in ks])
     return out
 
 
@@ -164,10 +135,11 @@ def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
     if cfg["variant"] in ("jmvae", "kl", "h"):
         res["diagnostics"] = diagnose(model, run.x, run.w, Rng([0, 27]))
         if cfg["latent"] == 2:
-            arrays.update({f"latent_{k}": v for k, v in latents(run).items()})
+            arrays.update({f"latent_{k}": v for k, v in latent_samples(model, run.x, run.w).items()
+                           if k in ("joint", "cond")})
         else:
             res["vs_k"] = curves_vs_k(run, clf, s)
-            arrays.update({f"chain_{p}": v for p, v in chains(run).items()})
+            arrays.update({f"chain_{p}": generation_chain(model, CHAIN_KS, path=p) for p in _paths(model)})
             res["trend"] = trend(out, name, clf, s)
     if arrays:
         arrays["labels"] = asnumpy(run.w).argmax(axis=1)

@@ -136,3 +136,13 @@ def test_figures_leave_no_empty_out_directory(tiny_run, tmp_path, capsys, monkey
                           "--test-size", "20", "--iterations", "1"]) == 1
     _one_line(capsys, f"{tmp_path / 'kept' / 'gen-kl.png'}: cannot write (No space left on device)")
     assert (tmp_path / "kept").is_dir()
+
+
+def test_figures_of_a_2d_run_draw_its_latent_panels(tmp_path, capsys):
+    run = str(tmp_path / "z2")
+    assert train.main(["mnist", "--variant", "jmvae", "--latent", "2", "--epochs", "1", "--train-subset", "300",
+                       "--device", "cpu", "--no-progress", "--out", run]) == 0
+    assert evaluate.main(["figures", run, "--out", str(tmp_path / "f"), "--test-size", "60", "--iterations", "2",
+                          "--no-progress"]) == 0
+    assert (tmp_path / "f" / "latent.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "f" / "gen-z2.png").exists()
