@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from .backend import asnumpy, to_device
-from .fsutil import temp_beside
+from .fsutil import replacing
 
 FORMAT = 1
 KEEP = 2
@@ -85,24 +85,15 @@ def save(run_dir: str, epoch: int, step: int, meta: dict, params: dict, state: d
     meta = dict(meta, epoch=int(epoch), step=int(step))
     meta_json = json.dumps(meta, sort_keys=True)
     final = os.path.join(run_dir, checkpoint_name(epoch, step))
-    fd, tmp = temp_beside(run_dir, prefix=".ckpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with h5py.File(fh, "w") as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["meta"] = meta_json
-                f.attrs["sha256"] = _digest(meta_json, groups)
-                for gname, arrays in groups.items():
-                    g = f.require_group(gname)
-                    for name, a in arrays.items():
-                        g.create_dataset(name, data=a)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(final, prefix=".ckpt-") as fh:
+        with h5py.File(fh, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["meta"] = meta_json
+            f.attrs["sha256"] = _digest(meta_json, groups)
+            for gname, arrays in groups.items():
+                g = f.require_group(gname)
+                for name, a in arrays.items():
+                    g.create_dataset(name, data=a)
     _fsync_dir(run_dir)
     for old in list_checkpoints(run_dir)[KEEP:]:
         os.unlink(old)

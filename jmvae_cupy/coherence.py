@@ -26,7 +26,7 @@ import numpy as np
 
 from .backend import asnumpy, get_array_module, to_device
 from .distributions import Bernoulli, Categorical
-from .fsutil import temp_beside
+from .fsutil import replacing
 from .inference import w_from_x, x_from_w
 from .nets import Net
 from .optim import Adam
@@ -144,25 +144,15 @@ def accuracy(clf: Classifier, images, labels):
 # ------------------------------------------------------------------------------------------- cache
 def save_classifier(clf: Classifier, path: str) -> None:
     """Write the classifier (params, state, meta) atomically to an HDF5 file."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = temp_beside(d, prefix=".clf-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with h5py.File(fh, "w") as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["meta"] = json.dumps({"spec": clf.spec, "in_shape": list(clf.in_shape),
-                                              "likelihood": clf.likelihood, **clf.meta}, sort_keys=True)
-                for group, arrays in (("params", clf.params), ("state", clf.state)):
-                    g = f.require_group(group)
-                    for k, v in arrays.items():
-                        g.create_dataset(k, data=asnumpy(v))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(path, prefix=".clf-") as fh:
+        with h5py.File(fh, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["meta"] = json.dumps({"spec": clf.spec, "in_shape": list(clf.in_shape),
+                                          "likelihood": clf.likelihood, **clf.meta}, sort_keys=True)
+            for group, arrays in (("params", clf.params), ("state", clf.state)):
+                g = f.require_group(group)
+                for k, v in arrays.items():
+                    g.create_dataset(k, data=asnumpy(v))
 
 
 def load_classifier(path: str) -> Classifier:

@@ -9,6 +9,7 @@ mode a plain ``open(path, "w")`` would (0666 less the process umask).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -60,12 +61,19 @@ def try_lock(path):
     return f
 
 
-def write_text(path, text: str) -> None:
-    """Replace the file ``path`` by ``text`` atomically (a temporary file beside it, fsynced, renamed)."""
-    fd, tmp = temp_beside(os.path.dirname(os.path.abspath(path)), prefix=".write-", suffix=".tmp")
+@contextlib.contextmanager
+def replacing(path, suffix: str = ".tmp", prefix: str = ".tmp-"):
+    """Write a new version of ``path`` atomically: yields a binary file open in a temporary file
+    beside it; when the block ends without error the data is fsynced and the file renamed over
+    ``path``, and on any error (Ctrl-C included) the temporary file is removed.
+
+        with replacing("out.png", suffix=".png") as f:
+            fig.savefig(f, format="png")
+    """
+    fd, tmp = temp_beside(os.path.dirname(os.path.abspath(path)), prefix=prefix, suffix=suffix)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,6 +81,12 @@ def write_text(path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text(path, text: str) -> None:
+    """Replace the file ``path`` by ``text`` (UTF-8) atomically."""
+    with replacing(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 def write_json(path, obj) -> None:

@@ -24,7 +24,7 @@ from .data import load_mnist
 from .diagnostics import diagnose
 from .estimators import paper_estimate
 from .evaluate import EvaluateError, LoadedRun, coherence_run, evaluate_run, generation_chain, latent_samples, load_run
-from .fsutil import temp_beside, write_json
+from .fsutil import replacing, write_json
 from .inference import H_PATHS
 from .rng import Rng
 
@@ -143,10 +143,8 @@ def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
             res["trend"] = trend(out, name, clf, s)
     if arrays:
         arrays["labels"] = asnumpy(run.w).argmax(axis=1)
-        fd, tmp = temp_beside(os.path.join(out, "eval"), prefix=".npz-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        with replacing(os.path.join(out, "eval", f"{name}.npz"), suffix=".npz") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, os.path.join(out, "eval", f"{name}.npz"))
     res = json.loads(json.dumps(res, default=_jsonable))  # (dict keys of K as strings, like the file)
     write_json(jpath, res)
     return res

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .fsutil import temp_beside
+from .fsutil import replacing
 
 DPI = 150
 OUTSIDE_RIGHT = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0}
@@ -44,17 +44,8 @@ def _save(fig: Figure, path, svg: bool = False) -> Figure:
     path = os.fspath(path)
     targets = [(path, "png")] + ([(os.path.splitext(path)[0] + ".svg", "svg")] if svg else [])
     for target, fmt in targets:
-        fd, tmp = temp_beside(os.path.dirname(os.path.abspath(target)), prefix=".tmp-", suffix="." + fmt)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format=fmt, dpi=DPI)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with replacing(target, suffix="." + fmt) as f:
+            fig.savefig(f, format=fmt, dpi=DPI)
     return fig
 
 

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from PIL import Image
 
-from .fsutil import temp_beside
+from .fsutil import replacing
 
 
 def atomic_save_png(img: Image.Image, path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = temp_beside(d, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(path, suffix=".png") as f:
+        img.save(f, format="PNG")
 
 
 def image_grid(images, pad: int = 2, pad_value: float = 0.5) -> np.ndarray:

@@ -267,11 +267,15 @@ class JMVAEH(JMVAE):
         a = self.arch
         d = self._build_trunk()
         self._register_head("qz1.head", d, a.latent)
-        dc = self._register_net("qz2.net", a.h_chain, (d,)).out_shape[0]
+        dc = self._register_net("qz2.net", *self._top_net(d)).out_shape[0]
         self._register_head("qz2.head", dc, a.latent)
         dp = self._register_net("pz1.net", a.prior_z1, (a.latent,)).out_shape[0]
         self._register_head("pz1.head", dp, a.latent)
         self._build_decoders()
+
+    def _top_net(self, d_h: int):
+        """(spec, input shape) of ``qz2.net``: the chain on the trunk's h (D_h wide)."""
+        return self.arch.h_chain, (d_h,)
 
     def coefficients(self, beta: float = 1.0) -> dict:
         return {"rec_x": 1.0, "rec_w": 1.0, "kl_z2": -beta, "kl_z1": -beta}
@@ -365,15 +369,9 @@ class JMVAEHTopZ1(JMVAEH):
 
     top = "z1"
 
-    def _build(self):
-        a = self.arch
-        d = self._build_trunk()
-        self._register_head("qz1.head", d, a.latent)
-        dc = self._register_net("qz2.net", top_z1_net(a.h_chain), (a.latent,)).out_shape[0]
-        self._register_head("qz2.head", dc, a.latent)
-        dp = self._register_net("pz1.net", a.prior_z1, (a.latent,)).out_shape[0]
-        self._register_head("pz1.head", dp, a.latent)
-        self._build_decoders()
+    def _top_net(self, d_h: int):
+        """(spec, input shape) of ``qz2.net``: the chain after its bottleneck, on z1 (latent wide)."""
+        return top_z1_net(self.arch.h_chain), (self.arch.latent,)
 
     def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
         """As :meth:`JMVAE.loss_and_grads`; terms rec_x, rec_w, kl_z2 = KL(q(z2|z1) || N(0, I)),
