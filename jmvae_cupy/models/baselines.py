@@ -77,9 +77,8 @@ class _Conditional(JMVAE):
     # ------------------------------------------------------------------ the objective
     def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
         """As :meth:`JMVAE.loss_and_grads`: terms ``rec_x`` or ``rec_w``, ``kl``, ``elbo``."""
-        self._check_batch(x, w)
+        c = self._begin(x, w, beta, coef)                              # the terms' coefficients
         xp, N = self.xp, x.shape[0]
-        c = self.coefficients(beta) if coef is None else {k: coef.get(k, 0.0) for k in self.term_names}
         grads = {}
         t, cond = self.split(x, w)
         # ---- forward

@@ -81,6 +81,11 @@ class JMVAE(Params):
         """objective = sum_t c_t * terms[t]."""
         return {"rec_x": 1.0, "rec_w": 1.0, "kl": -beta}
 
+    def _begin(self, x, w, beta, coef):
+        """Check the batch; the term coefficients: the objective's at ``beta``, or ``coef`` alone."""
+        self._check_batch(x, w)
+        return self.coefficients(beta) if coef is None else {k: coef.get(k, 0.0) for k in self.term_names}
+
     def _check_batch(self, x, w):
         a = self.arch
         if x.shape[1:] != tuple(a.x_shape) or w.shape[1:] != (a.w_dim,) or x.shape[0] != w.shape[0]:
@@ -152,9 +157,8 @@ class JMVAE(Params):
         (``{"kl": -1.0}`` alone checks that term's gradient on its own).
         Returns (loss 0-d array, terms {name: 0-d array}, grads {param name: array}).
         """
-        self._check_batch(x, w)
+        c = self._begin(x, w, beta, coef)                              # the terms' coefficients
         xp, N = self.xp, x.shape[0]
-        c = self.coefficients(beta) if coef is None else {k: coef.get(k, 0.0) for k in self.term_names}
         grads = {}
         # ---- forward
         h, trunk_c = self.trunk_forward(x, w, train)                  # h(x, w)      (N, D_h)
@@ -287,9 +291,8 @@ class JMVAEH(JMVAE):
     def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
         """As :meth:`JMVAE.loss_and_grads`; terms rec_x, rec_w, kl_z2, kl_z1 (one-sample estimate of
         E_q(z2)[KL(q(z1|x,w) || p(z1|z2))])."""
-        self._check_batch(x, w)
+        c = self._begin(x, w, beta, coef)                              # the terms' coefficients
         xp, N = self.xp, x.shape[0]
-        c = self.coefficients(beta) if coef is None else {k: coef.get(k, 0.0) for k in self.term_names}
         grads = {}
         # ---- forward
         h, trunk_c = self.trunk_forward(x, w, train)                  # h(x, w)
@@ -376,9 +379,8 @@ class JMVAEHTopZ1(JMVAEH):
     def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
         """As :meth:`JMVAE.loss_and_grads`; terms rec_x, rec_w, kl_z2 = KL(q(z2|z1) || N(0, I)),
         kl_z1 = -H[q(z1|x,w)] - log p(z1|z2) (one sample)."""
-        self._check_batch(x, w)
+        c = self._begin(x, w, beta, coef)                              # the terms' coefficients
         xp, N = self.xp, x.shape[0]
-        c = self.coefficients(beta) if coef is None else {k: coef.get(k, 0.0) for k in self.term_names}
         grads = {}
         # ---- forward
         h, trunk_c = self.trunk_forward(x, w, train)                  # h(x, w)
