@@ -8,7 +8,9 @@
   ``error: <file>: <reason>`` and ``status``;
 * a MemoryError (NumPy's "Unable to allocate 29.8 TiB ...", CuPy's OutOfMemoryError) into
   ``error: out of memory: <message>`` and ``status``;
-* Ctrl-C (KeyboardInterrupt) into ``error: interrupted`` and 130, as a shell reports SIGINT.
+* Ctrl-C (KeyboardInterrupt) into ``error: interrupted`` and 130, as a shell reports SIGINT;
+* a reader that closed our standard output (``... | head``) into a quiet exit 0: the reader has
+  what it wanted.
 
 Anything else is a bug and keeps its traceback.  ``on_error`` (optional) runs before the message
 on every handled path, e.g. to remove an output directory that was created and is still empty.
@@ -55,10 +57,27 @@ def show_traceback_if_asked(e: BaseException) -> None:
         traceback.print_exception(type(e), e, e.__traceback__)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush into the closed pipe cannot
+    fail again (and print a message of its own)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (ValueError, OSError):  # (no real stdout: nothing left to flush into a pipe)
+        pass
+    os.close(devnull)
+
+
 def guarded(body, known: tuple = (), status: int = 1, on_error=None) -> int:
     """Run ``body()`` (returning the exit status) with the package's one-line error handling."""
     try:
         return body()
+    except BrokenPipeError as e:
+        if e.filename is not None:  # a named file's pipe: an error like any other
+            handled = describe(e, known, status)
+        else:                       # the reader of our output has gone
+            _silence_stdout()
+            return 0
     except BaseException as e:
         handled = describe(e, known, status)
         if handled is None:  # a bug (or SystemExit): its traceback / exit as usual

@@ -292,7 +292,8 @@ def _evaluate(args) -> int:
             print("\n" + coherence_table(results, acc))
         items = "faces" if all(r["dataset"] == "celeba" for r in results) else \
             "digits" if all(r["dataset"] == "mnist" for r in results) else "examples"
-        print(f"\n(test {items}: {results[0]['test_size']}; N = {args.samples}, K = {args.iterations}, "
+        print("\ncheckpoints: " + "; ".join(f"{r['run']}: {r['checkpoint']} (epoch {r['epoch']})" for r in results))
+        print(f"(test {items}: {results[0]['test_size']}; N = {args.samples}, K = {args.iterations}, "
               f"S = {args.importance}, mean ± std over {args.repeats} repeat(s); estimators: jmvae_cupy/estimators.py)")
     return 0
 

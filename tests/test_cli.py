@@ -61,3 +61,23 @@ def test_jmvae_traceback_shows_the_traceback_above_the_line(capsys, monkeypatch)
     err = capsys.readouterr().err
     assert err.startswith("Traceback (most recent call last):")
     assert err.endswith("error: x.h5: No such file or directory\n")
+
+
+@pytest.mark.parametrize("argv", [["jmvae_cupy.gradcheck", "--list"], ["jmvae_cupy.gradcheck_cli", "--list"]])
+def test_a_closed_stdout_ends_the_command_quietly(argv):
+    """`python -m jmvae_cupy.gradcheck --list | head` : the reader goes away first; the command exits
+    0 with nothing on stderr (it printed 'error: Broken pipe' and exited 1)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command has written anything: every write meets a closed pipe
+    err = p.stderr.read()
+    assert p.wait() == 0 and err == b""
+
+
+def test_a_broken_pipe_of_a_named_file_is_still_an_error(capsys):
+    def body():
+        raise BrokenPipeError(32, "Broken pipe", "/tmp/fifo")
+    assert guarded(body) == 1
+    assert capsys.readouterr().err == "error: /tmp/fifo: Broken pipe\n"

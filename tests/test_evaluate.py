@@ -146,3 +146,26 @@ def test_figures_of_a_2d_run_draw_its_latent_panels(tmp_path, capsys):
                           "--no-progress"]) == 0
     assert (tmp_path / "f" / "latent.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "f" / "gen-z2.png").exists()
+
+
+def test_the_table_names_the_checkpoint_it_used_even_after_a_fallback(tmp_path, capsys):
+    """A damaged newest checkpoint: evaluate falls back to the one before, and its output says so
+    (it only warned on stderr, and the table named no checkpoint)."""
+    import os
+
+    from jmvae_cupy import checkpoint
+
+    run = str(tmp_path / "r")
+    assert train.main(["mnist", "--variant", "kl", "--epochs", "2", "--train-subset", "300", "--device", "cpu",
+                       "--no-progress", "--out", run]) == 0
+    newest, older = checkpoint.list_checkpoints(run)[:2]
+    with open(newest, "r+b") as f:
+        f.seek(os.path.getsize(newest) // 2)
+        f.write(b"\0" * 64)
+    capsys.readouterr()
+    assert evaluate.main([run, "--test-size", "50", "--samples", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run}: {os.path.basename(older)} (epoch 1)" in out
+    assert evaluate.main([run, "--test-size", "50", "--samples", "2", "--no-progress", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)[0]
+    assert res["checkpoint"] == os.path.basename(older) and res["epoch"] == 1
