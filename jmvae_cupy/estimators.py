@@ -60,7 +60,7 @@ import numpy as np
 
 from .backend import asnumpy
 from .distributions import gaussian_loglik, logsumexp, standard_normal_loglik
-from .inference import joint_latent
+from .inference import initial_fill, joint_latent
 
 DIRECTIONS = ("label2image", "image2label")
 
@@ -145,17 +145,16 @@ def _target_loglik(model, t, direction):
 
 def complete(model, x, w, direction, rng, iterations: int, init: str = "zeros", path: str = "z1"):
     """The paper's iterative sampling for a model with only the joint encoder: the target
-    modality is filled with zeros (``init="zeros"``) or uniform noise, then K times
+    modality is filled with zeros (``init="zeros"``), uniform noise, or a draw from the model's p(t)
+    (``"prior"``, inference.initial_fill), then K times
     z ~ q(z|t^, c), t^ ~ p(t|z).  Returns the batch (x, w) with the target replaced by t^_K.
     JMVAE-h: ``path`` "z1" or "top" (inference.joint_latent) is how each step reaches z1."""
-    xp, a = model.xp, model.arch
+    a = model.arch
     t, _ = _split(x, w, direction)
-    if init == "zeros":
-        th = xp.zeros_like(t)
-    elif init == "noise":
-        th = rng.uniform(t.shape, t.dtype, xp)
-    else:
-        raise EstimatorError(f"unknown init {init!r}: choose zeros or noise")
+    try:
+        th = initial_fill(model, "x" if direction == "label2image" else "w", t.shape[0], rng, init)
+    except ValueError as e:
+        raise EstimatorError(str(e)) from None
     for _ in range(iterations):
         xx, ww = (th, w) if direction == "label2image" else (x, th)
         z = joint_latent(model, xx, ww, rng, True, path)

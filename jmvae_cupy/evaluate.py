@@ -33,7 +33,7 @@ from .coherence import CoherenceError, celeba_classifier, coherence, mnist_class
 from .data import DataError, binarized_test_set, load_mnist, one_hot
 from .estimators import DIRECTIONS, complete, evaluate_model, paper_estimate
 from .generate import GenerateError, read_config
-from .inference import H_PATHS, x_from_w
+from .inference import H_PATHS, INITS, x_from_w
 from .models import ModelError, build_model
 from .rng import Rng
 
@@ -222,8 +222,9 @@ def build_parser():
                    help="S importance samples for the iwS / snisS estimates (default 0: off)")
     p.add_argument("--repeats", type=int, default=1, help="R repeats of the estimators' randomness (default 1)")
     p.add_argument("--test-size", type=int, default=0, help="evaluate on the first M test digits / faces only (0: all)")
-    p.add_argument("--init", choices=["zeros", "noise"], default="zeros",
-                   help="how JMVAE / JMVAE-h fill the missing modality before iterative sampling (default zeros)")
+    p.add_argument("--init", choices=list(INITS), default="zeros",
+                   help="how JMVAE / JMVAE-h fill the missing modality before iterative sampling: zeros, uniform "
+                        "noise, or a draw from the model's p(x) / p(w) (default zeros)")
     p.add_argument("--coherence", action="store_true",
                    help="add cross-modal coherence (jmvae_cupy/coherence.py) after K iterations, both directions; "
                         "JMVAE-h along both paths to z1")

@@ -14,13 +14,33 @@ from __future__ import annotations
 
 from .backend import get_array_module
 
+INITS = ("zeros", "noise", "prior")  # how the missing modality starts (the paper: zeros, noise, x ~ p(x))
 
-def _fill(shape, dtype, xp, rng, init):
+
+def prior_latent(model, n: int, rng):
+    """z ~ p(z), (n, latent): N(0, I); JMVAE-h: z2 ~ N(0, I), then z1 ~ p(z1|z2) (what its decoders read)."""
+    z = rng.normal((n, model.arch.latent), model.dtype, model.xp)
+    if model.variant == "h":
+        z = _sample_z(*model.prior_z1(z), rng, True)
+    return z
+
+
+def initial_fill(model, target: str, n: int, rng, init: str = "zeros"):
+    """The missing modality (``target`` "x" or "w", n rows) before iterative sampling: ``"zeros"``,
+    ``"noise"`` (uniform in [0, 1)), or ``"prior"``: a draw from the model's own marginal, x ~ p(x) =
+    INT p(z) p(x|z) dz (the paper's "random noise such as x ~ p(x)"), likewise w ~ p(w)."""
+    a, xp = model.arch, model.xp
+    shape = (n,) + (tuple(a.x_shape) if target == "x" else (a.w_dim,))
     if init == "zeros":
-        return xp.zeros(shape, dtype=dtype)
+        return xp.zeros(shape, dtype=model.dtype)
     if init == "noise":
-        return rng.uniform(shape, dtype, xp)
-    raise ValueError(f"unknown init {init!r}: choose zeros or noise")
+        return rng.uniform(shape, model.dtype, xp)
+    if init == "prior":
+        z = prior_latent(model, n, rng)
+        if target == "x":
+            return a.x_lik.sample(model.decode_x(z).reshape(n, -1), rng).reshape(shape)
+        return a.w_lik.sample(model.decode_w(z), rng)
+    raise ValueError(f"unknown init {init!r}: choose {', '.join(INITS)}")
 
 
 def _sample_z(mu, var, rng, sample: bool):
@@ -58,13 +78,13 @@ def x_from_w(model, w, rng, iterations: int = 10, init: str = "zeros", sample_z:
     return_chain: also return the list of means after 0..K iterations (the paper's Fig. 4).
     path: JMVAE-h's path to z1 (:func:`joint_latent`).
     """
-    a, xp = model.arch, model.xp
+    a = model.arch
     lik = a.x_lik
     if hasattr(model, "encode_w"):
         z = _sample_z(*model.encode_w(w), rng, sample_z)
         mean = lik.mean(model.decode_x(z)).reshape((w.shape[0],) + tuple(a.x_shape))
         return (mean, [mean]) if return_chain else mean
-    x = _fill((w.shape[0],) + tuple(a.x_shape), model.dtype, xp, rng, init)
+    x = initial_fill(model, "x", w.shape[0], rng, init)
     chain = []
     for k in range(iterations + 1):
         z = joint_latent(model, x, w, rng, sample_z, path)
@@ -79,11 +99,11 @@ def x_from_w(model, w, rng, iterations: int = 10, init: str = "zeros", sample_z:
 def w_from_x(model, x, rng, iterations: int = 10, init: str = "zeros", sample_z: bool = True,
              return_chain: bool = False, path: str = "z1"):
     """The mean of p(w|z) (class probabilities for MNIST) given x, (N, w_dim); as :func:`x_from_w`."""
-    a, xp = model.arch, model.xp
+    a = model.arch
     if hasattr(model, "encode_x"):
         mean = a.w_lik.mean(model.decode_w(_sample_z(*model.encode_x(x), rng, sample_z)))
         return (mean, [mean]) if return_chain else mean
-    w = _fill((x.shape[0], a.w_dim), model.dtype, xp, rng, init)
+    w = initial_fill(model, "w", x.shape[0], rng, init)
     chain = []
     for k in range(iterations + 1):
         out = model.decode_w(joint_latent(model, x, w, rng, sample_z, path))

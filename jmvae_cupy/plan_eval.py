@@ -25,7 +25,7 @@ from .diagnostics import diagnose
 from .estimators import paper_estimate
 from .evaluate import EvaluateError, LoadedRun, coherence_run, evaluate_run, generation_chain, latent_samples, load_run
 from .fsutil import replacing, write_json
-from .inference import H_PATHS
+from .inference import H_PATHS, INITS
 from .rng import Rng
 
 CHAIN_KS = (0, 1, 2, 5, 10, 20)  # Fig. 4's rows
@@ -130,7 +130,7 @@ def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
            "estimates": {d: {k: {"mean": m, "std": sd, "repeats": v} for k, (m, sd, v) in e.items()}
                          for d, e in est.items()},
            "coherence": {init: coherence_run(model, run.x, run.w, clf, s["ks"], init)
-                         for init in (("zeros", "noise") if cfg["variant"] in ("jmvae", "h") else ("zeros",))}}
+                         for init in (INITS if cfg["variant"] in ("jmvae", "h") else ("zeros",))}}
     arrays = {}
     if cfg["variant"] in ("jmvae", "kl", "h"):
         res["diagnostics"] = diagnose(model, run.x, run.w, Rng([0, 27]))

@@ -91,3 +91,25 @@ def test_path_checks():
         joint_latent(m, x, w, Rng(0), path="top")
     with pytest.raises(ValueError, match="unknown"):
         joint_latent(m, x, w, Rng(0), path="z3")
+
+
+@pytest.mark.parametrize("variant", ["jmvae", "h"])
+def test_prior_init_draws_the_missing_image_from_the_models_own_marginal(variant):
+    """init "prior": x ~ p(x) = INT p(z) p(x|z) dz (JMVAE-h: z2 ~ N(0, I), z1 ~ p(z1|z2)), by hand with
+    the same stream; zeros and noise as before; an unknown init is refused."""
+    from jmvae_cupy.inference import initial_fill
+
+    m = build_model(ARCH, variant, seed=5, dtype="float64", device="cpu")
+    got = initial_fill(m, "x", 6, Rng(8), "prior")
+    r = Rng(8)
+    z = r.normal((6, ARCH.latent), np.float64)
+    if variant == "h":
+        pm, pv = m.prior_z1(z)
+        z = pm + np.sqrt(pv) * r.normal(pm.shape, np.float64)
+    p = 1.0 / (1.0 + np.exp(-m.decode_x(z)))
+    np.testing.assert_array_equal(got, (r.uniform(p.shape, np.float64) < p).astype(np.float64))
+    w = initial_fill(m, "w", 6, Rng(8), "prior")
+    assert w.shape == (6, ARCH.w_dim) and np.all(w.sum(axis=1) == 1)
+    assert not np.any(initial_fill(m, "x", 2, Rng(0), "zeros"))
+    with pytest.raises(ValueError, match="unknown init"):
+        initial_fill(m, "x", 2, Rng(0), "ones")
