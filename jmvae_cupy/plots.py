@@ -156,6 +156,11 @@ def metric_vs_epoch(panels, path, svg: bool = False) -> Figure:
     return _line_panels(panels, path, svg, "epoch", "value", "epoch")
 
 
+def _style(i: int) -> dict:
+    """The i-th run's colour and line style: ten colours, then the same ten dashed."""
+    return {"color": f"C{i % 10}", "linestyle": ("-", "--", ":")[(i // 10) % 3]}
+
+
 def _test_terms(runs) -> list[str]:
     """Test terms present in any run: elbo, rec_x, rec_w first (where present), then the others sorted."""
     found = {k for recs in runs.values() for r in recs for k in r.get("test", {})}
@@ -182,10 +187,10 @@ def learning_curves(runs, path, svg: bool = False) -> Figure:
         for i, (name, recs) in enumerate(runs.items()):
             pts = [(r["epoch"], r["test"][term]) for r in recs if term in r.get("test", {})]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, color=f"C{i % 10}", label=name)
+                ax.plot(*zip(*pts), marker="o", ms=3, label=name, **_style(i))
         ax.set(title=f"test {term}", xlabel="epoch", ylabel=term)
         ax.tick_params(labelbottom=True)
         _integer_x(ax)
-    handles = [Line2D([], [], marker="o", ms=3, color=f"C{i % 10}", label=name) for i, name in enumerate(runs)]
+    handles = [Line2D([], [], marker="o", ms=3, label=name, **_style(i)) for i, name in enumerate(runs)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)))
     return _save(fig, path, svg)

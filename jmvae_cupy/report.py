@@ -42,6 +42,12 @@ def label(e: dict, path: str | None = None) -> str:
     return s
 
 
+def run_title(e: dict) -> str:
+    """A run of the plan: its model, a baseline's direction, a 2-D latent."""
+    d = f" {e['direction'].replace('2', '->')}" if e.get("direction") else ""
+    return label(e) + d + (" (z = 2)" if e["latent"] == 2 else "")
+
+
 def _metrics(out: str, name: str) -> list:
     try:
         with open(os.path.join(out, f"mnist-{name}", "metrics.jsonl"), encoding="utf-8") as f:
@@ -115,10 +121,12 @@ def write_figures(out: str, names: list, svg: bool = False) -> list:
              "ylim": (0.0, 1.0),
              "references": {**coh_ref, "chance": CHANCE, "classifier on real digits": acc}}])
     # learning curves of the 64-d JMVAE-family runs; the trend over snapshots
-    lc = {label(e): _metrics(out, n) for n, e in ev.items() if e["latent"] != 2 and e["variant"] in MODEL}
-    lc = {k: v for k, v in lc.items() if v}
-    if lc:
-        save(plots.learning_curves, "learning-curves.png", lc)
+    for fname, keep in (("learning-curves.png", lambda e: e["variant"] in ("jmvae", "kl", "h")),
+                        ("learning-curves-baselines.png", lambda e: e["variant"] in ("cvae", "cmma"))):
+        lc = {run_title(e): _metrics(out, n) for n, e in ev.items() if keep(e)}
+        lc = {k: v for k, v in lc.items() if v}
+        if lc:  # (the JMVAE family and the one-directional baselines apart: their bounds differ in scale)
+            save(plots.learning_curves, fname, lc)
     trend_panels = _trend_panels(ev)
     if trend_panels:
         save(plots.metric_vs_epoch, "trend.png", trend_panels)

@@ -12,7 +12,8 @@ import pytest
 
 from jmvae_cupy import reproduce
 
-FIGURES = ("fig3-latent.png", "fig4-chains.png", "fig5-vs-iterations.png", "learning-curves.png", "trend.png")
+FIGURES = ("fig3-latent.png", "fig4-chains.png", "fig5-vs-iterations.png", "learning-curves.png",
+           "learning-curves-baselines.png", "trend.png")
 
 
 @pytest.fixture(scope="module")
