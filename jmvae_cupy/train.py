@@ -92,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JMVAE-h's top layer: q(z2|x,w) on a deterministic chain on the joint trunk (default), or "
                         "the appendix's literal q(z2|z1), z2 drawn from a sampled z1 (docs/results.md)")
     p.add_argument("--alpha", type=float, default=1.0, help="JMVAE-kl weight of the two extra KL terms (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise (default 0)")
     p.add_argument("--device", default=None, help="cpu | gpu | auto (default: $JMVAE_DEVICE or auto)")
-    p.add_argument("--dtype", default="float32", help="float32 | float64")
+    p.add_argument("--dtype", default="float32", help="float32 | float64 (default float32)")
     p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<variant>)")
     p.add_argument("--data-dir", default=None, help="directory with the four full-MNIST IDX files "
                    "(default: the embedded 10,000-digit subset)")
@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=0,
                    help="train on the first N training digits only (quick smoke runs; 0: all)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
-    p.add_argument("--sample-every", type=int, default=5, help="write a PNG of generated digits every N epochs")
+    p.add_argument("--sample-every", type=int, default=5,
+                   help="write a PNG of generated digits every N epochs (default 5)")
     p.add_argument("--snapshot-every", type=int, default=0,
                    help="also keep the checkpoint of every N-th epoch in RUN/snapshots/ (never pruned; for "
                         "evaluating a run along its training; 0: none)")

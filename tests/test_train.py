@@ -292,3 +292,12 @@ def test_h_top_z1_is_recorded_resumed_and_checked(tmp_path, capsys):
     assert main(args + ["--epochs", "2", "--resume"]) == 0
     assert main(["mnist", "--variant", "kl", "--h-top", "z1", "--out", str(tmp_path / "x")] + FAST) == 1
     assert "--h-top applies to JMVAE-h" in capsys.readouterr().err
+
+
+def test_every_train_option_is_documented_in_the_readme():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    options = [o for a in build_parser()._actions if a.help != "==SUPPRESS==" for o in a.option_strings
+               if o.startswith("--") and o != "--help"]
+    assert len(options) > 20
+    missing = [o for o in options if f"`{o}" not in readme]
+    assert not missing, f"train options missing from README.md: {missing}"
