@@ -13,7 +13,8 @@ setup(
     packages=find_packages(include=["jmvae_cupy", "jmvae_cupy.*"]) + ["jmvae_cupy.kernels"],
     package_dir={"jmvae_cupy.kernels": "kernels"},
     package_data={"jmvae_cupy.data": ["mnist10k/*.gz"]},
-    install_requires=["numpy>=1.24", "numba>=0.59", "h5py>=3.8", "pillow>=9", "tqdm>=4.60", "matplotlib>=3.7"],
+    install_requires=["numpy>=1.24", "numba>=0.59", "h5py>=3.8", "pillow>=9", "tqdm>=4.60", "matplotlib>=3.7",
+                      "threadpoolctl>=3"],
     extras_require={
         # Everything the test suite needs on a machine without a GPU: CuPy imports without a device
         # (the namespace test), numba-cuda brings NVVM/NVRTC (PTX for sm_80/sm_90, the CUDA simulator),

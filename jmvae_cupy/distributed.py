@@ -85,7 +85,7 @@ class Comm:
     backend = "single"
 
     def __init__(self):
-        self.rank, self.size, self.local_rank = 0, 1, 0
+        self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
 
     def allreduce_mean_(self, buf):
         """In place: ``buf`` <- mean over ranks of ``buf`` (a contiguous 1-D array).  Returns ``buf``.
@@ -133,7 +133,7 @@ class MpiComm(Comm):
         self.comm = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = node.Get_rank()
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
 
     def allreduce_mean_(self, buf):
@@ -259,6 +259,29 @@ class NcclComm(MpiComm):
         super().abort(code)
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def size_thread_pools(local_size: int, cores: int | None = None) -> str:
+    """Give this rank its share of its node's cores: BLAS (through threadpoolctl) and Numba each get
+    ``cores // local_size`` threads (at least 1), so that P ranks on a node run P x that many
+    threads, not P x all the cores.  A thread count set in the environment (``THREAD_VARS``) wins:
+    then nothing is changed.  Returns what was chosen, for the log."""
+    import numba  # noqa: PLC0415  (the pools are sized before the first parallel kernel runs)
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    user = [v for v in THREAD_VARS if os.environ.get(v)]
+    if user:
+        return f"threads as set in the environment ({', '.join(f'{v}={os.environ[v]}' for v in user)})"
+    node_cores = cores or os.cpu_count() or 1
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else node_cores
+    n = max(1, min(mine, node_cores // max(1, local_size)))
+    threadpool_limits(limits=n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return (f"{n} BLAS / Numba thread{'s' if n > 1 else ''} per rank ({node_cores} cores, {local_size} ranks on "
+            f"this node; set OMP_NUM_THREADS to override)")
+
+
 def init_distributed(device=None) -> Comm:
     """The job's communicator, launched by mpiexec.  On a GPU, rank r of a node uses GPU
     ``local_rank % visible GPUs`` (with one visible GPU per rank via CUDA_VISIBLE_DEVICES: that one)."""
@@ -276,6 +299,9 @@ def init_distributed(device=None) -> Comm:
         except Exception:
             pass  # no usable GPU: select_device decides (auto -> CPU, gpu -> one-line error)
     xp = select_device(device)
+    chosen = size_thread_pools(mpi.local_size)
+    if mpi.rank == 0:
+        print(f"distributed: {mpi.size} ranks; {chosen}", file=sys.stderr)
     if xp is np:
         return mpi
     nccl = nccl_module()

@@ -373,3 +373,38 @@ def test_batchnorm_two_ranks_equal_two_micro_batches(tmp_path, celeba_h5, gan): 
         c = _final(tmp_path / "r")
         _assert_bit_identical(b, c)
         _assert_bit_identical(b["extra"], c["extra"], groups=("disc/params", "disc/state", "disc/adam/m"))
+
+
+def test_thread_pools_get_the_ranks_share_of_the_cores(monkeypatch):
+    """Each of P ranks on a node gets cores // P BLAS and Numba threads (at least 1); a thread count
+    set in the environment is left alone."""
+    import numba
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from jmvae_cupy.distributed import THREAD_VARS, size_thread_pools
+
+    for v in THREAD_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    before = numba.get_num_threads()
+    with threadpool_limits(limits=None):  # (restores the BLAS pools afterwards)
+        try:
+            msg = size_thread_pools(local_size=4, cores=8)
+            assert msg.startswith("2 BLAS / Numba threads per rank (8 cores, 4 ranks on this node")
+            assert all(p["num_threads"] == 2 for p in threadpool_info() if p["user_api"] == "blas")
+            assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+            assert size_thread_pools(local_size=16, cores=8).startswith("1 BLAS / Numba thread per rank")
+            monkeypatch.setenv("OMP_NUM_THREADS", "3")
+            assert size_thread_pools(local_size=4, cores=8) == "threads as set in the environment (OMP_NUM_THREADS=3)"
+        finally:
+            numba.set_num_threads(before)
+
+
+@needs_mpi
+def test_two_ranks_say_how_many_threads_each_takes(tmp_path):
+    env = {v: "" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    p = _train_mpi(TINY + ["--epochs", "1", "--out", str(tmp_path / "t")], env=env)
+    assert p.returncode == 0, p.stderr
+    cores = os.cpu_count()
+    n = max(1, cores // 2)
+    assert f"distributed: 2 ranks; {n} BLAS / Numba thread" in p.stderr
