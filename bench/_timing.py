@@ -144,18 +144,28 @@ class Worker:
         return mem
 
 
+def block_sizes(repeat: int, blocks: int) -> list:
+    """``repeat`` timed steps split over ``blocks`` blocks as evenly as they go (3 over 2: [2, 1]);
+    every block times at least one step, so fewer steps than blocks time one per block (and a
+    note on stderr says how many were timed)."""
+    sizes = [max(1, repeat // blocks + (i < repeat % blocks)) for i in range(blocks)]
+    if sum(sizes) != repeat:
+        print(f"note: timing {sum(sizes)} steps per side, one in each of the {blocks} blocks "
+              f"(--steps {repeat} is fewer than --blocks {blocks})", file=sys.stderr)
+    return sizes
+
+
 def alternate(workers: dict, warmup: int, repeat: int, blocks: int):
     """Time every worker ({name: Worker or anything with ``request``}) in ``blocks`` alternating
-    blocks of ``repeat // blocks`` steps, each after ``warmup`` untimed ones.
+    blocks, ``repeat`` steps in all (:func:`block_sizes`), each block after ``warmup`` untimed ones.
 
     Returns ({name: [seconds]}, {name: [median of each block]}): compare two sides block by block
     (:func:`block_ratio`) to cancel a change of load between blocks."""
     times = {name: [] for name in workers}
     block_medians = {name: [] for name in workers}
-    per_block = max(1, repeat // blocks)
-    for _ in range(blocks):
+    for n in block_sizes(repeat, blocks):
         for name, wk in workers.items():
-            t = wk.request(f"block {warmup} {per_block}")["times"]
+            t = wk.request(f"block {warmup} {n}")["times"]
             times[name] += t
             block_medians[name].append(statistics.median(t))
     return times, block_medians

@@ -189,3 +189,21 @@ def test_a_python_without_the_package_gets_one_line(script):
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "jmvae_cupy is not installed" in lines[0], out.stderr[-2000:]
+
+
+def test_alternating_blocks_time_the_steps_asked_for(capsys):
+    """--steps 3 --blocks 2 timed 2 steps (1 + 1) without saying so: now 2 + 1; and 2 steps over 4
+    blocks time one step per block, with a note that says 4 were timed."""
+    import _timing
+
+    class Fake:
+        def request(self, cmd):
+            return {"times": [0.01] * int(cmd.split()[2])}
+
+    times, medians = _timing.alternate({"a": Fake(), "b": Fake()}, 0, 3, 2)
+    assert len(times["a"]) == len(times["b"]) == 3 and len(medians["a"]) == 2
+    assert capsys.readouterr().err == ""
+    assert _timing.block_sizes(20, 4) == [5, 5, 5, 5] and _timing.block_sizes(7, 3) == [3, 2, 2]
+    assert _timing.block_sizes(2, 4) == [1, 1, 1, 1]
+    assert "timing 4 steps per side, one in each of the 4 blocks (--steps 2 is fewer than --blocks 4)" \
+        in capsys.readouterr().err
