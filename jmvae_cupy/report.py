@@ -61,7 +61,7 @@ def _npz(out: str, name: str):
     return np.load(p) if os.path.exists(p) else None
 
 
-def write_figures(out: str, names: list, svg: bool = False) -> list:
+def write_figures(out: str, names: list, svg: bool = False, trend_k: int | None = None) -> list:
     """Every figure the evaluations allow; returns the PNG paths written."""
     fig_dir = os.path.join(out, "figures")
     os.makedirs(fig_dir, exist_ok=True)
@@ -127,13 +127,13 @@ def write_figures(out: str, names: list, svg: bool = False) -> list:
         lc = {k: v for k, v in lc.items() if v}
         if lc:  # (the JMVAE family and the one-directional baselines apart: their bounds differ in scale)
             save(plots.learning_curves, fname, lc)
-    trend_panels = _trend_panels(ev)
+    trend_panels = _trend_panels(ev, trend_k)
     if trend_panels:
         save(plots.metric_vs_epoch, "trend.png", trend_panels)
     return written
 
 
-def _trend_panels(ev: dict) -> list:
+def _trend_panels(ev: dict, k: int | None) -> list:
     coh, est, au = {}, {}, {}
     for e in ev.values():
         for epoch, t in sorted(e.get("trend", {}).items(), key=lambda kv: int(kv[0])):
@@ -151,13 +151,15 @@ def _trend_panels(ev: dict) -> list:
                 s["value"].append(d["active_units"])
     if not coh:
         return []
-    return [{"title": "label -> image coherence", "ylabel": "fraction", "series": coh, "ylim": (0.0, 1.0)},
-            {"title": "label -> image: the paper's estimate", "ylabel": "nats", "series": est},
+    after = f" after K = {k} iterations from zeros" if k is not None else ""
+    return [{"title": f"label -> image coherence{after}", "ylabel": "fraction", "series": coh, "ylim": (0.0, 1.0)},
+            {"title": f"label -> image: the paper's estimate{after}", "ylabel": "nats", "series": est},
             {"title": "active units per layer", "ylabel": "dimensions", "series": au}]
 
 
 # ---------------------------------------------------------------------------------------- the report
 ORDER = {"jmvae": 0, "h": 1, "kl": 2, "cvae": 3, "cmma": 4}
+INIT_ORDER = ["zeros", "noise", "prior"]
 
 
 def tables(ev: dict) -> dict:
@@ -177,10 +179,11 @@ def tables(ev: dict) -> dict:
                                                            "paper": PAPER[MODEL[e["variant"]]]})
                     row[d] = v
         for d in ("label2image", "image2label"):
-            for init, dirs in e["coherence"].items():
-                for path, vals in dirs.get(d, {}).items():
-                    coh.append({"model": label(e, path if e["variant"] == "h" else None), "init": init,
-                                "direction": d, "values": vals})
+            for init, dirs in sorted(e["coherence"].items(), key=lambda kv: INIT_ORDER.index(kv[0])):
+                for path in ("z1", "top"):
+                    if path in dirs.get(d, {}):
+                        coh.append({"model": label(e, path if e["variant"] == "h" else None), "init": init,
+                                    "direction": d, "values": dirs[d][path]})
         if "diagnostics" in e:
             diag.append({"model": label(e), **e["diagnostics"]})
     coh.sort(key=lambda r: r["direction"] != "label2image")  # (stable: model order kept within a direction)
@@ -237,7 +240,8 @@ def write_report(out: str, names: list, s: dict, figures: list, command: str, se
           f"label -> image: the fraction of generated images that the library's digit classifier assigns to their "
           f"label (its accuracy on the real test digits, the ceiling: {acc:.3f}; chance {CHANCE}).  image -> label: "
           "the fraction of generated labels that are right.  K: iterations of the paper's iterative sampling "
-          "(JMVAE, JMVAE-h), from a zero image (init zeros) or uniform noise.", "",
+          "(JMVAE, JMVAE-h), from a zero image (init zeros), uniform noise, or a draw from the model's own "
+          "p(x) / p(w) (init prior).", "",
           "| model | init | direction | " + " | ".join(f"K={k}" for k in ks) + " |",
           "|---|---|---|" + "---|" * len(ks)]
     for r in t["coherence"]:
@@ -249,7 +253,8 @@ def write_report(out: str, names: list, s: dict, figures: list, command: str, se
               "labels at the zero image: pairwise KL | label read-out at the zero image |", "|---|---|---|---|---|---|"]
         for r in t["diagnostics"]:
             layers = "; ".join(f"{k}: {v['active_units']}/{v['dims']}, {v['kl']:.1f}" for k, v in r["layers"].items())
-            ro = ", ".join(f"{p}: {v:.2f}" for p, v in r["zero_image"]["readout"].items())
+            ro = r["zero_image"]["readout"]
+            ro = ", ".join(f"{p}: {ro[p]:.2f}" for p in ("z1", "top") if p in ro) if len(ro) > 1 else f"{ro['z1']:.2f}"
             enc = r["encoder"]
             L.append(f"| {_md(r['model'])} | {layers} | {enc['label_kl']:.2f} | {enc['image_kl']:.1f} | "
                      f"{r['zero_image']['pairwise_kl']:.2f} | {ro} |")

@@ -188,7 +188,7 @@ def _reproduce(args) -> int:
     evals = [(n, [sys.executable, "-m", "jmvae_cupy.plan_eval", out, n, json.dumps(s)]) for n, _ in PLAN]
     plan.run_all(evals, "evaluate", len(evals),
                  lambda: sum(_eval_current(out, n, h) for n, _ in PLAN))
-    figures = write_figures(out, [n for n, _ in PLAN], svg=args.svg)
+    figures = write_figures(out, [n for n, _ in PLAN], svg=args.svg, trend_k=s["trend_k"])
     write_report(out, [n for n, _ in PLAN], s, figures, command=" ".join(["python -m jmvae_cupy.reproduce"]
                  + sys.argv[1:] if args.command is None else [args.command]), seconds=time.time() - t0)
     print(f"wrote {os.path.join(out, 'report.md')}, {os.path.join(out, 'tables.json')} and "
