@@ -320,10 +320,11 @@ def main(argv=None) -> int:
 
 
 # ------------------------------------------------------------------------ helpers used by figures
-def loglik_vs_iterations(model, x, w, max_iter=10, samples=10, seed=0):
-    """The paper estimator (label->image) after K = 0..max_iter iterations: (Ks, values)."""
+def loglik_vs_iterations(model, x, w, max_iter=10, samples=10, seed=0, path="z1"):
+    """The paper estimator (label->image) after K = 0..max_iter iterations: (Ks, values).
+    JMVAE-h: the completion reaches z1 along ``path``."""
     ks = list(range(max_iter + 1))
-    vals = [float(np.mean(asnumpy(paper_estimate(model, x, w, "label2image", Rng([seed, k]), samples, k)[1])))
+    vals = [float(np.mean(asnumpy(paper_estimate(model, x, w, "label2image", Rng([seed, k]), samples, k, path)[1])))
             for k in ks]
     return ks, vals
 

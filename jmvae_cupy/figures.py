@@ -4,7 +4,8 @@
 
 * ``gen-<model>.png``      Fig. 4: images generated from labels 0-9 (columns) after K = 0, 1, 2, 5
                            and --iterations steps of iterative sampling (rows; JMVAE-kl and
-                           CVAE/CMMA need none: one row);
+                           CVAE/CMMA need none: one row); JMVAE-h: ``gen-<model>-z1.png`` and
+                           ``gen-<model>-top.png``, one per path to z1 (inference.joint_latent);
 * ``ll-vs-iterations.png`` Fig. 5: the label->image estimator (Eq. 5 / Eq. 6) against K, on
                            ``--test-size`` digits, for every label->image run (flat for JMVAE-kl);
 * ``latent.png``           Fig. 3 (runs with a 2-D z only): one row per run, a sampled z per test
@@ -30,6 +31,7 @@ from .backend import asnumpy
 from .cli import guarded, one_line
 from .evaluate import NAMES, EvaluateError, generation_chain, latent_samples, load_run, loglik_vs_iterations, run_config
 from .fsutil import probe_writable
+from .inference import H_PATHS
 from .viz import save_grid
 
 
@@ -108,15 +110,20 @@ def _figures(args, made: list) -> int:
         if getattr(model, "direction", "label2image") != "label2image":
             continue
         ks = sorted({0, 1, 2, 5, args.iterations} & set(range(args.iterations + 1)))
-        written.append(_write(out(f"gen-{tag}.png"), save_grid, generation_chain(model, ks)))
+        paths = H_PATHS if cfg["variant"] == "h" else ("z1",)  # JMVAE-h: a file and a curve per path to z1
+        for p in paths:
+            suffix = f"-{p}" if cfg["variant"] == "h" else ""
+            written.append(_write(out(f"gen-{tag}{suffix}.png"), save_grid, generation_chain(model, ks, path=p)))
         if cfg["latent"] == 2 and hasattr(model, "trunk_forward") and not hasattr(model, "generate"):
             latents.append({"title": name, "labels": np.argmax(asnumpy(w), axis=1),
                             **latent_samples(model, x, w, args.iterations)})
             continue
-        k, vals = loglik_vs_iterations(model, x, w, args.iterations)
-        if cfg["variant"] in ("kl", "cvae", "cmma"):
-            k, vals = [0, args.iterations], [vals[0], vals[0]]
-        curves[name] = {"k": k, "mean": vals, "lo": None, "hi": None}
+        for p in paths:
+            k, vals = loglik_vs_iterations(model, x, w, args.iterations, path=p)
+            if cfg["variant"] in ("kl", "cvae", "cmma"):
+                k, vals = [0, args.iterations], [vals[0], vals[0]]
+            through = {"z1": " (through q(z1|x^,w))", "top": " (through the top layer)"}[p] if len(paths) > 1 else ""
+            curves[name + through] = {"k": k, "mean": vals, "lo": None, "hi": None}
     if latents:
         written.append(_write(out("latent.png"), plots.latent_panels, latents))
     if curves:

@@ -20,6 +20,9 @@
 * ``attributes --image-index I [--json]`` -- image -> the 40 predicted attribute values (the mean of
   p(w|z); JMVAE / JMVAE-h: iterative completion of w), with the file's labels beside them.
 
+JMVAE-h's iterative sampling reaches z1 through q(z1|x^,w) (``--path z1``, the default) or through
+its top layer, z2 ~ q(z2|x^,w) then z1 ~ p(z1|z2) (``--path top``).
+
 The run's newest good checkpoint is loaded (parameters and batch-norm running statistics; a GAN
 discriminator in it is ignored) and everything runs in eval mode.  ``--out`` must name a ``.png``
 file in a writable directory (checked before any work); the grid is written atomically.  A float
@@ -44,7 +47,7 @@ from .checkpoint import CheckpointError, load_latest, restore_arrays
 from .cli import guarded, one_line
 from .data import DataError
 from .fsutil import probe_writable
-from .inference import w_from_x, x_from_w
+from .inference import H_PATHS, w_from_x, x_from_w
 from .models import ModelError, build_model
 from .rng import Rng
 from .viz import save_grid
@@ -159,8 +162,13 @@ class Run:
         restore_arrays(self.model.params, ck["params"], self.xp, "parameters")
         restore_arrays(self.model.state, ck["state"], self.xp, "state")
         self.checkpoint = os.path.basename(ck["path"])
+        self.path = "z1"  # JMVAE-h's path to z1 in iterative sampling (generate --path)
         self._data = None
         self.names = [str(i) for i in range(10)] if self.dataset == "mnist" else self._celeba_names()
+
+    def path_kw(self) -> dict:
+        """JMVAE-h: the path to z1 of its iterative sampling (``self.path``, inference.joint_latent)."""
+        return {"path": self.path} if self.variant == "h" else {}
 
     def _celeba_names(self):
         from .data.celeba import ATTR_NAMES  # noqa: PLC0415
@@ -238,7 +246,7 @@ def average_and_random(run: Run, w, rows: int, rng: Rng, iterations: int, tick=N
             return lik.mean(m.decode_x(z).reshape(len(z), -1))
     else:
         def row(random: bool):
-            return x_from_w(m, w, rng, iterations=iterations, sample_z=random)
+            return x_from_w(m, w, rng, iterations=iterations, sample_z=random, **run.path_kw())
     out = []
     for r in range(1 + rows):
         out.append(run.images(row(r > 0)))
@@ -249,7 +257,7 @@ def average_and_random(run: Run, w, rows: int, rng: Rng, iterations: int, tick=N
 
 def predict_w(run: Run, x, rng: Rng, iterations: int):
     """The mean of p(w|z) for images x: z the mean of q(z|x) (kl) or iterative completion (jmvae, h)."""
-    return w_from_x(run.model, x, rng, iterations=iterations, sample_z=False)
+    return w_from_x(run.model, x, rng, iterations=iterations, sample_z=False, **run.path_kw())
 
 
 def average_face(run: Run, x, w, encoder: str, rng: Rng, iterations: int):
@@ -260,7 +268,7 @@ def average_face(run: Run, x, w, encoder: str, rng: Rng, iterations: int):
     elif hasattr(m, "encode_w"):
         mu, _ = m.encode_w(w)
     else:
-        return run.images(x_from_w(m, w, rng, iterations=iterations, sample_z=False))
+        return run.images(x_from_w(m, w, rng, iterations=iterations, sample_z=False, **run.path_kw()))
     return run.images(lik.mean(m.decode_x(mu).reshape(len(mu), -1)))
 
 
@@ -464,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=seed_arg, default=0, help="seed of the random faces / noise (>= 0, default 0)")
         p.add_argument("--iterations", type=int, default=10,
                        help="jmvae / h: iterations of the iterative completion (default 10; paper 40)")
+        p.add_argument("--path", choices=list(H_PATHS), default="z1",
+                       help="h: how iterative sampling reaches z1: z1 ~ q(z1|x^,w) (default), or through the top "
+                            "layer, z2 ~ q(z2|x^,w) then z1 ~ p(z1|z2)")
         p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu)")
         p.add_argument("--no-progress", dest="progress", action="store_false",
                        help="no progress bar (faces shows one on stderr when its rows take more than a second)")
@@ -504,6 +515,9 @@ def _generate(args) -> int:
     if out is not None:
         check_out(out)
     run = Run(args.run_dir, device=args.device)
+    if args.path != "z1" and run.variant != "h":
+        raise GenerateError(f"--path {args.path} applies to JMVAE-h runs (variant h), not {run.variant!r}")
+    run.path = args.path
     {"faces": cmd_faces, "edit": cmd_edit, "attributes": cmd_attributes}[args.command](run, args)
     return 0
 

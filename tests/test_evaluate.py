@@ -169,3 +169,14 @@ def test_the_table_names_the_checkpoint_it_used_even_after_a_fallback(tmp_path, 
     assert evaluate.main([run, "--test-size", "50", "--samples", "2", "--no-progress", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)[0]
     assert res["checkpoint"] == os.path.basename(older) and res["epoch"] == 1
+
+
+def test_figures_of_a_jmvae_h_run_show_both_paths(tmp_path, capsys):
+    run = str(tmp_path / "h")
+    assert train.main(["mnist", "--variant", "h", "--epochs", "1", "--train-subset", "300", "--device", "cpu",
+                       "--no-progress", "--out", run]) == 0
+    assert evaluate.main(["figures", run, "--out", str(tmp_path / "f"), "--test-size", "40", "--iterations", "2",
+                          "--no-progress"]) == 0
+    for f in ("gen-h-z1.png", "gen-h-top.png", "ll-vs-iterations.png"):
+        assert (tmp_path / "f" / f).read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "f" / "gen-h.png").exists()

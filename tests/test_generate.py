@@ -287,3 +287,23 @@ def test_figures_of_a_celeba_run_say_they_are_for_mnist(runs, tmp_path, capsys):
     assert evaluate_main(["figures", str(runs["kl"]), "--out", str(tmp_path / "fc")]) == 1
     _one_line(capsys, f"{runs['kl']}: figures are for MNIST runs, and this is a CelebA run")
     assert not (tmp_path / "fc").exists()
+
+
+def test_jmvae_h_generates_along_the_chosen_path(tmp_path, capsys):
+    """--path top generates through the top layer (z2 ~ q(z2|x^,w), z1 ~ p(z1|z2)): other digits than
+    --path z1 from the same seed; --path on a model without a top layer is one line."""
+    run = tmp_path / "h"
+    assert train_main(["mnist", "--variant", "h", "--epochs", "1", "--train-subset", "200", "--latent", "4",
+                       "--no-progress", "--device", "cpu", "--out", str(run)]) == 0
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert main([str(run), "faces", "--attrs", "3,7", "--out", str(a), "--no-progress"]) == 0
+    assert main([str(run), "faces", "--attrs", "3,7", "--out", str(b), "--path", "top", "--no-progress"]) == 0
+    assert _png(a).shape == _png(b).shape and not np.array_equal(_png(a), _png(b))
+    capsys.readouterr()
+    assert main([str(tmp_path / "h"), "attributes", "--image-index", "0", "--path", "top", "--json"]) == 0
+    assert abs(sum(json.loads(capsys.readouterr().out)["predicted"].values()) - 1) < 1e-4
+    kl = tmp_path / "kl"
+    assert train_main(["mnist", "--epochs", "1", "--train-subset", "200", "--latent", "4", "--no-progress",
+                       "--device", "cpu", "--out", str(kl)]) == 0
+    assert main([str(kl), "attributes", "--image-index", "0", "--path", "top"]) == 1
+    assert "--path top applies to JMVAE-h runs" in capsys.readouterr().err
