@@ -28,6 +28,7 @@ from jmvae_cupy import checkpoint
 from jmvae_cupy.distributed import (
     NCCL_COMM_METHODS,
     NCCL_NAMES,
+    THREAD_VARS,
     Comm,
     FlatBuffer,
     GlobalNoiseRng,
@@ -35,7 +36,7 @@ from jmvae_cupy.distributed import (
     mean_in_order_,
 )
 from jmvae_cupy.rng import Rng
-from jmvae_cupy.train import main
+from jmvae_cupy.train import main as train_main
 
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 try:
@@ -52,10 +53,29 @@ BASE = ["mnist", "--train-subset", "200", "--batch-size", "100", "--no-progress"
 TINY = BASE + ["--epochs", "2"]
 
 
+# One BLAS / Numba thread in every process, ranks and the single process they are compared with: bit
+# identity needs the same summation orders, and a thread count changes them.
+ONE_THREAD = {v: "1" for v in THREAD_VARS}
+
+
+def main(argv):
+    """train.main in this process with one BLAS and Numba thread (ONE_THREAD), like the ranks."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            return train_main(argv)
+    finally:
+        numba.set_num_threads(before)
+
+
 def _mpirun(args, n=2, env=None, timeout=120):
     cmd = [MPIEXEC, "-n", str(n), sys.executable] + args
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "JMVAE_DEVICE": "cpu", **(env or {})})
+                          env={**os.environ, "JMVAE_DEVICE": "cpu", **ONE_THREAD, **(env or {})})
 
 
 def _train_mpi(args, n=2, env=None, timeout=120):
@@ -381,7 +401,7 @@ def test_thread_pools_get_the_ranks_share_of_the_cores(monkeypatch):
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from jmvae_cupy.distributed import THREAD_VARS, size_thread_pools
+    from jmvae_cupy.distributed import size_thread_pools
 
     for v in THREAD_VARS:
         monkeypatch.delenv(v, raising=False)

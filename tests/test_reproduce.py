@@ -41,7 +41,8 @@ def test_quick_plan_leaves_report_figures_and_tables(quick):
         e = json.loads((quick / "eval" / f"{name}.json").read_text())
         assert e["checkpoint"].startswith("ckpt-000002-") and e["epoch"] == 2
     h = json.loads((quick / "eval" / "h.json").read_text())
-    assert set(h["coherence"]) == {"zeros", "noise"} and set(h["coherence"]["zeros"]["label2image"]) == {"z1", "top"}
+    assert set(h["coherence"]) == {"zeros", "noise", "prior"}
+    assert set(h["coherence"]["zeros"]["label2image"]) == {"z1", "top"}
     assert sorted(h["trend"], key=int) == ["1", "2"]                             # every snapshot evaluated
 
 
