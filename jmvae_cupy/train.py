@@ -223,6 +223,9 @@ def prepare_run_dir(out: str, resume: bool):
     killed while writing.  Returns (the open lock file: keep it while training, whether this call
     created ``out``: decided by the mkdir itself, so that of two processes racing for a new
     directory only the one that made it, and then locked it, may remove it again on an error)."""
+    if resume and not os.path.lexists(out):  # (a typo in a run name would otherwise train from scratch)
+        raise TrainError(f"--resume: {out} does not exist, so there is no run to continue (leave out --resume "
+                         "to start a new run there)")
     try:
         parent = os.path.dirname(os.path.abspath(out))
         os.makedirs(parent, exist_ok=True)
@@ -730,7 +733,8 @@ def main(argv=None) -> int:
         if resume:
             trainer.keep_snapshot(trainer.restore())
         elif writer and args.resume:
-            print(f"no checkpoint in {out} yet: starting a new run", file=sys.stderr)
+            print(f"no checkpoint in {out} yet (a run killed before its first one): starting a new run",
+                  file=sys.stderr)
             mpath = os.path.join(out, "metrics.jsonl")
             if os.path.exists(mpath):  # epochs of a run killed before its first checkpoint: redone now
                 os.unlink(mpath)

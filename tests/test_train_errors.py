@@ -187,3 +187,12 @@ def test_a_diverging_run_prints_the_guards_line_and_no_numpy_warnings(tmp_path, 
         assert main(ONE + ["--lr", "1e10", "--batch-size", "50", "--out", str(tmp_path / "run")]) == 1
     assert "non-finite objective at epoch 1" in _last_err(capsys)
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+def test_resume_of_a_directory_that_does_not_exist_is_an_error(tmp_path, capsys):
+    """A typo in a run name with --resume trained a new run from scratch ("no checkpoint in
+    runs/nope yet: starting a new run"); now one line, exit 1, and nothing is created."""
+    assert main(ONE + ["--out", str(tmp_path / "nope"), "--resume"]) == 1
+    assert _last_err(capsys) == (f"error: --resume: {tmp_path / 'nope'} does not exist, so there is no run to "
+                                 "continue (leave out --resume to start a new run there)")
+    assert not (tmp_path / "nope").exists()
