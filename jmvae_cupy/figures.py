@@ -1,8 +1,8 @@
-"""The paper's MNIST figures from trained runs (PNG; plots with matplotlib, image grids with Pillow):
+"""The paper's MNIST figures from trained runs (PNG, matplotlib):
 
     python -m jmvae_cupy.figures RUN_DIR [RUN_DIR ...] --out DIR      (= python -m jmvae_cupy.evaluate figures ...)
 
-* ``gen-<model>.png``      Fig. 4: images generated from labels 0-9 (columns) after K = 0, 1, 2, 5
+* ``gen-<model>.png``      Fig. 4: images generated from labels 0-9 (columns, labelled) after K = 0, 1, 2, 5
                            and --iterations steps of iterative sampling (rows; JMVAE-kl and
                            CVAE/CMMA need none: one row); JMVAE-h: ``gen-<model>-z1.png`` and
                            ``gen-<model>-top.png``, one per path to z1 (inference.joint_latent);
@@ -32,7 +32,8 @@ from .cli import guarded, one_line
 from .evaluate import NAMES, EvaluateError, generation_chain, latent_samples, load_run, loglik_vs_iterations, run_config
 from .fsutil import probe_writable
 from .inference import H_PATHS
-from .viz import save_grid
+
+PATH_NAMES = {"z1": "z1 ~ q(z1|x^,w)", "top": "z2 ~ q(z2|x^,w), z1 ~ p(z1|z2)"}  # JMVAE-h's paths to z1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +114,11 @@ def _figures(args, made: list) -> int:
         paths = H_PATHS if cfg["variant"] == "h" else ("z1",)  # JMVAE-h: a file and a curve per path to z1
         for p in paths:
             suffix = f"-{p}" if cfg["variant"] == "h" else ""
-            written.append(_write(out(f"gen-{tag}{suffix}.png"), save_grid, generation_chain(model, ks, path=p)))
+            chain = generation_chain(model, ks, path=p)
+            title = name + (f" ({PATH_NAMES[p]})" if suffix else "")
+            rows = [f"K={k}" for k in ks] if len(chain) == len(ks) else ["one step"]
+            written.append(_write(out(f"gen-{tag}{suffix}.png"), plots.generation_chains, {title: chain},
+                                  row_labels={title: rows}))
         if cfg["latent"] == 2 and hasattr(model, "trunk_forward") and not hasattr(model, "generate"):
             latents.append({"title": name, "labels": np.argmax(asnumpy(w), axis=1),
                             **latent_samples(model, x, w, args.iterations)})

@@ -130,7 +130,7 @@ def test_figures_leave_no_empty_out_directory(tiny_run, tmp_path, capsys, monkey
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", f"{out}/.tmp-xyz.png")
 
-    monkeypatch.setattr(figures, "save_grid", full)
+    monkeypatch.setattr(figures.plots, "generation_chains", full)
     tmp_path.joinpath("kept").mkdir()  # an --out that existed before stays
     assert evaluate.main(["figures", tiny_run, "--out", str(tmp_path / "kept"), "--no-progress",
                           "--test-size", "20", "--iterations", "1"]) == 1
