@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from jmvae_cupy import coherence as coh
-from jmvae_cupy import evaluate, train
+from jmvae_cupy import evaluate
 from jmvae_cupy.data import binarized_test_set, load_mnist, one_hot
 from jmvae_cupy.data.__main__ import main as data_main
 from jmvae_cupy.data.celeba import open_celeba
+from tests.conftest import train_tiny
 from tests.data.test_celeba import make_celeba
 
 
@@ -98,10 +99,7 @@ def test_celeba_attribute_classifier_on_the_fixture_layout(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("runs") / "h")
-    assert train.main(["mnist", "--variant", "h", "--epochs", "1", "--train-subset", "300", "--device", "cpu",
-                       "--no-progress", "--out", out]) == 0
-    return out
+    return train_tiny(tmp_path_factory, "h")
 
 
 def test_evaluate_coherence_table_and_json(tiny_run, mnist, cache, capsys):

@@ -5,14 +5,12 @@ import json
 import pytest
 
 from jmvae_cupy import evaluate, train
+from tests.conftest import train_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("runs") / "kl")
-    assert train.main(["mnist", "--variant", "kl", "--epochs", "1", "--train-subset", "300", "--device", "cpu",
-                       "--no-progress", "--out", out]) == 0
-    return out
+    return train_tiny(tmp_path_factory, "kl")
 
 
 def test_table_names_the_estimators(tiny_run, capsys):
