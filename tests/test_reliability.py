@@ -43,6 +43,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert main(ARGS + ["--out", str(ref)]) == 0
     r = random.Random(2026)
     kills = 0
+    run.mkdir()  # (--resume needs the directory; a run killed before its first checkpoint starts afresh)
     for _ in range(3):
         p = subprocess.Popen(_cmd(run, resume=True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kills == 0:
