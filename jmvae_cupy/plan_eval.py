@@ -23,9 +23,18 @@ from .coherence import CoherenceError, coherence, mnist_classifier, model_genera
 from .data import load_mnist
 from .diagnostics import diagnose
 from .estimators import paper_estimate
-from .evaluate import EvaluateError, LoadedRun, coherence_run, evaluate_run, generation_chain, latent_samples, load_run
+from .evaluate import (
+    EvaluateError,
+    LoadedRun,
+    coherence_paths,
+    coherence_run,
+    evaluate_run,
+    generation_chain,
+    latent_samples,
+    load_run,
+)
 from .fsutil import replacing, write_json
-from .inference import H_PATHS, INITS
+from .inference import INITS
 from .rng import Rng
 
 CHAIN_KS = (0, 1, 2, 5, 10, 20)  # Fig. 4's rows
@@ -47,16 +56,12 @@ def _classifier(out: str, s: dict):
     return ensure_classifier(out, s, log=lambda m: print(m, file=sys.stderr))
 
 
-def _paths(model) -> tuple:
-    return H_PATHS if model.variant == "h" else ("z1",)
-
-
 def curves_vs_k(run: LoadedRun, clf, s: dict) -> dict:
     """Fig. 5: label->image, the paper's estimator and coherence after each K of fig5_ks, per repeat:
     {path: {"k": [...], "estimate": [[per repeat] per K], "coherence": [[...]]}}."""
     model, x, w = run.model, run.x, run.w
     out = {}
-    for path in _paths(model):
+    for path in coherence_paths(model):
         est, coh = [], []
         for k in s["fig5_ks"]:
             est.append([float(np.mean(asnumpy(paper_estimate(model, x, w, "label2image", Rng([r, 21, k]), s["samples"],
@@ -87,7 +92,7 @@ def trend(out: str, name: str, clf, s: dict) -> dict:
         run = _load(rd, s, snap)
         k = s["trend_k"]
         e = {}
-        for p in _paths(run.model):
+        for p in coherence_paths(run.model):
             e[p] = {"coherence": coherence(model_generator(run.model, "label2image", Rng([0, 25]), [k], path=p),
                                            run.x, run.w, "label2image", clf)[k],
                     "estimate": float(np.mean(asnumpy(paper_estimate(run.model, run.x, run.w, "label2image",
@@ -139,7 +144,7 @@ def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
                            if k in ("joint", "cond")})
         else:
             res["vs_k"] = curves_vs_k(run, clf, s)
-            arrays.update({f"chain_{p}": generation_chain(model, CHAIN_KS, path=p) for p in _paths(model)})
+            arrays.update({f"chain_{p}": generation_chain(model, CHAIN_KS, path=p) for p in coherence_paths(model)})
             res["trend"] = trend(out, name, clf, s)
     if arrays:
         arrays["labels"] = asnumpy(run.w).argmax(axis=1)
