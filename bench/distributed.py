@@ -6,8 +6,14 @@
 For each P it launches ``mpiexec -n P python bench/distributed.py --worker ...``: every rank
 builds the Trainer exactly as ``train --distributed`` does, runs one warm-up epoch, then times
 ``--epochs`` training epochs (no evaluation, no checkpoints) and rank 0 prints the global samples
-per second (global batch x steps / seconds).  BLAS threads per rank: cores // P (``--threads``),
-so P ranks share the same cores as one process.  P = 1 goes through the same distributed path.
+per second (global batch x steps / seconds).  P = 1 goes through the same distributed path.
+
+Threads per rank (``--sizing``):
+  auto   each rank sizes its own BLAS and Numba pools, as ``train --distributed`` does
+         (cores of the node // ranks on the node; distributed.size_thread_pools);
+  off    every rank keeps all the node's cores (the thread variables set to the core count), the
+         oversubscription a launcher without sizing gives: P ranks run P x cores threads;
+  ``--threads N`` sets N threads per rank through the environment.
 ``--ordered-reduce`` times the bit-reproducible reduction instead (an all-gather of the step's
 buffer, P times the bytes received, then the P rows added in rank order; not measured yet).
 """
@@ -24,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import ROOT, check_counts, require_installed, thread_env  # noqa: E402
+from _timing import ROOT, THREAD_VARS, check_counts, require_installed, thread_env  # noqa: E402
 
 
 def worker(args) -> None:
@@ -52,7 +58,12 @@ def worker(args) -> None:
         dp.comm.barrier()
         sec = time.perf_counter() - t0
     if dp.comm.rank == 0:
+        import numba  # noqa: PLC0415
+        from threadpoolctl import threadpool_info  # noqa: PLC0415
+
+        blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
         print(json.dumps({"ranks": dp.comm.size, "comm": dp.comm.backend, "steps": steps, "seconds": round(sec, 3),
+                          "blas_threads": max(blas, default=None), "numba_threads": numba.get_num_threads(),
                           "samples_per_s": round(steps * args.batch_size / sec, 1),
                           "ms_per_step": round(1000 * sec / steps, 2)}), flush=True)
 
@@ -67,7 +78,10 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="BLAS threads per rank (0: cores // P)")
+    p.add_argument("--threads", type=int, default=0, help="BLAS/Numba threads per rank (0: by --sizing)")
+    p.add_argument("--sizing", choices=("auto", "off"), default="auto",
+                   help="auto: ranks size their pools (cores // ranks per node); off: every rank uses all cores "
+                        "(default auto)")
     p.add_argument("--ordered-reduce", action="store_true",
                    help="all-gather + rank-order sum instead of the all-reduce (train --ordered-reduce)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -86,8 +100,12 @@ def main() -> int:
           f"{'ordered reduction (all-gather), ' if args.ordered_reduce else ''}"
           f"{args.train_subset} rows x {args.epochs} epochs, device {args.device}, {cores} cores")
     for n in args.ranks:
-        threads = args.threads or max(1, cores // n)
-        env = {**os.environ, **thread_env(threads)}
+        env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+        if args.threads or args.sizing == "off":
+            env.update(thread_env(args.threads or cores))
+            how = "from the environment"
+        else:
+            how = "sized by the ranks"
         cmd = [mpiexec, "-n", str(n), sys.executable, os.path.abspath(__file__), "--worker"]
         for k in ("dataset", "variant", "batch_size", "train_subset", "epochs", "dtype", "device"):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
@@ -97,8 +115,9 @@ def main() -> int:
             print(r.stderr, file=sys.stderr)
             return r.returncode
         res = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"ranks {n} ({res['comm']}, {threads} BLAS threads each): {res['samples_per_s']:8.1f} samples/s  "
-              f"{res['ms_per_step']:7.2f} ms/step")
+        print(f"ranks {n} ({res['comm']}, {res['blas_threads']} BLAS / {res['numba_threads']} Numba threads per rank, "
+              f"{how}): {res['samples_per_s']:8.1f} samples/s  "
+              f"{res['ms_per_step']:7.2f} ms/step  {res['seconds'] / args.epochs:6.2f} s/epoch")
     return 0
 
 

@@ -207,3 +207,29 @@ def test_alternating_blocks_time_the_steps_asked_for(capsys):
     assert _timing.block_sizes(2, 4) == [1, 1, 1, 1]
     assert "timing 4 steps per side, one in each of the 4 blocks (--steps 2 is fewer than --blocks 4)" \
         in capsys.readouterr().err
+
+
+def _have_mpiexec() -> bool:
+    import shutil
+
+    return shutil.which("mpiexec", path=str(pathlib.Path(sys.executable).parent)) is not None or \
+        shutil.which("mpiexec") is not None
+
+
+@pytest.mark.skipif(not _have_mpiexec(), reason='mpiexec not available (pip install -e ".[distributed]")')
+@pytest.mark.parametrize("sizing", ["auto", "off"])
+def test_distributed_bench_ranks_use_the_threads_its_sizing_names(sizing):
+    """Two ranks: with --sizing auto each rank runs cores // 2 BLAS and Numba threads (what train
+    --distributed chooses), with off every rank keeps all the cores; the line reports what the
+    ranks really ran, read inside a worker."""
+    import os
+
+    cores = os.cpu_count() or 1
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "distributed.py"), "--ranks", "2", "--epochs", "1",
+                          "--train-subset", "200", "--sizing", sizing],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    want = max(1, cores // 2) if sizing == "auto" else cores
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"ranks 2 (mpi, {want} BLAS / {want} Numba threads per rank"), out.stdout
