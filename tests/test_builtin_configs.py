@@ -1,0 +1,76 @@
+"""The built-in MNIST and CelebA setups give the numbers they gave before they were written as model
+configs (jmvae_cupy/configs/): the same seed gives the same step losses, to the last bit, the same
+parameters after the steps, and the same test bound.
+
+The values below were recorded from the code before the configs existed (the per-dataset
+architectures of models/architectures.py), with one BLAS and one Numba thread: a thread count changes
+summation orders, so the test runs with one of each too, and holds on any machine's core count."""
+
+import hashlib
+import json
+
+import numba
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from jmvae_cupy import checkpoint, train
+from jmvae_cupy.data.__main__ import main as data_main
+from tests.data.test_celeba import make_celeba
+
+# (step losses as float.hex, sha256 of the parameters after the last step, test ELBO as float.hex)
+RECORDED = {
+    "mnist-jmvae": (["0x1.1238d40000000p+9", "0x1.0629340000000p+9", "0x1.e9fb720000000p+8", "0x1.b874e20000000p+8"],
+                    "a37f6d1d25adfb2ea27dc2995fc7de068d10a3579a52b3305f328bfd4d7f576d", "-0x1.8b7a2d8000000p+8"),
+    "mnist-kl": (["0x1.1238d40000000p+9", "0x1.06a5120000000p+9", "0x1.eccfc00000000p+8", "0x1.c1adb80000000p+8"],
+                 "87eef9bc530ac68ffccd07abc2bf268f9e257a61dab56d31b06937db17589815", "-0x1.8807dd0000000p+8"),
+    "mnist-h": (["0x1.124b680000000p+9", "0x1.05af500000000p+9", "0x1.ea1ec20000000p+8", "0x1.b691620000000p+8"],
+                "8b4d49edd37ded564636ca28e14a2399f4b3c652b12412a427c222a86c8548f5", "-0x1.82384e0000000p+8"),
+    "celeba-kl": (["0x1.b6b75c0000000p+11", "0x1.b96d6c0000000p+11", "0x1.b763e20000000p+11", "0x1.c0ea200000000p+11"],
+                  "b5530b40a5da7d41a80dc8c091ae0a3ea18168fba27581aa1bcd42487565eddb", "-0x1.a916da0000000p+11"),
+}
+COMMON = ["--epochs", "1", "--no-progress", "--device", "cpu", "--sample-every", "1"]
+
+
+def _run(argv, out, monkeypatch):
+    """train.main(argv) with one BLAS / Numba thread: (the step losses as float.hex, the parameters' sha256,
+    the epoch's test ELBO as float.hex)."""
+    losses = []
+    step = train.Trainer._step_grads
+
+    def recording(self, x, w, beta):
+        out_ = step(self, x, w, beta)
+        losses.append(float(out_[0]).hex())
+        return out_
+
+    monkeypatch.setattr(train.Trainer, "_step_grads", recording)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            assert train.main(argv + ["--out", str(out)]) == 0
+    finally:
+        numba.set_num_threads(before)
+    ck = checkpoint.load(checkpoint.list_checkpoints(str(out))[0])
+    h = hashlib.sha256()
+    for k in sorted(ck["params"]):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(ck["params"][k]).tobytes())
+    test = json.loads(open(out / "metrics.jsonl").readline())["test"]
+    return losses, h.hexdigest(), float(test["elbo"]).hex()
+
+
+@pytest.mark.parametrize("variant", ["jmvae", "kl", "h"])
+def test_builtin_mnist_config_gives_the_recorded_losses_bit_for_bit(tmp_path, monkeypatch, variant):
+    argv = ["mnist", "--variant", variant, "--train-subset", "200", "--batch-size", "50"] + COMMON
+    assert _run(argv, tmp_path / "run", monkeypatch) == RECORDED[f"mnist-{variant}"]
+
+
+def test_builtin_celeba_config_gives_the_recorded_losses_bit_for_bit(tmp_path, monkeypatch):
+    make_celeba(tmp_path / "src", n=40)
+    h5 = tmp_path / "c.h5"
+    assert data_main(["prepare", "celeba", str(tmp_path / "src"), "--out", str(h5), "--size", "32",
+                      "--no-progress"]) == 0
+    argv = ["celeba", "--variant", "kl", "--data", str(h5), "--width-scale", "0.0625", "--batch-size", "8",
+            "--latent", "8"] + COMMON
+    assert _run(argv, tmp_path / "run", monkeypatch) == RECORDED["celeba-kl"]
