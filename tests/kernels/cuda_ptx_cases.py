@@ -6,8 +6,8 @@ test_cuda_kernels.py runs this file in a fresh process with NUMBA_ENABLE_CUDASIM
 
     python -m pytest tests/kernels/cuda_ptx_cases.py
 
-It needs NVVM (``pip install "numba-cuda[cu13]"``), and skips with that reason only when NVVM
-is missing.
+It needs numba-cuda with NVVM (``pip install "numba-cuda[cu13]"``), and skips with that reason
+only when either is missing (the ``test-cpu`` extra installs neither).
 """
 
 from __future__ import annotations
@@ -21,9 +21,15 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     pytest.skip("compile_ptx needs the real numba.cuda: unset NUMBA_ENABLE_CUDASIM", allow_module_level=True)
 
-from numba.cuda.cudadrv import nvvm
+import importlib.util
 
-from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, im2col, reparam, winograd
+if importlib.util.find_spec("numba_cuda") is None:
+    pytest.skip('numba-cuda not installed (the kernels target it, not numba\'s own deprecated numba.cuda): '
+                'pip install "numba-cuda[cu13]"', allow_module_level=True)
+
+from numba.cuda.cudadrv import nvvm  # noqa: E402
+
+from jmvae_cupy.kernels import adam, bernoulli, bias_relu, gauss_kl, im2col, reparam, winograd  # noqa: E402
 
 if not nvvm.is_available():
     pytest.skip(
