@@ -43,3 +43,26 @@ def test_atomic_files_get_the_default_mode_not_0600(tmp_path):
         assert os.stat(path).st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+def test_column_labels_sit_in_a_strip_above_their_columns(tmp_path):
+    """The 0-9 labels of a sample grid: a white strip on top, ink over every column (each label
+    centred in its own column), the grid itself unchanged below it."""
+    from jmvae_cupy.viz import HEADER_PX
+
+    imgs = np.random.default_rng(1).random((2, 10, 6, 6))
+    plain, labelled = tmp_path / "a.png", tmp_path / "b.png"
+    save_grid(imgs, str(plain))
+    save_grid(imgs, str(labelled), col_labels=[str(d) for d in range(10)])
+    a, b = np.asarray(Image.open(plain)), np.asarray(Image.open(labelled))
+    h = HEADER_PX * 2
+    assert b.shape == (a.shape[0] + h, a.shape[1])
+    np.testing.assert_array_equal(b[h:], a)
+    strip = b[:h]
+    cell = (6 + 2) * 2
+    for c in range(10):
+        column = strip[:, 4 + c * cell: 4 + c * cell + 12]
+        assert (column < 128).any(), f"no label over column {c}"
+    assert (strip[:, :3] == 255).all()  # the padding left of column 0 stays blank
+    with pytest.raises(ValueError, match="3 column labels for 10 columns"):
+        save_grid(imgs, str(tmp_path / "c.png"), col_labels=["0"] * 3)
