@@ -5,7 +5,9 @@ same stem, when ``svg=True``), each atomically (temporary file in the same direc
 ``os.replace``), and returns the :class:`matplotlib.figure.Figure` so callers and tests can inspect it.
 
 * :func:`latent_panels`         Fig. 3: joint vs. conditional latent samples, one row per model;
-* :func:`generation_chains`     Fig. 4: images generated from labels 0-9 after K iterations;
+* :func:`generation_chains`     Figs. 4, 6, 7(a): images generated from labels / attributes (after K
+                                 iterations), gray or colour;
+* :func:`pca_panels`            Fig. 7(b): latent samples on two principal axes, one panel per Base;
 * :func:`curves_vs_iterations`  Fig. 5: an estimate against K, with optional bands and reference lines;
 * :func:`learning_curves`       test terms (elbo, rec_x, rec_w, KL terms) against epoch, one axes per term;
 * :func:`metric_vs_epoch`       any metric against epoch, one axes per panel.
@@ -88,27 +90,72 @@ def latent_panels(models, path, svg: bool = False) -> Figure:
     return _save(fig, path, svg)
 
 
-def generation_chains(chains, path, svg: bool = False, row_labels=None) -> Figure:
-    """Fig. 4: images generated from each label, one titled panel per model (stacked).
+def generation_chains(chains, path, svg: bool = False, row_labels=None, col_labels=None, xlabel: str = "label",
+                      ylabel: str = "iterations") -> Figure:
+    """Figs. 4, 6 and 7(a): grids of generated images, one titled panel per entry (stacked).
 
-    ``chains``: dict title -> array (R, 10, H, W) of images in [0, 1]; row r = the r-th iteration count
-    shown, column c = label c.  ``row_labels``: optional dict title -> list of R strings (e.g. "K=0");
-    rows are numbered 0..R-1 where none is given.  Each panel is one (R*H, 10*W) gray image.
+    ``chains``: dict title -> array (R, C, H, W) of gray images or (R, C, 3, H, W) of colour images,
+    in [0, 1]; row r = the r-th iteration count shown (or the r-th kind of image), column c = what
+    was generated from (label c by default).  ``row_labels`` / ``col_labels``: optional dicts title ->
+    list of R / C strings (e.g. "K=0" / "Smiling"); rows and columns are numbered where none is given.
+    Each panel is one (R*H, C*W) image.
     """
     if not chains:
         raise ValueError("generation_chains: no chains")
     grids = {t: np.asarray(c, dtype=np.float64) for t, c in chains.items()}
     rows = [g.shape[0] for g in grids.values()]
-    fig, axes = _figure(len(grids), 1, (6.5, 0.55 * sum(rows) + 1.1 * len(rows)), height_ratios=rows)
+    cols = max(g.shape[1] for g in grids.values())
+    aspect = max(g.shape[-2] / g.shape[-1] for g in grids.values())
+    width = max(6.5, 0.65 * cols + 1.5)
+    fig, axes = _figure(len(grids), 1, (width, (width - 1.5) / cols * aspect * sum(rows) + 1.1 * len(rows)),
+                        height_ratios=rows)
     for ax, (title, g) in zip(axes[:, 0], grids.items()):
-        R, C, H, W = g.shape
-        ylabels = list((row_labels or {}).get(title, [str(r) for r in range(R)]))
-        if len(ylabels) != R:
-            raise ValueError(f"generation_chains: {title!r} has {R} rows but {len(ylabels)} row labels")
-        ax.imshow(g.transpose(0, 2, 1, 3).reshape(R * H, C * W), cmap="gray", vmin=0.0, vmax=1.0)
-        ax.set_xticks(W * np.arange(C) + (W - 1) / 2, labels=[str(c) for c in range(C)])
-        ax.set_yticks(H * np.arange(R) + (H - 1) / 2, labels=ylabels)
-        ax.set(title=title, xlabel="label", ylabel="iterations")
+        if g.ndim == 4:
+            R, C, H, W = g.shape
+            ax.imshow(g.transpose(0, 2, 1, 3).reshape(R * H, C * W), cmap="gray", vmin=0.0, vmax=1.0)
+        elif g.ndim == 5 and g.shape[2] == 3:
+            R, C, _, H, W = g.shape
+            ax.imshow(np.clip(g.transpose(0, 3, 1, 4, 2).reshape(R * H, C * W, 3), 0.0, 1.0))
+        else:
+            raise ValueError(f"generation_chains: {title!r} has shape {g.shape}, not (R, C, H, W) or (R, C, 3, H, W)")
+        for what, labels, n in (("row", row_labels, R), ("column", col_labels, C)):
+            got = (labels or {}).get(title)
+            if got is not None and len(got) != n:
+                raise ValueError(f"generation_chains: {title!r} has {n} {what}s but {len(got)} {what} labels")
+        ax.set_xticks(W * np.arange(C) + (W - 1) / 2, labels=list((col_labels or {}).get(title, map(str, range(C)))))
+        ax.set_yticks(H * np.arange(R) + (H - 1) / 2, labels=list((row_labels or {}).get(title, map(str, range(R)))))
+        if col_labels and any(len(c) > 3 for c in col_labels.get(title, [])):
+            ax.tick_params(axis="x", labelrotation=30)
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _save(fig, path, svg)
+
+
+def pca_panels(panels, path, svg: bool = False, title: str | None = None) -> Figure:
+    """Fig. 7(b): latent samples projected on two principal axes, coloured by the attribute column
+    they were generated from, one panel per Base, side by side on the same axis limits.
+
+    ``panels``: list of dicts ``{"title": str, "points": (C, M, 2) array, "centres": (C, 2) array,
+    "columns": list of C strings}`` (the same columns in every panel).  Each column's M samples are
+    dots; its centre (z_mean, the average face's z) a large star.  ``title``: over all the panels.
+    """
+    if not panels:
+        raise ValueError("pca_panels: no panels")
+    fig, axes = _figure(1, len(panels), (4.6 * len(panels) + 2.2, 4.6))
+    xlim, ylim = _limits(*[p["points"] for p in panels], *[p["centres"] for p in panels])
+    cmap = matplotlib.colormaps["tab10"]
+    for ax, p in zip(axes[0], panels):
+        pts, centres = np.asarray(p["points"], np.float64), np.asarray(p["centres"], np.float64)
+        for c in range(len(p["columns"])):
+            ax.scatter(pts[c, :, 0], pts[c, :, 1], s=8, alpha=0.5, color=cmap(c % 10), linewidths=0)
+            ax.scatter(*centres[c], s=160, marker="*", color=cmap(c % 10), edgecolors="black", linewidths=0.8)
+        ax.set(xlim=xlim, ylim=ylim, title=p["title"], xlabel="principal axis 1", ylabel="principal axis 2")
+    names = panels[0]["columns"]
+    handles = [Line2D([], [], ls="", marker="o", ms=6, color=cmap(c % 10), label=n) for c, n in enumerate(names)]
+    handles.append(Line2D([], [], ls="", marker="*", ms=11, color="gray", markeredgecolor="black",
+                          label="z_mean (average face)"))
+    axes[0, -1].legend(handles=handles, title="conditioned on", **OUTSIDE_RIGHT)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path, svg)
 
 

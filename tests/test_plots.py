@@ -119,6 +119,23 @@ def test_generation_chains_rejects_wrong_row_labels(tmp_path, rng):
     assert os.listdir(tmp_path) == []
 
 
+def test_generation_chains_colour_faces_with_column_labels(tmp_path, rng):
+    """Figs. 6 / 7(a): (R, C, 3, H, W) colour images, each cell in place, columns named."""
+    H, W = 4, 6
+    faces = rng.random((2, 3, 3, H, W))
+    cols = ["Base", "Smiling", "Not Male"]
+    fig = plots.generation_chains({"kl": faces}, tmp_path / "f.png", col_labels={"kl": cols}, row_labels={
+        "kl": ["average", "random 1"]}, xlabel="conditioned on", ylabel="")
+    img = fig.axes[0].images[0].get_array()
+    assert img.shape == (2 * H, 3 * W, 3)
+    np.testing.assert_allclose(img[H:2 * H, 2 * W:3 * W], faces[1, 2].transpose(1, 2, 0))  # row 1, column 2
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == cols
+    with pytest.raises(ValueError, match="column labels"):
+        plots.generation_chains({"kl": faces}, tmp_path / "g.png", col_labels={"kl": cols[:2]})
+    with pytest.raises(ValueError, match="not \\(R, C, H, W\\)"):
+        plots.generation_chains({"kl": faces[:, :, :2]}, tmp_path / "g.png")
+
+
 # ------------------------------------------------------------------------------- curves_vs_iterations
 def _iteration_panels():
     k = list(range(6))
