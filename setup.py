@@ -12,7 +12,7 @@ setup(
     # kernels/ is shipped inside the package as jmvae_cupy.kernels: no top-level `kernels` module.
     packages=find_packages(include=["jmvae_cupy", "jmvae_cupy.*"]) + ["jmvae_cupy.kernels"],
     package_dir={"jmvae_cupy.kernels": "kernels"},
-    package_data={"jmvae_cupy.data": ["mnist10k/*.gz"]},
+    package_data={"jmvae_cupy.data": ["mnist10k/*.gz"], "jmvae_cupy": ["configs/*.toml"]},
     install_requires=["numpy>=1.24", "numba>=0.59", "h5py>=3.8", "pillow>=9", "tqdm>=4.60", "matplotlib>=3.7",
                       "threadpoolctl>=3"],
     extras_require={

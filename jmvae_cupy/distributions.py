@@ -11,8 +11,13 @@ family                 network output                   used for
 Bernoulli              logits l (N, D)                  MNIST images  p(x|z)
 Categorical            logits l (N, K)                  MNIST labels  p(w|z)
 FixedVarGaussian       mean mu (N, D), variance fixed   CelebA images and attributes
+LearnedVarGaussian     [mu | a] (N, 2 D), var from a    a decoder of a model config
 Gaussian (learned)     mu (N, D), var = softplus(a)     q(z|.), p(z1|z2)
 =====================  ===============================  ==========================
+
+The four decoder likelihoods are chosen by name in a model config (jmvae_cupy/models/config.py):
+``likelihood(name, variance=...)``.  ``outputs_per_feature`` is how many network outputs one data
+feature takes (2 for LearnedVarGaussian: its mean and its variance's pre-activation).
 """
 
 from __future__ import annotations
@@ -50,7 +55,23 @@ def softmax(l):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class Bernoulli:
+class _Likelihood:
+    """What the decoder likelihoods share: equality by family and settings (an Arch compares them)."""
+
+    name = ""
+    outputs_per_feature = 1
+
+    def __eq__(self, other):
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(vars(self).items()))))
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class Bernoulli(_Likelihood):
     """p(x|l) = prod_d sigmoid(l_d)^x_d (1 - sigmoid(l_d))^(1 - x_d), x in {0,1}^D (or [0,1])."""
 
     name = "bernoulli"
@@ -88,7 +109,7 @@ class Bernoulli:
         return (u < sigmoid(logits)).astype(logits.dtype)
 
 
-class Categorical:
+class Categorical(_Likelihood):
     """p(w|l) = prod_k softmax(l)_k^w_k, with w one-hot (or any weights) over K classes."""
 
     name = "categorical"
@@ -122,7 +143,7 @@ class Categorical:
         return (xp.arange(logits.shape[1])[None, :] == k[:, None]).astype(logits.dtype)
 
 
-class FixedVarGaussian:
+class FixedVarGaussian(_Likelihood):
     """p(x|mu) = N(x; mu, var I) with the variance fixed (the paper's CelebA decoders: var = 1)."""
 
     name = "gaussian_fixed"
@@ -192,4 +213,58 @@ def standard_normal_loglik(z):
     return -0.5 * (z * z + LOG_2PI).sum(axis=-1)
 
 
-LIKELIHOODS = {"bernoulli": Bernoulli, "categorical": Categorical}
+class LearnedVarGaussian(_Likelihood):
+    """p(x|mu, v) = N(x; mu, diag v) with the variance learned per sample and feature: the decoder
+    outputs 2 D numbers per sample, [mu | a] (flattened in C order: an image decoder's first C
+    channels are mu, its last C the pre-activations a), and v = softplus(a) + VAR_FLOOR, the
+    variance head of q(z|.)."""
+
+    name = "gaussian_learned"
+    outputs_per_feature = 2
+
+    @staticmethod
+    def _split(out):
+        """out (N, 2 D, ...) -> (mu, a), each (N, D), of the flattened output."""
+        flat = out.reshape(out.shape[0], -1)
+        d = flat.shape[1] // 2
+        return flat[:, :d], flat[:, d:]
+
+    def loglik(self, x, out):
+        """ll_n = -0.5 sum_d [log 2pi + log v + (x - mu)^2 / v]  (N,), v = softplus(a) + VAR_FLOOR.
+
+        x: (N, D); out: (N, 2 D) = [mu | a].  Cache: ((x - mu, v), a)."""
+        mu, a = self._split(out)
+        var, _ = gaussian_var_forward(a)
+        ll, gcache = gaussian_loglik(x, mu, var)
+        return ll, (gcache, a)
+
+    def loglik_backward(self, dll, cache):
+        """d ll_n / d mu_nd = (x - mu) / v;  d ll_n / d a_nd = 0.5 ((x - mu)^2 / v - 1) / v * sigmoid(a)
+        (the chain through v = softplus(a) + floor), so d out = [dmu | da]  (N, 2 D).
+
+        dll: (N,) upstream gradient; cache: ((x - mu, v), a) from loglik."""
+        gcache, a = cache
+        _, dmu, dvar = gaussian_loglik_backward(dll, gcache)
+        xp = get_array_module(dmu)
+        return xp.concatenate([dmu, gaussian_var_backward(dvar, a)], axis=1)
+
+    def mean(self, out):
+        """E[x] = mu  (N, D)."""
+        return self._split(out)[0]
+
+    def sample(self, out, rng):
+        """x = mu + sqrt(v) eps  (N, D)."""
+        mu, a = self._split(out)
+        xp = get_array_module(mu)
+        return mu + xp.sqrt(gaussian_var_forward(a)[0]) * rng.normal(mu.shape, mu.dtype, xp)
+
+
+LIKELIHOODS = {"bernoulli": Bernoulli, "categorical": Categorical, "gaussian_fixed": FixedVarGaussian,
+               "gaussian_learned": LearnedVarGaussian}
+
+
+def likelihood(name: str, variance: float = 1.0):
+    """The decoder likelihood called ``name`` (a key of LIKELIHOODS); ``variance``: gaussian_fixed's."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}: choose one of {', '.join(LIKELIHOODS)}")
+    return FixedVarGaussian(variance) if name == "gaussian_fixed" else LIKELIHOODS[name]()

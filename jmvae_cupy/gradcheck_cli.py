@@ -38,6 +38,7 @@ from .cli import guarded
 from .layers import activations, dense, reshape
 from .models import architectures, base
 from .models import baselines as baselines_mod
+from .models import config as model_config
 from .models import jmvae as jmvae_mod
 from .rng import Rng
 
@@ -245,6 +246,15 @@ def _gaussian_fixed():
     r = _rng(15)
     g = distributions.FixedVarGaussian(0.7)
     return {"mu": _loglik_check(g, _randn(r, (5, 6)), _randn(r, (5, 6), 1.0, -0.4), 16)["out"]}
+
+
+@register("gaussian_learned", 1e-7, "log N(x; mu, diag softplus(a) + floor) w.r.t. the output [mu | a]",
+          covers=("jmvae_cupy.distributions.LearnedVarGaussian.loglik_backward",))
+def _gaussian_learned():
+    r = _rng(19)
+    g = distributions.LearnedVarGaussian()
+    out = np.concatenate([_randn(r, (5, 6), 1.0, -0.4), _randn(r, (5, 6), 1.5)], axis=1)  # [mu | a]
+    return {"[mu | a]": _loglik_check(g, _randn(r, (5, 6)), out, 23)["out"]}
 
 
 @register("gaussian", 1e-7, "log N(x; mu, diag var) w.r.t. x, mu, var",
@@ -526,6 +536,49 @@ def _register_model(name, variant, terms, covers, direction=None, what=""):
         register(f"{name}:{t}", 1e-6, f"{what}: term {t} alone", covers)(one)
 
 
+def _config_model_check(variant: str, x_lik: str, w_lik: str) -> dict:
+    """As :func:`_model_check`, on a model built from a model config (models/config.py) whose decoders
+    have the likelihoods ``x_lik`` and ``w_lik`` (data of each family: {0, 1}, one-hot, real)."""
+    user = model_config.check_config({"latent": 3, "x": {"likelihood": x_lik, "encoder": "D5R", "decoder": "D5R"},
+                                      "w": {"likelihood": w_lik, "encoder": "D5R", "decoder": "D5R"},
+                                      "jmvae_h": {"prior_z1": "D5R", "chain": "D4-D5R"}}, "gradcheck")
+    if x_lik == "gaussian_fixed":
+        user["x"]["variance"] = 0.7
+    base = model_config.builtin_config("mnist")
+    arch = model_config.arch_from_model(model_config.resolve(user, (7,), 4, base))
+    cls = {"jmvae": jmvae_mod.JMVAE, "kl": jmvae_mod.JMVAEKL, "h": jmvae_mod.JMVAEH}[variant]
+    model = cls(arch, seed=3, dtype="float64", alpha=ALPHA)
+    r = _rng(1)
+    for k, p in model.params.items():
+        if k.endswith(".b"):
+            p[...] = 0.3 * r.standard_normal(p.shape)
+
+    def data(lik, d):
+        if lik == "bernoulli":
+            return (r.random((4, d)) < 0.5).astype(np.float64)
+        if lik == "categorical":
+            return np.eye(d)[r.integers(0, d, 4)]
+        return _randn(r, (4, d))
+
+    x, w = data(x_lik, 7), data(w_lik, 4)
+
+    def loss():
+        return float(model.loss_and_grads(x, w, Rng(NOISE_SEED), beta=BETA)[0])
+
+    _, _, grads = model.loss_and_grads(x, w, Rng(NOISE_SEED), beta=BETA)
+    return _compare(loss, dict(model.params), grads)
+
+
+# every likelihood a model config can choose, on each modality, through a whole model's loss
+CONFIG_LIKELIHOODS = (("gaussian_learned", "gaussian_fixed", "kl"), ("gaussian_fixed", "gaussian_learned", "jmvae"),
+                      ("bernoulli", "gaussian_learned", "h"), ("gaussian_learned", "categorical", "kl"),
+                      ("categorical", "bernoulli", "h"))
+for _x, _w, _v in CONFIG_LIKELIHOODS:
+    register(f"config_{_v}_{_x}_{_w}", 1e-6, f"a config's model ({_v}): x {_x}, w {_w}, the whole loss",
+             covers=("jmvae_cupy.distributions.LearnedVarGaussian.loglik_backward",))(
+        lambda _x=_x, _w=_w, _v=_v: _config_model_check(_v, _x, _w))
+
+
 _M = "jmvae_cupy.models."
 _register_model("jmvae", "jmvae", ("rec_x", "rec_w", "kl"), (_M + "jmvae.JMVAE.loss_and_grads",),
                 what="JMVAE Eq. 2")
@@ -639,6 +692,7 @@ DERIVATIONS: dict[str, str] = {
     _D + "Bernoulli.loglik_backward": "distributions.md",
     _D + "Categorical.loglik_backward": "distributions.md",
     _D + "FixedVarGaussian.loglik_backward": "distributions.md",
+    _D + "LearnedVarGaussian.loglik_backward": "distributions.md",
     _D + "gaussian_loglik_backward": "distributions.md",
     _D + "gaussian_var_backward": "distributions.md",
     "jmvae_cupy.kernels.reparam.reparam_backward": "reparameterisation.md",

@@ -66,10 +66,13 @@ class JMVAE(Params):
         a = self.arch
         px = self._register_net("px", a.dec_x, (a.latent,))
         pw = self._register_net("pw", a.dec_w, (a.latent,))
-        if px.out_shape != tuple(a.x_shape) and px.out_shape != (a.x_dim,):
-            raise ModelError(f"x decoder {a.dec_x!r} outputs {px.out_shape}, expected {a.x_shape}")
-        if pw.out_shape != (a.w_dim,):
-            raise ModelError(f"w decoder {a.dec_w!r} outputs {pw.out_shape}, expected ({a.w_dim},)")
+        # k outputs per feature (the likelihood's): flat (k D,), or an image's (k C, H, W)
+        kx, kw = a.x_lik.outputs_per_feature, a.w_lik.outputs_per_feature
+        want_x = [(kx * a.x_dim,)] + ([(kx * a.x_shape[0], *a.x_shape[1:])] if len(a.x_shape) > 1 else [])
+        if px.out_shape not in want_x:
+            raise ModelError(f"x decoder {a.dec_x!r} outputs {px.out_shape}, expected {' or '.join(map(str, want_x))}")
+        if pw.out_shape != (kw * a.w_dim,):
+            raise ModelError(f"w decoder {a.dec_w!r} outputs {pw.out_shape}, expected ({kw * a.w_dim},)")
 
     def _build(self):
         d = self._build_trunk()
