@@ -5,10 +5,11 @@
     python -m jmvae_cupy.evaluate figures RUN_DIR [RUN_DIR ...] --out DIR    (jmvae_cupy/figures.py)
 
 Each run is loaded from its newest good checkpoint and its ``config.json`` and evaluated on the
-binarised test set of its data (the embedded subset: 2,000 digits, binarised once with a fixed
-seed).  JMVAE-family runs give both directions; a CVAE / CMMA run gives the direction it was
-trained for, and rows of the same model and estimator are merged.  Each cell is the mean over
-the test set, then mean +- std over R repeats of the estimator's randomness (seeds 0..R-1).
+test set of its data (MNIST: binarised once with a fixed seed, the embedded subset's 2,000 digits;
+a paired file of your own, train data --data FILE: its test rows).  JMVAE-family runs give both
+directions; a CVAE / CMMA run gives the direction it was trained for, and rows of the same model
+and estimator are merged.  Each cell is the mean over the test set, then mean +- std over R
+repeats of the estimator's randomness (seeds 0..R-1).
 Estimator names and what they bound: jmvae_cupy/estimators.py.  A progress bar on stderr counts
 the batches of 500 test examples each (direction, repeat) of each run evaluates (``--no-progress``:
 none); the table or ``--json`` goes to stdout alone.  Errors (a missing or damaged run directory or
@@ -32,7 +33,7 @@ from .cli import guarded
 from .coherence import CoherenceError, celeba_classifier, coherence, mnist_classifier, model_generator
 from .data import DataError, binarized_test_set, load_mnist, one_hot
 from .estimators import DIRECTIONS, complete, evaluate_model, paper_estimate
-from .generate import GenerateError, read_config
+from .generate import GenerateError, read_config, run_arch
 from .inference import H_PATHS, INITS, x_from_w
 from .models import ModelError, build_model
 from .rng import Rng
@@ -57,11 +58,12 @@ class LoadedRun(NamedTuple):
 
 def load_run(run_dir: str, device="cpu", test_size: int = 0, checkpoint_path: str | None = None) -> LoadedRun:
     """(model, config, test x, test w, epoch, checkpoint path) of the newest good checkpoint in ``run_dir`` (or of
-    ``checkpoint_path``, e.g. a snapshot of train --snapshot-every, MNIST runs).
+    ``checkpoint_path``, e.g. a snapshot of train --snapshot-every, MNIST and paired-data runs).
 
-    MNIST: the binarised test set.  CelebA: the first ``test_size`` test images of the run's HDF5
-    file (all if 0: about 50 MB of float32 per 1,000 faces), read through generate.Run, which
-    also recovers the image size and widths of the run's architecture.
+    MNIST: the binarised test set.  Paired data (train data --data FILE): the test rows of its file.
+    CelebA: the first ``test_size`` test images of the run's HDF5 file (all if 0: about 50 MB of
+    float32 per 1,000 faces), read through generate.Run, which also recovers the image size and
+    widths of the run's architecture.
     """
     cfg = run_config(run_dir)
     if cfg.get("dataset") == "celeba":
@@ -72,17 +74,27 @@ def load_run(run_dir: str, device="cpu", test_size: int = 0, checkpoint_path: st
         else:
             ck = load_checkpoint(checkpoint_path)
         xp = select_device(device)
-        model = build_model(cfg["dataset"], cfg["variant"], seed=cfg["seed"], dtype=cfg["dtype"], xp=xp,
+        model = build_model(run_arch(cfg, ck), cfg["variant"], seed=cfg["seed"], dtype=cfg["dtype"], xp=xp,
                             latent=cfg["latent"], alpha=cfg["alpha"], direction=cfg["direction"],
                             h_top=cfg["h_top"])
         restore_arrays(model.params, ck["params"], xp, "parameters")
         restore_arrays(model.state, ck["state"], xp, "state")
-        data = load_mnist(cfg.get("data_dir"))
-    except (CheckpointError, ModelError, DataError, BackendError, KeyError) as e:
+        x, w = _test_set(cfg, model.dtype)
+    except (CheckpointError, ModelError, DataError, BackendError, GenerateError, KeyError) as e:
         raise EvaluateError(f"{run_dir}: {e}") from None
-    x = to_device(binarized_test_set(data, dtype=model.dtype), xp)
-    w = to_device(one_hot(data.test_y, 10, model.dtype), xp)
-    return LoadedRun(model, cfg, x, w, int(ck["meta"]["epoch"]), ck["path"])
+    return LoadedRun(model, cfg, to_device(x, xp), to_device(w, xp), int(ck["meta"]["epoch"]), ck["path"])
+
+
+def _test_set(cfg: dict, dtype):
+    """The host test pairs (x, w) of an MNIST run (binarised once, one-hot labels) or of a paired-data run
+    (the test rows of its file)."""
+    if cfg["dataset"] == "data":
+        from .data.paired import open_paired  # noqa: PLC0415
+
+        d = open_paired(cfg["data"])
+        return d.rows(d.test_idx, dtype)
+    data = load_mnist(cfg.get("data_dir"))
+    return binarized_test_set(data, dtype=dtype), one_hot(data.test_y, 10, dtype)
 
 
 def run_config(run_dir: str) -> dict:
@@ -127,6 +139,9 @@ def classifier_for(cfg: dict, cache_dir=None):
     """The coherence classifier of a run's data: MNIST digits, or the attributes of its CelebA file."""
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     try:
+        if cfg["dataset"] == "data":
+            raise EvaluateError("coherence needs a classifier of the data's w, which mnist and celeba runs have; "
+                                f"this run trained on its own data ({cfg['data']})")
         if cfg["dataset"] == "celeba":
             from .data.celeba import open_celeba  # noqa: PLC0415  (h5py file reader: only for CelebA runs)
 
@@ -352,16 +367,21 @@ def latent_samples(model, x, w, iterations=10, seed=0) -> dict:
             "cond_title": f"from w alone: q(z|x^_{iterations},w)"}
 
 
-def generation_chain(model, ks=(0, 1, 2, 5, 10, 20), seed=0, path="z1"):
-    """Fig. 4: images generated from labels 0..9 after each K in ``ks`` of iterative sampling
-    (JMVAE-h: along ``path``), (len(ks), 10, 28, 28); JMVAE-kl and the baselines: one row."""
-    w = to_device(one_hot(np.arange(10), 10, model.dtype), model.xp)
+def generation_chain(model, ks=(0, 1, 2, 5, 10, 20), seed=0, path="z1", w=None):
+    """Figs. 4 and 6: images generated from w (C, w_dim) (default: the labels 0..9) after each K in
+    ``ks`` of iterative sampling (JMVAE-h: along ``path``), (len(ks), C, *image) with image (28, 28)
+    for MNIST, (3, H, W) for CelebA; JMVAE-kl (from q(z|w)) and the baselines: one row."""
+    if w is None:
+        w = one_hot(np.arange(10), 10, model.dtype)
+    w = to_device(w, model.xp)
+    x_shape = tuple(model.arch.x_shape)
+    image = (28, 28) if len(x_shape) == 1 else x_shape
     if hasattr(model, "generate"):
-        return asnumpy(model.generate(w, Rng([seed, 4]))).reshape(1, 10, 28, 28)
+        return asnumpy(model.generate(w, Rng([seed, 4]))).reshape((1, len(w)) + image)
     kw = {"path": path} if model.variant == "h" else {}
     _, chain = x_from_w(model, w, Rng([seed, 4]), iterations=max(ks), return_chain=True, **kw)
     rows = [0] if model.variant == "kl" else ks
-    return np.stack([asnumpy(chain[min(k, len(chain) - 1)]).reshape(10, 28, 28) for k in rows])
+    return np.stack([asnumpy(chain[min(k, len(chain) - 1)]).reshape((len(w),) + image) for k in rows])
 
 
 if __name__ == "__main__":

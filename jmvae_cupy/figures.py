@@ -12,10 +12,13 @@
                            digit from q(z|x,w) and from the label alone (q(z|w) for JMVAE-kl,
                            q(z|x^_K, w) after iterative sampling), on shared axes, coloured by label.
 
-MNIST runs only (a CelebA run's figures come from python -m jmvae_cupy.generate).  Every run is
-loaded before ``--out`` is created, and a directory this command created is removed again if it
-fails before writing into it.  A progress bar on stderr counts the runs (``--no-progress``: none).
-Errors: one line on stderr, exit 1.
+MNIST runs, and runs on a paired file of your own (train data --data FILE): their columns are
+the classes of a categorical w (named by the file's w_names), else the w of the first ten test
+pairs; images are drawn when x is one ((H, W), (1, H, W) or (3, H, W), scaled from the data's range
+to [0, 1]), and Fig. 3 colours by class (categorical w).  A CelebA run's figures come from
+python -m jmvae_cupy.generate.  Every run is loaded before ``--out`` is created, and a directory
+this command created is removed again if it fails before writing into it.  A progress bar on
+stderr counts the runs (``--no-progress``: none).  Errors: one line on stderr, exit 1.
 """
 
 from __future__ import annotations
@@ -85,13 +88,35 @@ def _write(path: str, save, *args, **kwargs) -> str:
     return os.path.basename(path)
 
 
+def _columns(cfg: dict, model) -> dict | None:
+    """What Fig. 4 generates from: {"w" (C, w_dim) or None (MNIST's digits), "labels" (C names), "xlabel",
+    "view" (an image's shape), "scale" (to [0, 1])}; None when the run's x are not images."""
+    if cfg["dataset"] == "mnist":
+        return {"w": None, "labels": [str(i) for i in range(10)], "xlabel": "label", "view": (28, 28),
+                "scale": lambda a: a}
+    from .data.paired import image_view, open_paired  # noqa: PLC0415
+
+    d = open_paired(cfg["data"])
+    view = image_view(d.x_shape)
+    if view is None:
+        return None
+    lo, hi = d.x_stats["min"], d.x_stats["max"]
+    cols = {"view": view, "scale": lambda a: (a - lo) / ((hi - lo) or 1.0)}
+    if model.arch.w_lik.name == "categorical":
+        names = d.w_names or [f"w{i}" for i in range(d.w_dim)]
+        return {**cols, "w": np.eye(d.w_dim, dtype=model.dtype), "labels": list(names), "xlabel": "class"}
+    t = d.test_idx[:10]
+    return {**cols, "w": d.rows(t, model.dtype)[1], "labels": [f"test {i}" for i in range(len(t))],
+            "xlabel": "w of the test pair"}
+
+
 def _figures(args, made: list) -> int:
     for name, val in (("iterations", args.iterations), ("test-size", args.test_size)):
         if val < 0:
             raise EvaluateError(f"--{name} must be >= 0, got {val}")
     for rd in args.runs:  # every config first: a damaged or CelebA one is named before any work
         cfg = run_config(rd)
-        if cfg["dataset"] != "mnist":
+        if cfg["dataset"] == "celeba":
             raise EvaluateError(f"{rd}: figures are for MNIST runs, and this is a CelebA run (its faces: "
                                 f"python -m jmvae_cupy.generate {rd} faces ...)")
     loaded = [(rd, *load_run(rd)) for rd in args.runs]  # a bad checkpoint stops us before --out exists
@@ -112,16 +137,20 @@ def _figures(args, made: list) -> int:
             continue
         ks = sorted({0, 1, 2, 5, args.iterations} & set(range(args.iterations + 1)))
         paths = H_PATHS if cfg["variant"] == "h" else ("z1",)  # JMVAE-h: a file and a curve per path to z1
-        for p in paths:
+        cols = _columns(cfg, model)
+        for p in paths if cols is not None else ():
             suffix = f"-{p}" if cfg["variant"] == "h" else ""
-            chain = generation_chain(model, ks, path=p)
+            chain = generation_chain(model, ks, path=p, w=cols["w"])
+            chain = cols["scale"](chain.reshape(chain.shape[:2] + cols["view"]))
             title = name + (f" ({PATH_NAMES[p]})" if suffix else "")
             rows = [f"K={k}" for k in ks] if len(chain) == len(ks) else ["one step"]
             written.append(_write(out(f"gen-{tag}{suffix}.png"), plots.generation_chains, {title: chain},
-                                  row_labels={title: rows}))
+                                  row_labels={title: rows}, col_labels={title: cols["labels"]},
+                                  xlabel=cols["xlabel"]))
         if cfg["latent"] == 2 and hasattr(model, "trunk_forward") and not hasattr(model, "generate"):
-            latents.append({"title": name, "labels": np.argmax(asnumpy(w), axis=1),
-                            **latent_samples(model, x, w, args.iterations)})
+            classes = model.arch.w_lik.name == "categorical"
+            latents.append({"title": name, "labels": np.argmax(asnumpy(w), axis=1) if classes else
+                            np.zeros(len(w), dtype=int), **latent_samples(model, x, w, args.iterations)})
             continue
         for p in paths:
             k, vals = loglik_vs_iterations(model, x, w, args.iterations, path=p)

@@ -46,6 +46,7 @@ from .backend import BackendError, select_device, to_device
 from .checkpoint import CheckpointError, load_latest, restore_arrays
 from .cli import guarded, one_line
 from .data import DataError
+from .data.paired import image_view
 from .fsutil import probe_writable
 from .inference import H_PATHS, w_from_x, x_from_w
 from .models import ModelError, build_model
@@ -107,8 +108,8 @@ def read_config(run_dir: str) -> dict:
             return GenerateError(f"{cpath}: \"{key}\" is missing (it must be {what})")
         return GenerateError(f"{cpath}: \"{key}\" must be {what}, not {_short(cfg[key])}")
 
-    if cfg.get("dataset") not in ("mnist", "celeba"):
-        raise bad("dataset", '"mnist" or "celeba" in a jmvae_cupy training config')
+    if cfg.get("dataset") not in ("mnist", "celeba", "data"):
+        raise bad("dataset", '"mnist", "celeba" or "data" in a jmvae_cupy training config')
     if cfg.get("variant") not in VARIANTS:
         raise bad("variant", "one of " + ", ".join(VARIANTS))
     if not (_is_int(cfg.get("latent")) and cfg["latent"] >= 1):
@@ -130,6 +131,10 @@ def read_config(run_dir: str) -> dict:
     for key in ("data_dir", "data"):
         if not (cfg.get(key) is None or isinstance(cfg[key], str)):
             raise bad(key, "a path or null")
+    if cfg["dataset"] == "data" and not isinstance(cfg.get("data"), str):
+        raise bad("data", "the path of the run's paired data file")
+    if "model" in cfg and not isinstance(cfg["model"], dict):
+        raise bad("model", "the run's model (an object: train writes it)")
     if "width_scale" in cfg and not (_is_number(cfg["width_scale"]) and np.isfinite(cfg["width_scale"])
                                      and cfg["width_scale"] > 0):
         raise bad("width_scale", "a finite number > 0")
@@ -147,16 +152,7 @@ class Run:
         self.dataset, self.variant = cfg["dataset"], cfg["variant"]
         ck = load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
         self.xp = select_device(device)
-        if self.dataset == "celeba":
-            from .models.architectures import celeba_arch  # noqa: PLC0415
-
-            n_conv = sum(1 for k, v in ck["params"].items() if k.startswith("qxw.x.") and v.ndim == 4)
-            size = {4: 64, 3: 32, 2: 16}.get(n_conv)
-            if size is None:
-                raise GenerateError(f"{ck['path']}: cannot tell the image size ({n_conv} conv layers)")
-            arch = celeba_arch(size, cfg.get("width_scale", 1.0), cfg["latent"])
-        else:
-            arch = "mnist"
+        arch = run_arch(cfg, ck)
         self.model = build_model(arch, self.variant, seed=cfg["seed"], dtype=cfg["dtype"],
                                  xp=self.xp, latent=cfg["latent"], alpha=cfg["alpha"], h_top=cfg["h_top"])
         restore_arrays(self.model.params, ck["params"], self.xp, "parameters")
@@ -164,7 +160,10 @@ class Run:
         self.checkpoint = os.path.basename(ck["path"])
         self.path = "z1"  # JMVAE-h's path to z1 in iterative sampling (generate --path)
         self._data = None
-        self.names = [str(i) for i in range(10)] if self.dataset == "mnist" else self._celeba_names()
+        self.names = ([str(i) for i in range(10)] if self.dataset == "mnist" else self._celeba_names()
+                      if self.dataset == "celeba" else self._data_names())
+        self.categorical = self.model.arch.w_lik.name == "categorical"  # w: classes (one-hot), or attributes
+        self.image = image_view(tuple(self.model.arch.x_shape))  # how x is drawn; None: x is not an image
 
     def path_kw(self) -> dict:
         """JMVAE-h: the path to z1 of its iterative sampling (``self.path``, inference.joint_latent)."""
@@ -178,9 +177,20 @@ class Run:
         except (DataError, GenerateError):
             return list(ATTR_NAMES)  # faces --attrs does not need the file
 
+    def _data_names(self):
+        try:
+            names = self.data().w_names
+        except (DataError, GenerateError):
+            names = None
+        return list(names) if names else [f"w{i}" for i in range(self.model.arch.w_dim)]
+
     def data(self):
         if self._data is None:
-            if self.dataset == "celeba":
+            if self.dataset == "data":
+                from .data.paired import open_paired  # noqa: PLC0415
+
+                self._data = open_paired(self.config["data"])
+            elif self.dataset == "celeba":
                 from .data.celeba import open_celeba  # noqa: PLC0415
 
                 if not self.config.get("data"):
@@ -196,7 +206,7 @@ class Run:
     @property
     def n_test(self) -> int:
         d = self.data()
-        return len(d.test_idx) if self.dataset == "celeba" else len(d[0])
+        return len(d[0]) if self.dataset == "mnist" else len(d.test_idx)
 
     def _rows(self, idx):
         idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
@@ -208,11 +218,15 @@ class Run:
 
     def test_x(self, idx):
         idx, d = self._rows(idx), self.data()
+        if self.dataset == "data":
+            return to_device(d.rows(d.test_idx[idx], self.model.dtype)[0], self.xp)
         x = d.images(d.test_idx[idx], self.model.dtype) if self.dataset == "celeba" else d[0][idx]
         return to_device(x, self.xp)
 
     def test_w(self, idx):
         idx, d = self._rows(idx), self.data()
+        if self.dataset == "data":
+            return to_device(d.rows(d.test_idx[idx], self.model.dtype)[1], self.xp)
         if self.dataset == "celeba":
             return to_device(d.attributes(d.test_idx[idx], self.model.dtype), self.xp)
         return to_device(np.eye(10, dtype=self.model.dtype)[d[1][idx]], self.xp)
@@ -228,9 +242,33 @@ class Run:
         raise GenerateError(f"unknown attribute {name!r}{hint}")
 
     def images(self, arr):
-        """Device means (N, ...) -> host images (N, 3, H, W) or (N, 28, 28)."""
+        """Device means (N, ...) -> host arrays: images (N, 3, H, W) or (N, H, W) (MNIST's 28 x 28), else x's
+        own shape (N, *x_shape)."""
         a = np.asarray(to_device(arr, np), dtype=np.float64)
-        return a.reshape((len(a), 28, 28) if self.dataset == "mnist" else (len(a),) + tuple(self.model.arch.x_shape))
+        if self.dataset == "mnist":
+            return a.reshape(len(a), 28, 28)
+        return a.reshape((len(a),) + (self.image or tuple(self.model.arch.x_shape)))
+
+
+def run_arch(cfg: dict, ck: dict):
+    """The architecture of a run: its config's "model" (train records it), or for a run made before
+    models were recorded, its dataset's built-in one (CelebA: at the image size of the checkpoint's
+    conv layers)."""
+    from .models.config import arch_from_model  # noqa: PLC0415
+
+    if "model" in cfg:
+        return arch_from_model(cfg["model"], cfg["dataset"])
+    if cfg["dataset"] == "celeba":
+        from .models.architectures import celeba_arch  # noqa: PLC0415
+
+        n_conv = sum(1 for k, v in ck["params"].items() if k.startswith("qxw.x.") and v.ndim == 4)
+        size = {4: 64, 3: 32, 2: 16}.get(n_conv)
+        if size is None:
+            raise GenerateError(f"{ck['path']}: cannot tell the image size ({n_conv} conv layers)")
+        return celeba_arch(size, cfg.get("width_scale", 1.0), cfg["latent"])
+    if cfg["dataset"] == "data":
+        raise GenerateError("the run's config.json has no \"model\" (train records it)")
+    return "mnist"
 
 
 # ------------------------------------------------------------------------------------------ the pieces
@@ -289,12 +327,15 @@ def check_finite(a, what: str):
     return a
 
 
-def check_out(out: str) -> None:
-    """Refuse an --out that is not a .png file in an existing, writable directory (before any work)."""
+def check_out(out: str, npz: bool = False) -> None:
+    """Refuse an --out that is not a .png file (or, ``npz``, a .npz file) in an existing, writable
+    directory (before any work)."""
     if os.path.isdir(out):
         raise GenerateError(f"--out {out}: is a directory (name the .png file to write)")
-    if os.path.splitext(out)[1].lower() != ".png":
-        raise GenerateError(f"--out {out}: must name a .png file (the grid is written as PNG)")
+    ext = os.path.splitext(out)[1].lower()
+    if ext != ".png" and not (npz and ext == ".npz"):
+        raise GenerateError(f"--out {out}: must name a .png file (the grid is written as PNG)"
+                            + ("; or .npz for the generated arrays" if npz else ""))
     d = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(d):
         raise GenerateError(f"--out {out}: no such directory")
@@ -302,6 +343,26 @@ def check_out(out: str) -> None:
         probe_writable(d, suffix=".png")  # what the atomic write will do
     except OSError as e:
         raise GenerateError(f"--out {out}: cannot write in {d} ({e.strerror or one_line(e)})") from None
+
+
+def write_arrays(out: str, **arrays) -> None:
+    """The generated arrays as one .npz file (written atomically); a failed write named by --out."""
+    from .fsutil import replacing  # noqa: PLC0415
+
+    try:
+        with replacing(out, suffix=".npz") as f:
+            np.savez(f, **arrays)
+    except OSError as e:
+        raise GenerateError(f"--out {out}: cannot write ({e.strerror or one_line(e)})") from None
+
+
+def _to_unit(run: Run, grid):
+    """A grid of a paired-data run's x scaled from the data's range to [0, 1] for the PNG (MNIST and
+    CelebA images are in [0, 1] already)."""
+    if run.dataset != "data":
+        return grid
+    stats = run.data().x_stats
+    return (grid - stats["min"]) / ((stats["max"] - stats["min"]) or 1.0)
 
 
 def write_grid(grid, out: str) -> None:
@@ -338,13 +399,15 @@ def cmd_faces(run: Run, args) -> None:
         idx = np.arange(min(args.from_test, run.n_test))
         w, labels = run.test_w(idx), [f"test {i}" for i in idx]
         real = run.images(run.test_x(idx))
-    elif run.dataset == "mnist":
-        digits = []
-        for s in _parse_list(args.attrs, "--attrs"):
-            if s not in run.names:
-                raise GenerateError(f"unknown label {s!r}: an MNIST run takes digits 0-9")
-            digits.append(int(s))
-        w, labels = to_device(np.eye(10, dtype=dt)[digits], xp), list(map(str, digits))
+    elif run.categorical:  # classes (MNIST: the digits 0-9): a one-hot w per listed class
+        classes = []
+        for c in _parse_list(args.attrs, "--attrs"):
+            if c not in run.names:
+                known = "digits 0-9" if run.dataset == "mnist" else ", ".join(run.names[:12]) + \
+                    (", ..." if len(run.names) > 12 else "")
+                raise GenerateError(f"unknown label {c!r}: this run's classes are {known}")
+            classes.append(run.names.index(c))
+        w, labels = to_device(np.eye(run.model.arch.w_dim, dtype=dt)[classes], xp), [run.names[c] for c in classes]
     else:
         strength = check_value("--strength", args.strength, dt)
         if args.base == "zeros":
@@ -368,7 +431,11 @@ def cmd_faces(run: Run, args) -> None:
     with progress_bar(1 + args.samples, "faces", args.progress) as bar:
         avg, rand = average_and_random(run, w, args.samples, rng, args.iterations, tick=lambda: bar.update(1))
     grid = check_finite(np.stack(([real] if real is not None else []) + [avg] + rand), "the generated grid")
-    write_grid(grid, args.out)
+    if args.out.lower().endswith(".npz"):
+        write_arrays(args.out, average=avg, random=np.stack(rand), w=np.asarray(to_device(w, np)),
+                     **({"test_x": real} if real is not None else {}))
+    else:
+        write_grid(_to_unit(run, grid), args.out)
     top = "test faces, " if real is not None else ""
     print(f"wrote {args.out}: rows = {top}average face, {args.samples} random; columns = {', '.join(labels)}")
 
@@ -391,8 +458,8 @@ def _parse_set(run: Run, spec: str) -> list:
 
 
 def cmd_edit(run: Run, args) -> None:
-    if run.dataset != "celeba":
-        raise GenerateError("edit needs a CelebA run (images with attributes)")
+    if run.dataset == "mnist" or run.image is None or len(run.image) != 3:
+        raise GenerateError("edit needs a CelebA run, or a data run of colour images x (3, H, W), with attributes")
     edits = _parse_set(run, args.set)
     encoder = args.encoder or ("w" if hasattr(run.model, "encode_w") else "xw")
     rng = Rng(args.seed)
@@ -435,10 +502,10 @@ def cmd_attributes(run: Run, args) -> None:
                           "given": {n: float(v) for n, v in zip(run.names, true)}}, indent=2))
         return
     width = max(len(n) for n in run.names)
-    what = "p(digit)" if run.dataset == "mnist" else "predicted"
+    what = "p(digit)" if run.dataset == "mnist" else "p(class)" if run.categorical else "predicted"
     print(f"{'attribute':<{width}}  {what:>9}  {'given':>5}")
     for n, p, t in zip(run.names, pred, true):
-        print(f"{n:<{width}}  {p:9.3f}  {t:5.0f}")
+        print(f"{n:<{width}}  {p:9.3f}  {t:5.0f}" if run.dataset != "data" else f"{n:<{width}}  {p:9.3f}  {t:9.4g}")
 
 
 def seed_arg(s: str) -> int:
@@ -481,9 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("faces", help="attributes -> average and random faces (Fig. 7)")
     g = f.add_mutually_exclusive_group(required=True)
-    g.add_argument("--attrs", help='comma-separated attribute names, "-Name" for Not (MNIST: digits)')
+    g.add_argument("--attrs", help='comma-separated attribute names, "-Name" for Not (categorical w, e.g. '
+                   'MNIST: class names, the digits)')
     g.add_argument("--from-test", type=int, help="the attributes of the first K test images")
-    f.add_argument("--out", required=True, help="the PNG to write (must end in .png)")
+    f.add_argument("--out", required=True, help="the PNG to write (must end in .png), or a .npz of the generated "
+                   "arrays (average, random, w[, test_x]); x that are not images: .npz only")
     f.add_argument("--samples", type=int, default=4, help="rows of random faces (default 4)")
     f.add_argument("--strength", type=finite_float, default=2.0,
                    help="value of a set attribute (default 2, the paper's)")
@@ -513,8 +582,11 @@ def _generate(args) -> int:
         raise GenerateError("--samples and --iterations must be >= 0")
     out = getattr(args, "out", None)
     if out is not None:
-        check_out(out)
+        check_out(out, npz=args.command == "faces")
     run = Run(args.run_dir, device=args.device)
+    if out is not None and run.image is None and run.dataset != "mnist" and not out.lower().endswith(".npz"):
+        raise GenerateError(f"--out {out}: this run's x {tuple(run.model.arch.x_shape)} are not images: name a .npz "
+                            "file for the generated arrays")
     if args.path != "z1" and run.variant != "h":
         raise GenerateError(f"--path {args.path} applies to JMVAE-h runs (variant h), not {run.variant!r}")
     run.path = args.path

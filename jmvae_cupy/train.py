@@ -1,9 +1,16 @@
 """Train a JMVAE model:  python -m jmvae_cupy.train mnist --variant kl
-(or ``celeba --variant kl --data celeba.h5``, a file made by ``python -m jmvae_cupy.data prepare celeba``)
+(or ``celeba --variant kl --data celeba.h5``, a file made by ``python -m jmvae_cupy.data prepare celeba``;
+or ``data --data PAIRS.h5 [--config MODEL.toml]``, pairs of your own: docs/data.md)
+
+The model is described by a model config (jmvae_cupy/models/config.py): ``--config FILE``, or the
+built-in one of mnist / celeba (jmvae_cupy/configs/), or for ``data`` the one inferred from the
+file; keys a --config leaves out come from that default.  Options given on the command line
+(--variant, --latent, --epochs, ...) override the config.
 
 Writes into the run directory (``--out``, default ``runs/<dataset>-<variant>``):
 
-* ``config.json``       the configuration of the run;
+* ``config.json``       the configuration of the run, with "model": its architecture, likelihoods and
+  shapes in full (so evaluate and generate rebuild it from the run alone);
 * ``metrics.jsonl``     one JSON line per epoch: train and test terms, beta, seconds;
 * ``ckpt-EEEEEE-SSSSSS.h5``  checkpoints (the newest two; format in docs/checkpoint.md);
 * ``samples-eEEEE.png`` images generated from each label 0-9 (a column per label); CelebA: row 0
@@ -47,6 +54,8 @@ from .hostmem import keep_freed_memory
 from .inference import x_from_w
 from .kernels.finite import all_finite
 from .models import ModelError, build_model
+from .models.config import arch_from_model, builtin_base, infer_config, model_record, read_config_file, train_defaults
+from .nets import NetSpecError
 from .optim import Adam
 from .rng import Rng
 from .viz import save_grid
@@ -57,12 +66,7 @@ RESUME_KEYS = ("dataset", "variant", "batch_size", "lr", "warmup", "latent", "al
 RESUME_KEYS += ("distributed",)  # {"ranks": P, "exact_noise": ..., ["ordered_reduce": True]}: --distributed only
 RESUME_KEYS += ("micro_batches",)  # K: in runs with --micro-batches K > 1 only
 RESUME_KEYS += ("h_top",)  # JMVAE-h's top layer: in runs with --h-top z1 only
-
-# Defaults that differ between the datasets (the paper's CelebA setting: lr 1e-4, warm-up 20 of 50 epochs).
-DATASET_DEFAULTS = {
-    "mnist": {"epochs": 30, "batch_size": 100, "lr": 1e-3, "warmup": 3, "latent": 64},
-    "celeba": {"epochs": 50, "batch_size": 64, "lr": 1e-4, "warmup": 20, "latent": 128},
-}
+RESUME_KEYS += ("model",)  # the resolved model config (compared when the checkpoint's config has one)
 
 
 class TrainError(RuntimeError):
@@ -75,32 +79,44 @@ class NonFiniteError(RuntimeError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jmvae_cupy.train", description=__doc__.split("\n")[0])
-    p.add_argument("dataset", choices=["mnist", "celeba"], help="which dataset to train on")
-    p.add_argument("--variant", default="kl", help="jmvae | kl | h | cvae | cmma (default: kl)")
+    p.add_argument("dataset", choices=["mnist", "celeba", "data"],
+                   help="which dataset to train on (data: a paired file of your own, --data FILE; docs/data.md)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a model config (.toml or .json: likelihoods, networks, latent size, variant, "
+                        "hyper-parameters; docs/data.md); keys it leaves out come from the built-in config "
+                        "(mnist, celeba) or, for data, from the data")
+    p.add_argument("--variant", default=None,
+                   help="jmvae | kl | h | cvae | cmma (default: the config's, kl in the built-in ones)")
     p.add_argument("--direction", default=None, choices=["label2image", "image2label"],
                    help="the conditional direction of a cvae / cmma baseline (default label2image)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs to train in total (default 30, celeba 50; paper: 2000 MNIST, 50 CelebA)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 100, celeba 64)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3, celeba 1e-4)")
+                   help="epochs to train in total (default: the config's, 30 mnist, 50 celeba; paper: 2000 MNIST, "
+                        "50 CelebA)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size (default: the config's, 100 mnist, 64 celeba; data: at most the training rows)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the config's, 1e-3 mnist, "
+                   "1e-4 celeba)")
     p.add_argument("--warmup", type=float, default=None,
                    help="epochs over which the KL weight beta rises linearly from 0 to 1 "
-                        "(default 3, celeba 20; paper: 200 MNIST, 20 CelebA)")
+                        "(default: the config's, 3 mnist, 20 celeba; paper: 200 MNIST, 20 CelebA)")
     p.add_argument("--latent", type=int, default=None,
-                   help="size of z (default 64, celeba 128; 2 for latent-space plots)")
+                   help="size of z (default: the config's, 64 mnist, 128 celeba; 2 for latent-space plots)")
     p.add_argument("--h-top", choices=["chain", "z1"], default="chain",
                    help="JMVAE-h's top layer: q(z2|x,w) on a deterministic chain on the joint trunk (default), or "
                         "the appendix's literal q(z2|z1), z2 drawn from a sampled z1 (docs/results.md)")
-    p.add_argument("--alpha", type=float, default=1.0, help="JMVAE-kl weight of the two extra KL terms (default 1)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="JMVAE-kl weight of the two extra KL terms (default: the config's, 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise (default 0)")
     p.add_argument("--device", default=None, help="cpu | gpu | auto (default: $JMVAE_DEVICE or auto)")
     p.add_argument("--dtype", default="float32", help="float32 | float64 (default float32)")
-    p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<variant>)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<variant>; data: "
+                   "runs/<file name>-<variant>)")
     p.add_argument("--data-dir", default=None, help="directory with the four full-MNIST IDX files "
                    "(default: the embedded 10,000-digit subset)")
     p.add_argument("--data", default=None, help="celeba: the HDF5 file made by "
-                   "'python -m jmvae_cupy.data prepare celeba SRC --out FILE.h5'")
-    p.add_argument("--width-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # celeba: narrower nets (tests)
+                   "'python -m jmvae_cupy.data prepare celeba SRC --out FILE.h5'; data: the paired file (.h5 or "
+                   ".npz with x, w, optional split and w_names; check it with python -m jmvae_cupy.data check FILE)")
+    p.add_argument("--width-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # celeba, data: narrower nets
     p.add_argument("--gan", action="store_true", help="celeba: VAE-GAN, the appendix's discriminator on p(x|z) "
                    "(docs/celeba.md)")
     p.add_argument("--gan-weight", type=float, default=None,
@@ -133,8 +149,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _base_config(args) -> dict:
+    """The config that fills what --config leaves out: the built-in one of mnist / celeba, or the one
+    inferred from the paired file (data), whose batch size is at most its training rows."""
+    if args.dataset == "data":
+        from .data.paired import open_paired  # noqa: PLC0415
+
+        d = open_paired(args.data)
+        base = infer_config(d.x_shape, d.w_dim, d.x_stats, d.w_stats)
+        base["train"]["batch_size"] = min(base["train"]["batch_size"], len(d.train_idx))
+        return base
+    return builtin_base(args.dataset, (784,) if args.dataset == "mnist" else (3, 64, 64))
+
+
 def config_from_args(args) -> dict:
-    for k, v in DATASET_DEFAULTS[args.dataset].items():
+    """The run's configuration from the command line: options over the model config over its base.
+    "model_config" is the checked --config (None without one); the Trainer resolves it into "model"."""
+    if args.dataset == "data" and not args.data:
+        raise TrainError("data needs --data FILE (an .h5 or .npz file of pairs x, w: docs/data.md)")
+    if args.dataset in ("mnist", "data") and args.gan:
+        raise TrainError("--gan is for celeba")
+    user = read_config_file(args.config) if args.config else None
+    base = _base_config(args)
+    defaults = train_defaults(user if user is not None else base, base)
+    defaults["latent"] = (user or {}).get("latent") or base["latent"]
+    for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.variant not in ("jmvae", "kl", "h", "cvae", "cmma"):
@@ -164,12 +203,12 @@ def config_from_args(args) -> dict:
         raise TrainError("--gan-weight applies to --gan (celeba) only")
     get_dtype(args.dtype)
     extra = {}
-    if args.dataset == "celeba":
-        if not args.data:
+    if args.dataset in ("celeba", "data"):
+        if args.dataset == "celeba" and not args.data:
             raise TrainError("celeba needs --data FILE.h5 (made by: python -m jmvae_cupy.data prepare celeba SRC "
                              "--out FILE.h5)")
         if args.data_dir:
-            raise TrainError("--data-dir is for mnist; celeba reads --data FILE.h5")
+            raise TrainError(f"--data-dir is for mnist; {args.dataset} reads --data FILE")
         if not (args.width_scale > 0 and np.isfinite(args.width_scale)):
             raise TrainError(f"--width-scale must be positive, got {args.width_scale}")
         extra = {"data": os.path.abspath(args.data), "width_scale": args.width_scale}
@@ -179,19 +218,25 @@ def config_from_args(args) -> dict:
                 raise TrainError(f"--gan-weight must be >= 0, got {args.gan_weight}")
             extra.update(gan=True, gan_weight=args.gan_weight)
     elif args.data:
-        raise TrainError("--data is for celeba; mnist reads --data-dir DIR")
-    elif args.gan:
-        raise TrainError("--gan is for celeba")
+        raise TrainError("--data is for celeba and data; mnist reads --data-dir DIR")
     if args.micro_batches > 1:  # only then in the config (a config without it means 1)
         extra["micro_batches"] = args.micro_batches
     if args.h_top != "chain":  # only then in the config (a config without it means the chain)
         extra["h_top"] = args.h_top
+    if args.config:  # the model config file the run was made with (its resolved content: "model")
+        extra["config_file"] = os.path.abspath(args.config)
     return {**extra,
         "dataset": args.dataset, "variant": args.variant, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "warmup": args.warmup, "latent": args.latent, "alpha": args.alpha, "seed": args.seed,
         "dtype": args.dtype, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
-        "train_subset": args.train_subset, "direction": direction,
+        "train_subset": args.train_subset, "direction": direction, "model_config": user,
     }
+
+
+def _short(v) -> str:
+    """A setting in a one-line message: its repr, cut to 80 characters."""
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def beta_at(epoch_float: float, warmup: float) -> float:
@@ -305,8 +350,13 @@ def subset_note(kept: int, n: int, noun: str) -> str:
 class MnistSource:
     """MNIST for the Trainer: the training set re-binarised every epoch, the test set binarised once."""
 
+    x_shape, w_dim = (784,), 10
+    x_stats = {"min": 0.0, "max": 1.0, "binary": True, "one_hot": False}  # binarised digits
+    w_stats = {"min": 0.0, "max": 1.0, "binary": True, "one_hot": True}   # one-hot labels
+
     def __init__(self, config: dict, dtype):
-        self.dtype, self.arch = dtype, config["dataset"]
+        self.dtype = dtype
+        self.base = builtin_base("mnist", self.x_shape)
         self.data = load_mnist(config["data_dir"])
         n = training_rows(len(self.data.train_x), config, "digits")
         self.name = self.data.source + subset_note(n, len(self.data.train_x), "digits")
@@ -337,15 +387,17 @@ class MnistSource:
             mean_row = x_from_w(model, w[:10], rng, iterations=10, sample_z=False)
             imgs = model.xp.concatenate([mean_row, x_from_w(model, w[10:], rng, iterations=10, sample_z=True)])
         imgs = np.asarray(to_device(imgs, np)).reshape(rows, 10, 28, 28)
-        save_grid(imgs, path)
+        save_grid(imgs, path, col_labels=[str(d) for d in range(10)])
 
 
 class CelebASource:
     """CelebA for the Trainer, streamed from the prepared HDF5 file (images in [0, 1], attributes -1 / 1)."""
 
+    x_stats = {"min": 0.0, "max": 1.0, "binary": False, "one_hot": False}  # images in [0, 1]
+    w_stats = {"min": -1.0, "max": 1.0, "binary": False, "one_hot": False}  # attributes -1 / 1
+
     def __init__(self, config: dict, dtype):
         from .data.celeba import open_celeba  # noqa: PLC0415
-        from .models.architectures import celeba_arch  # noqa: PLC0415
 
         self.dtype = dtype
         self.data = open_celeba(config["data"])
@@ -353,10 +405,9 @@ class CelebASource:
         self.name = (f"CelebA {self.data.path.name} ({len(self.data.train_idx)} train / {len(self.data.test_idx)} "
                      f"test){subset_note(n, len(self.data.train_idx), 'images')}")
         self.train_rows = self.data.train_idx[:n]
-        try:
-            self.arch = celeba_arch(self.data.image_size, config["width_scale"], config["latent"])
-        except ValueError as e:
-            raise TrainError(str(e)) from None
+        s = self.data.image_size
+        self.x_shape, self.w_dim = (3, s, s), len(self.data.attr_names)
+        self.base = builtin_base("celeba", self.x_shape)
 
     def _xw(self, rows):
         return self.data.images(rows, self.dtype), self.data.attributes(rows, self.dtype)
@@ -385,9 +436,63 @@ class CelebASource:
         save_grid(imgs, path)
 
 
+class PairedSource:
+    """A paired file of your own (data/paired.py) for the Trainer, read into memory: its train rows in a
+    fresh order every epoch, its test rows for the test terms and the sample PNG."""
+
+    def __init__(self, config: dict, dtype):
+        from .data.paired import open_paired  # noqa: PLC0415
+
+        self.dtype = dtype
+        self.data = d = open_paired(config["data"])
+        n = training_rows(len(d.train_idx), config, "pairs")
+        self.name = (f"{os.path.basename(d.path)} ({len(d.train_idx)} train / {len(d.test_idx)} test pairs)"
+                     f"{subset_note(n, len(d.train_idx), 'pairs')}")
+        self.train_rows = d.train_idx[:n]
+        self.x_shape, self.w_dim, self.x_stats, self.w_stats = d.x_shape, d.w_dim, d.x_stats, d.w_stats
+        self.base = infer_config(d.x_shape, d.w_dim, d.x_stats, d.w_stats)
+
+    def epoch(self, rng, batch_size):
+        batches = [self.train_rows[b] for b in iterate_batches(len(self.train_rows), batch_size, rng)]
+        return len(batches), lambda i: self.data.rows(batches[i], self.dtype)
+
+    def test_batches(self, batch_size=500):
+        t = self.data.test_idx
+        for i in range(0, len(t), batch_size):
+            yield self.data.rows(t[i:i + batch_size], self.dtype)
+
+    def write_samples(self, model, path, rng, cols=8, rows=3):
+        """Images only (x of shape (C, H, W) with C = 1 or 3, or (H, W)): row 0 the first ``cols`` test
+        x, rows 1..: x generated from their w, scaled like the data to [0, 1] (inference.x_from_w)."""
+        from .data.paired import image_view  # noqa: PLC0415
+
+        view = image_view(self.x_shape)
+        if view is None:
+            return
+        t = self.data.test_idx[:cols]
+        real, w = self.data.rows(t, self.dtype)
+        w = to_device(np.tile(w, (rows, 1)), model.xp)
+        gen = model.generate(w, rng) if hasattr(model, "generate") else x_from_w(model, w, rng, iterations=10)
+        lo, hi = self.x_stats["min"], self.x_stats["max"]
+        imgs = np.concatenate([real[None], np.asarray(to_device(gen, np)).reshape((rows, len(t)) + self.x_shape)])
+        save_grid(((imgs - lo) / ((hi - lo) or 1.0)).reshape(imgs.shape[:2] + view), path)
+
+
+SOURCES = {"mnist": MnistSource, "celeba": CelebASource, "data": PairedSource}
+
+
 def make_source(config: dict, dtype):
-    """The Trainer's data: ``arch``, ``name``, ``epoch(rng, batch_size)``, ``test_batches()``, ``write_samples``."""
-    return CelebASource(config, dtype) if config["dataset"] == "celeba" else MnistSource(config, dtype)
+    """The Trainer's data: ``x_shape``, ``w_dim``, ``x_stats``, ``w_stats`` and ``base`` (the model config
+    that fills what the run's leaves out), ``name``, ``epoch(rng, batch_size)``, ``test_batches()``,
+    ``write_samples``."""
+    return SOURCES[config["dataset"]](config, dtype)
+
+
+def run_model_record(config: dict, source, user=None) -> dict:
+    """The resolved model config of a run (models/config.py model_record): ``user`` (a checked --config, or
+    None) over the data source's base, at the run's latent size and width scale."""
+    return model_record(user, source.x_shape, source.w_dim, source.base, source.x_stats, source.w_stats,
+                        latent=config["latent"], width=config.get("width_scale", 1.0))
 
 
 class Trainer:
@@ -395,15 +500,19 @@ class Trainer:
 
     def __init__(self, config: dict, out: str, device=None, progress=True, on_nonfinite="stop",
                  sample_every=5, checkpoint_steps=0, log=print, dist=None, snapshot_every=0):
-        self.config, self.out, self.log = config, out, log
+        self.out, self.log = out, log
         self.snapshot_every = snapshot_every
         self.progress, self.on_nonfinite = progress, on_nonfinite
         self.sample_every, self.checkpoint_steps = sample_every, checkpoint_steps
         self.xp = select_device(device)
         self.dtype = get_dtype(config["dtype"])
         self.source = make_source(config, self.dtype)
-        self.model = build_model(self.source.arch, config["variant"], seed=config["seed"], dtype=config["dtype"],
-                                 xp=self.xp, latent=config["latent"], alpha=config["alpha"],
+        # the run's config: "model_config" (the checked --config) resolved into "model", what config.json keeps
+        user = config.get("model_config")
+        self.config = config = {k: v for k, v in config.items() if k != "model_config"}
+        config["model"] = run_model_record(config, self.source, user)
+        self.model = build_model(arch_from_model(config["model"], config["dataset"]), config["variant"],
+                                 seed=config["seed"], dtype=config["dtype"], xp=self.xp, alpha=config["alpha"],
                                  direction=config.get("direction"), h_top=config.get("h_top", "chain"))
         self.opt = Adam(lr=config["lr"])
         self.gan = None  # --gan: the discriminator, its Adam and the GAN terms (models/gan.py)
@@ -469,8 +578,9 @@ class Trainer:
         if self.dist is not None:  # rank 0 reads the file, every rank restores the same checkpoint
             ck = self.dist.comm.bcast_obj(ck)
         meta = ck["meta"]
-        conflicts = [f"{k}: checkpoint {meta['config'].get(k)!r} vs now {self.config.get(k)!r}"
-                     for k in RESUME_KEYS if meta["config"].get(k) != self.config.get(k)]
+        keys = [k for k in RESUME_KEYS if k != "model" or "model" in meta["config"]]  # (older runs: no "model")
+        conflicts = [f"{k}: checkpoint {_short(meta['config'].get(k))} vs now {_short(self.config.get(k))}"
+                     for k in keys if meta["config"].get(k) != self.config.get(k)]
         if conflicts:
             raise TrainError(f"--resume: the run in {self.out} was made with other settings ({'; '.join(conflicts)})")
         restore_arrays(self.model.params, ck["params"], self.xp, "parameters")
@@ -693,7 +803,8 @@ class Trainer:
 
 
 # The errors a user can cause: one line on stderr, exit 1 (cli.describe: with OSError, MemoryError, Ctrl-C)
-USER_ERRORS = (TrainError, DataError, ModelError, CheckpointError, BackendError, NonFiniteError, DistributedError)
+USER_ERRORS = (TrainError, DataError, ModelError, CheckpointError, BackendError, NonFiniteError, DistributedError,
+               NetSpecError)  # (a --config's network that does not fit its input)
 
 
 def main(argv=None) -> int:
@@ -718,8 +829,10 @@ def main(argv=None) -> int:
             raise TrainError(f"{'--exact-noise' if args.exact_noise else '--ordered-reduce'} applies to "
                              "--distributed only")
         writer = dist is None or dist.comm.rank == 0
+        name = config["dataset"] if config["dataset"] != "data" else \
+            os.path.splitext(os.path.basename(config["data"]))[0]
         out = args.out or os.path.join("runs", "-".join(
-            [config["dataset"], config["variant"]] + ([config["direction"]] if config["direction"] else [])))
+            [name, config["variant"]] + ([config["direction"]] if config["direction"] else [])))
         if writer:
             lock, created = prepare_run_dir(out, args.resume)
             made_dir = out if created else None
@@ -739,7 +852,8 @@ def main(argv=None) -> int:
             if os.path.exists(mpath):  # epochs of a run killed before its first checkpoint: redone now
                 os.unlink(mpath)
         if writer:  # (on resume too: --epochs may have grown; the settings that must agree were checked)
-            recorded = {**config, "epochs": max(config["epochs"], trainer.epoch)}  # (a smaller --epochs: no shrink)
+            # (a smaller --epochs: no shrink)
+            recorded = {**trainer.config, "epochs": max(config["epochs"], trainer.epoch)}
             _atomic_write_text(os.path.join(out, "config.json"), json.dumps(recorded, indent=2, sort_keys=True) + "\n")
 
         def request_stop(signum, frame):

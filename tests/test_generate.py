@@ -246,7 +246,7 @@ DAMAGE = {  # what a config.json holds -> what the one line says
     '{"seed": -1}': '"seed" must be an integer >= 0, not -1',
     '{"dtype": "float16"}': '"dtype" must be "float32" or "float64"',
     '{"alpha": NaN}': '"alpha" must be a finite number >= 0, not NaN',
-    '{"dataset": null}': '"dataset" must be "mnist" or "celeba"',
+    '{"dataset": null}': '"dataset" must be "mnist", "celeba" or "data"',
     "{": "not valid JSON",
 }
 

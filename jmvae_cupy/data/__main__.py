@@ -12,6 +12,11 @@ Commands:
         SIGTERM, a full disk) continues from FILE.h5.partial when repeated.  A finished FILE.h5
         is left alone if it was made from the same sources with the same options, else refused.
 
+    check FILE [--config MODEL.toml]
+        validate a paired data file of your own (.h5 or .npz with x, w, optional split and w_names:
+        docs/data.md) and print its summary and the model train would build for it (the config
+        inferred from the data, or --config's over it, checked against the data).
+
 Each command is a subparser registered by one ``_add_<command>`` function listed in
 ``_COMMANDS``; each dataset under it is a sub-subparser whose ``func`` default receives the
 parsed arguments and returns an exit status.  A new command is one more such function appended
@@ -89,14 +94,47 @@ def _add_prepare(commands) -> None:
     celeba.set_defaults(func=_run_prepare_celeba)
 
 
+def _run_check(args: argparse.Namespace) -> int:
+    from ..models import build_model  # noqa: PLC0415  (the model stack only for this command)
+    from ..models.config import arch_from_model, infer_config, model_record, read_config_file  # noqa: PLC0415
+    from .paired import open_paired  # noqa: PLC0415
+
+    d = open_paired(args.file)
+    user = read_config_file(args.config) if args.config else None
+    base = infer_config(d.x_shape, d.w_dim, d.x_stats, d.w_stats)
+    rec = model_record(user, d.x_shape, d.w_dim, base, d.x_stats, d.w_stats)
+    model = build_model(arch_from_model(rec), (user or {}).get("variant") or base["variant"], xp=None,
+                        device="cpu")  # builds every network: a shape that does not fit is found here
+    print(d.summary())
+    print(f"model ({'--config ' + str(args.config) + ', the rest' if user else 'every key'} inferred from the data; "
+          f"{model.variant}, latent {rec['latent']}, {sum(int(p.size) for p in model.params.values()):,} parameters)")
+    for m in ("x", "w"):
+        r = rec[m]
+        var = f" (variance {r['variance']:g})" if "variance" in r else ""
+        print(f"  {m}  {r['likelihood']}{var}; encoder {r['encoder'] or '-'}; decoder "
+              f"{getattr(model.arch, 'dec_' + m)}")
+    if rec["joint"]:
+        print(f"  joint  {rec['joint']}")
+    return 0
+
+
+def _add_check(commands) -> None:
+    """``check FILE``: validate a paired data file and print its summary."""
+    check = commands.add_parser("check", help="validate a paired data file (.h5 / .npz) and print its summary")
+    check.add_argument("file", type=Path, metavar="FILE", help="the paired file: x, w, optional split and w_names")
+    check.add_argument("--config", type=Path, metavar="MODEL.toml",
+                       help="a model config (.toml / .json) to check against the data")
+    check.set_defaults(func=_run_check)
+
+
 #: One function per top-level command; each adds its subparser to the ``commands`` action.
-_COMMANDS = [_add_download, _add_prepare]
+_COMMANDS = [_add_download, _add_prepare, _add_check]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one subparser per command, one sub-subparser per dataset."""
     parser = argparse.ArgumentParser(
-        prog="python -m jmvae_cupy.data", description="Data sets for jmvae_cupy: download, prepare."
+        prog="python -m jmvae_cupy.data", description="Data sets for jmvae_cupy: download, prepare, check."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
@@ -136,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             print("error: terminated", file=sys.stderr)
             return TERMINATED
 
+    from ..models.base import ModelError  # noqa: PLC0415  (check: a config that does not fit, ConfigError)
+    from ..nets import NetSpecError  # noqa: PLC0415
+
     with _sigterm_raises():
-        return guarded(body, known=(DataError,), status=USAGE_OR_DATA_ERROR)
+        return guarded(body, known=(DataError, ModelError, NetSpecError), status=USAGE_OR_DATA_ERROR)
 
 
 if __name__ == "__main__":
