@@ -28,6 +28,8 @@ setup(
         "cuda12": ["cupy-cuda12x>=13", "numba-cuda[cu12]>=0.20"],
         "cuda13": ["cupy-cuda13x>=14", "numba-cuda[cu13]>=0.20"],
         "bench": ["torch"],
+        # the docs' own-data example: scikit-learn's bundled digits, no download (docs/data.md)
+        "examples": ["scikit-learn>=1.3"],
         # data-parallel training (train --distributed under mpiexec; docs/distributed.md)
         "distributed": ["mpi4py>=3.1", "mpich"],
     },
