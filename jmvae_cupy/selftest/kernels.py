@@ -1,0 +1,617 @@
+"""Every fused kernel against its twin: the inputs, the error bounds, and the checks the selftest runs.
+
+Two users.  The kernel tests (tests/kernels/: the Numba CPU twins, the CUDA kernels under Numba's
+simulator and on a GPU) take their inputs and bounds from here.  ``python -m jmvae_cupy.selftest``
+runs :data:`KERNEL_CHECKS`, each kernel in float32 and float64 on the selftest's device:
+
+* the device side is the public function on arrays of the device's namespace (CuPy arrays: the
+  Numba CUDA kernel on CuPy's stream; NumPy arrays: the Numba CPU twin);
+* its twin is, on a GPU, the same public function on the same inputs as NumPy arrays (the CPU
+  twin), and on the CPU the plain-xp reference (``*_ref``) in the same dtype;
+
+and both sides must meet the kernel's bound below (or equal the reference bit for bit, where the
+kernel only copies, adds in the reference's order or compares).
+
+Error bounds are stated per element as  |actual - expected| <= tol * scale,  where ``scale`` is
+the magnitude of the terms the kernel combined (so that a result that is small because of
+cancellation is not held to a relative bound it cannot meet) and ``tol`` a few units of
+roundoff of the dtype.  ``expected`` is the plain-xp reference evaluated in float64 on the very
+same (possibly float32) inputs: the closest thing to the exact answer.  A check that fails raises
+:class:`CheckFailed` (an AssertionError, so that pytest reports it as a failed test) with a
+one-line message naming the output, the worst element and the bound.
+
+Grid-stride loops: the bias + ReLU and Winograd CUDA kernels put at most ``_dispatch.GRID_YZ_CAP``
+blocks along grid y and z and loop over the rest.  Their checks run shapes with that cap lowered
+to 1-3 blocks (:func:`grid_cap`), so that small arrays take several strides as arrays beyond
+65,535 blocks do; the full (not ``--quick``) selftest also runs one shape past 65,535 blocks on a
+GPU.  On the CPU the cap changes nothing (the twins have no grid): the same shapes check the twins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import numpy as np
+
+from jmvae_cupy.backend import asnumpy, get_array_module
+from jmvae_cupy.kernels import _dispatch
+from jmvae_cupy.kernels import winograd as wg
+from jmvae_cupy.kernels.adam import adam_update, adam_update_ref, flush_thresholds
+from jmvae_cupy.kernels.batchnorm import (
+    ROW_BLOCK,
+    bn_train_backward,
+    bn_train_backward_ref,
+    bn_train_forward,
+    bn_train_forward_ref,
+)
+from jmvae_cupy.kernels.bernoulli import bernoulli_loglik_forward, bernoulli_loglik_forward_ref
+from jmvae_cupy.kernels.bias_relu import (
+    bias_relu_backward,
+    bias_relu_backward_ref,
+    bias_relu_forward,
+    bias_relu_forward_ref,
+)
+from jmvae_cupy.kernels.finite import all_finite, all_finite_ref
+from jmvae_cupy.kernels.gauss_kl import gauss_kl_backward, gauss_kl_backward_ref, gauss_kl_forward, gauss_kl_forward_ref
+from jmvae_cupy.kernels.im2col import col2im, col2im_ref, im2col, im2col_ref
+from jmvae_cupy.kernels.reparam import reparam_backward, reparam_backward_ref, reparam_forward, reparam_forward_ref
+
+DTYPES = (np.float32, np.float64)
+VAR_MIN, VAR_MAX = 1e-6, 1e4  # the variance range the kernels promise to handle
+
+
+class CheckFailed(AssertionError):
+    """A kernel, a training step or a run did not give what its check expects (one-line message)."""
+
+
+def require(condition, message: str) -> None:
+    """Raise CheckFailed(message) unless ``condition`` (a plain ``assert`` vanishes under python -O)."""
+    if not condition:
+        raise CheckFailed(message)
+
+
+def eps(dtype) -> float:
+    """Unit roundoff (machine epsilon) of ``dtype``."""
+    return float(np.finfo(dtype).eps)
+
+
+def log_uniform(rng, shape, lo=VAR_MIN, hi=VAR_MAX, dtype=np.float64):
+    """Positive numbers spread evenly in log scale over [lo, hi]; the first row holds lo and hi
+    themselves (where the shape allows), so that every batch meets the extremes."""
+    v = np.exp(rng.uniform(np.log(lo), np.log(hi), shape))
+    if v.ndim == 2 and v.shape[1] >= 2:
+        v[0, 0], v[0, 1] = lo, hi
+    return v.astype(dtype)
+
+
+def gaussians(rng, n, d, dtype, lo=VAR_MIN, hi=VAR_MAX):
+    """Means off zero and variances log-uniform in [lo, hi]: dict of (n, d) arrays
+    mu1, var1, mu2, var2 of ``dtype``."""
+    return {
+        "mu1": (rng.standard_normal((n, d)) * 2 + 0.5).astype(dtype),
+        "var1": log_uniform(rng, (n, d), lo, hi, dtype),
+        "mu2": (rng.standard_normal((n, d)) - 0.3).astype(dtype),
+        # rows reversed: the extremes of var2 sit in the last row, facing random var1
+        "var2": log_uniform(rng, (n, d), lo, hi, dtype)[::-1].copy(),
+    }
+
+
+def f64(*arrays):
+    """The arrays cast to float64 (for the reference)."""
+    return [None if a is None else np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+def assert_within(actual, expected, scale, tol, what=""):
+    """|actual - expected| <= tol * scale element-wise, else CheckFailed naming the worst element."""
+    actual, expected, scale = np.asarray(actual), np.asarray(expected), np.asarray(scale)
+    require(actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}")
+    require(np.all(np.isfinite(actual)), f"{what}: non-finite values")
+    err = np.abs(actual.astype(np.float64) - expected)
+    ratio = err / np.maximum(tol * scale, np.finfo(np.float64).tiny)
+    worst = np.unravel_index(np.argmax(ratio), ratio.shape) if ratio.size else ()
+    require(not ratio.size or ratio[worst] <= 1.0,
+            f"{what}: error {err[worst]:.3e} at {worst} exceeds {tol:.1e} * scale {scale[worst]:.3e} "
+            f"(actual {actual[worst]!r}, expected {expected[worst]!r})")
+
+
+def assert_equal(actual, expected, what=""):
+    """``actual`` equals ``expected`` bit for bit (NaN where NaN), else CheckFailed naming how many
+    elements differ and the worst."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    require(actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}")
+    require(actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}")
+    same = (actual == expected) | (np.isnan(actual) & np.isnan(expected))
+    if not same.all():
+        diff = np.where(same, 0, np.abs(actual.astype(np.float64) - expected))
+        worst = np.unravel_index(np.argmax(np.nan_to_num(diff, nan=np.inf)), diff.shape)
+        raise CheckFailed(f"{what}: {int((~same).sum())} of {same.size} elements differ from the reference, "
+                          f"e.g. {actual[worst]!r} != {expected[worst]!r} at {worst}")
+
+
+def assert_close(actual, expected, rtol, what=""):
+    """|actual - expected| <= rtol |expected| element-wise (so a 0 must be exactly 0)."""
+    assert_within(actual, np.asarray(expected, dtype=np.float64), np.abs(np.asarray(expected, np.float64)), rtol,
+                  what)
+
+
+# --------------------------------------------------------------------------------------------
+# Reparameterisation
+# --------------------------------------------------------------------------------------------
+
+
+def reparam_inputs(rng, n, d, dtype, lo=VAR_MIN, hi=VAR_MAX):
+    """mu, var (log-uniform in [lo, hi], extremes included), eps and dz, all (n, d) of dtype."""
+    mu = (rng.standard_normal((n, d)) * 3 + 1).astype(dtype)
+    var = log_uniform(rng, (n, d), lo, hi, dtype)
+    noise = rng.standard_normal((n, d)).astype(dtype)
+    dz = rng.standard_normal((n, d)).astype(dtype)
+    return mu, var, noise, dz
+
+
+def check_reparam_forward(z, mu, var, noise):
+    """z = mu + sqrt(var)*eps takes 3 roundings (sqrt, *, +):
+    |err| <= 4 eps (|mu| + sqrt(var) |eps|)."""
+    mu64, var64, noise64 = f64(mu, var, noise)
+    require(z.dtype == mu.dtype, f"z: dtype {z.dtype}, the inputs {mu.dtype}")
+    scale = np.abs(mu64) + np.sqrt(var64) * np.abs(noise64)
+    assert_within(z, reparam_forward_ref(mu64, var64, noise64), scale, 4 * eps(mu.dtype), "z")
+
+
+def check_reparam_backward(dmu, dvar, dz, var, noise):
+    """dmu = dz exactly; dvar = dz*eps/(2 sqrt(var)) is products and quotients only:
+    |err| <= 4 eps |dvar|."""
+    require(dmu.dtype == dvar.dtype == dz.dtype, f"dmu, dvar: dtypes {dmu.dtype}, {dvar.dtype}, dz {dz.dtype}")
+    assert_equal(dmu, dz, "dmu")
+    _, expected = reparam_backward_ref(*f64(dz, var, noise))
+    assert_within(dvar, expected, np.abs(expected), 4 * eps(dz.dtype), "dvar")
+
+
+# --------------------------------------------------------------------------------------------
+# Gaussian KL
+# --------------------------------------------------------------------------------------------
+
+
+def kl_args(g, prior):
+    """(mu1, var1) for the N(0, I) prior, else (mu1, var1, mu2, var2), from a gaussians() dict."""
+    return (g["mu1"], g["var1"]) if prior else (g["mu1"], g["var1"], g["mu2"], g["var2"])
+
+
+def check_kl_forward(kl, args):
+    """kl against the float64 reference.  Every dimension adds two non-negative parts, each with
+    an absolute error of a few eps * (part + 1), and the sum over D adds at most D eps relative:
+    |err| <= D eps (kl + 1)."""
+    expected = gauss_kl_forward_ref(*f64(*args))
+    require(kl.dtype == args[0].dtype, f"kl: dtype {kl.dtype}, the inputs {args[0].dtype}")
+    assert_within(kl, expected, expected + 1.0, args[0].shape[1] * eps(kl.dtype), "kl")
+
+
+def check_kl_backward(grads, dkl, args):
+    """Each gradient against the float64 reference, with the scale of the terms it combines:
+    dmu1 is a product (scale |dmu1|); dvar1 = g/2 (1/var2 - 1/var1) and dvar2 = g/2 (1/var2)
+    (1 - (var1 + u^2)/var2) subtract, so their scale is the sum of the magnitudes.  8 eps."""
+    expected = gauss_kl_backward_ref(*f64(dkl, *args))
+    mu1, var1, mu2, var2 = f64(*args) if len(args) == 4 else (*f64(*args), 0.0, 1.0)
+    g = np.abs(f64(dkl)[0])[:, None]
+    inv2 = 1.0 / var2 * np.ones_like(var1)
+    s = (var1 + (mu1 - mu2) ** 2) * inv2
+    scales = [np.abs(expected[0]), g * (inv2 + 1 / var1), np.abs(expected[0]), g * inv2 * (1 + s)]
+    names = ["dmu1", "dvar1", "dmu2", "dvar2"]
+    for got, want, scale, name in zip(grads, expected, scales, names):
+        if want is None:
+            require(got is None, f"{name} must be None for the prior")
+            continue
+        require(got.dtype == dkl.dtype, f"{name}: dtype {got.dtype}, dkl {dkl.dtype}")
+        assert_within(got, want, scale, 8 * eps(dkl.dtype), name)
+
+
+# --------------------------------------------------------------------------------------------
+# Adam
+# --------------------------------------------------------------------------------------------
+
+
+def adam_inputs(rng, shape, dtype, steps):
+    """p (any values), moments m (signed) and v (>= 0, some exactly 0: a fresh optimiser), and
+    ``steps`` gradients, all of ``shape`` and ``dtype``.  Every 5th element from the 2nd on has
+    moments just above the flush threshold (kernels/adam.py) and zero gradients: its first update
+    takes them below it, so they must be stored as 0; every 7th from the 4th has gradients just
+    below g_min, which must count as 0."""
+    p = np.asarray(rng.standard_normal(shape), dtype)  # asarray: shape () gives 0-d arrays, not scalars
+    m = np.asarray(rng.standard_normal(shape) * 0.1, dtype)
+    v = np.asarray(rng.standard_normal(shape) ** 2 * 0.01, dtype)
+    grads = [np.asarray(rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 1), dtype) for _ in range(steps)]
+    if v.ndim:
+        v.reshape(-1)[::3] = 0
+        g_min, moment_min = flush_thresholds(dtype, 0.999)
+        edge, small = slice(1, None, 5), slice(3, None, 7)
+        m.reshape(-1)[edge] = moment_min * 1.05 * np.where(rng.random(m.reshape(-1)[edge].shape) < 0.5, -1, 1)
+        v.reshape(-1)[edge] = moment_min * 1.0005
+        for g in grads:
+            g.reshape(-1)[edge] = 0
+            g.reshape(-1)[small] = g_min * 0.9 * np.sign(g.reshape(-1)[small])
+    return p, m, v, grads
+
+
+# ------------------------------------------------------------------ Bernoulli log-likelihood
+
+
+def bernoulli_inputs(rng, n, d, dtype):
+    """Binary x and logits N(0.3, 3^2) with +-40 in the first row (where it fits): (x, logits)."""
+    x = (rng.random((n, d)) < 0.4).astype(dtype)
+    logits = rng.standard_normal((n, d)) * 3 + 0.3
+    if d >= 2:
+        logits[0, 0], logits[0, 1] = 40.0, -40.0
+    return x, logits.astype(dtype)
+
+
+def check_bernoulli(ll, r, x, logits):
+    """ll (N,) and r = x - sigmoid(l) (N, D) against the reference in float64 on the same inputs.
+
+    ll sums D non-negative terms (log1p(e) + max(l, 0) - l x >= 0): error <= D * eps * |ll| (a
+    left-to-right sum in the dtype), plus a few eps of each term; r: a few eps (|r| <= 1)."""
+    ll_ref, r_ref = bernoulli_loglik_forward_ref(x.astype(np.float64), logits.astype(np.float64))
+    e = eps(ll.dtype)
+    d = x.shape[1]
+    assert_within(ll, ll_ref, np.abs(ll_ref) + 4 / (d + 4), (d + 4) * e, "ll")
+    assert_within(r, r_ref, np.ones_like(r_ref), 4 * e, "r")
+
+
+# ------------------------------------------------------------------ bias + ReLU epilogue
+
+
+def bias_relu_inputs(rng, n, d, dtype):
+    """GEMM output u (n, d), bias b (d,), upstream gradient dy (n, d); about half of u + b < 0."""
+    u = rng.standard_normal((n, d)).astype(dtype)
+    b = (rng.standard_normal(d) * 0.5).astype(dtype)
+    return u, b, rng.standard_normal((n, d)).astype(dtype)
+
+
+def check_bias_relu(y, du, db, u, b, dy):
+    """y = max(u + b, 0) and du = dy [y > 0] exactly as the reference in the dtype; db (column sums
+    of du, N terms) within N eps of the float64 sums."""
+    assert_equal(y, bias_relu_forward_ref(u, b), "y")
+    du_ref, _ = bias_relu_backward_ref(dy, y)
+    assert_equal(du, du_ref, "du")
+    exact = du_ref.astype(np.float64).sum(axis=0)
+    scale = np.abs(du_ref.astype(np.float64)).sum(axis=0)
+    assert_within(db, exact, scale + 1e-300, (u.shape[0] + 2) * eps(db.dtype), "db")
+
+
+# im2col / col2im geometries (N, H, W, C, KH, KW, stride, padding): odd sizes, stride 1 and 2,
+# padding 0, 1, 2 (2 on a 2-wide kernel: windows entirely in the padding), C = 1, 3, 8.
+IM2COL_CASES = [
+    (2, 7, 5, 1, 3, 2, (1, 1), (0, 0)),
+    (3, 9, 8, 3, 4, 4, (2, 2), (1, 1)),
+    (2, 6, 7, 8, 3, 3, (2, 1), (2, 1)),
+    (1, 5, 5, 3, 2, 2, (1, 2), (2, 2)),
+    (2, 11, 9, 8, 5, 3, (2, 2), (2, 0)),
+    (1, 1, 1, 1, 1, 1, (1, 1), (0, 0)),
+]
+
+
+def im2col_inputs(rng, case, dtype, layout="nhwc"):
+    """x (N, H, W, C) for one IM2COL_CASES entry -- C-contiguous, or (layout="nchw") a
+    channels-first array seen as NHWC, as the conv layers pass it -- and a random col of the
+    matching shape, and the geometry (kh, kw, sy, sx, ph, pw)."""
+    N, H, W, C, kh, kw, (sy, sx), (ph, pw) = case
+    x = rng.standard_normal((N, H, W, C)).astype(dtype)
+    if layout == "nchw":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    OH, OW = (H + 2 * ph - kh) // sy + 1, (W + 2 * pw - kw) // sx + 1
+    col = rng.standard_normal((N, OH, OW, kh, kw, C)).astype(dtype)
+    return x, col, (kh, kw, sy, sx, ph, pw)
+
+
+def check_im2col(col, x, geometry):
+    """col equals the plain-xp im2col exactly (a copy: no rounding)."""
+    expected = im2col_ref(x, *geometry)
+    assert_equal(col, expected, "col")
+
+
+def check_col2im(x, col, hw, geometry):
+    """x equals the plain-xp col2im exactly: both add each pixel's terms in the order (i, j)."""
+    _, _, sy, sx, ph, pw = geometry
+    assert_equal(x, col2im_ref(col, *hw, sy, sx, ph, pw), "x")
+
+
+# --------------------------------------------------------------------------------------------
+# The selftest's comparison of a kernel on the device with its twin
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def grid_cap(blocks):
+    """Within the block the strided CUDA grids put at most ``blocks`` blocks along y and z (None:
+    the hardware limit, unchanged), so that the kernels' grid-stride loops take several strides."""
+    saved = _dispatch.GRID_YZ_CAP
+    if blocks is not None:
+        _dispatch.GRID_YZ_CAP = blocks
+    try:
+        yield
+    finally:
+        _dispatch.GRID_YZ_CAP = saved
+
+
+def sides(xp) -> tuple:
+    """The names of the two sides on device ``xp``: (device, twin)."""
+    return ("CUDA kernel", "CPU twin") if xp is not np else ("CPU twin", "plain-xp reference")
+
+
+def _after(fn, sizes, *arrays):
+    """fn(*arrays, *sizes): a kernel called with its array arguments first, its sizes after."""
+    return fn(*arrays, *sizes)
+
+
+def _tuple(out):
+    return tuple(out) if isinstance(out, tuple) else (out,)
+
+
+def device_and_twin(xp, api, ref, inputs):
+    """The outputs of ``api`` on copies of the host ``inputs`` in ``xp``'s namespace, and of its twin
+    on host copies: on a GPU ``api`` itself on NumPy arrays (the Numba CPU twin), on the CPU the
+    plain-xp reference ``ref``.  Each a tuple of host arrays (None stays None); the inputs are not
+    written (copies: some kernels work in place)."""
+    dev = _tuple(api(*[None if a is None else xp.array(a) for a in inputs]))
+    twin = _tuple((api if xp is not np else ref)(*[None if a is None else a.copy() for a in inputs]))
+    host = lambda outs: tuple(None if a is None else asnumpy(a) for a in outs)  # noqa: E731
+    return host(dev), host(twin)
+
+
+def verify_both(xp, outputs: tuple, where: str, verify: Callable, *inputs) -> None:
+    """``verify(*outputs_of_one_side, *inputs)`` for the device side and the twin; CheckFailed names
+    the side and ``where`` (the shape or case)."""
+    for side, outs in zip(sides(xp), outputs):
+        try:
+            verify(*outs, *inputs)
+        except CheckFailed as e:
+            raise CheckFailed(f"{side}, {where}: {e}") from None
+
+
+class KernelCheck(NamedTuple):
+    """One kernel's check: ``run(xp, dtype, rng, quick)`` raises CheckFailed or returns what it covered."""
+
+    name: str
+    what: str
+    run: Callable
+
+
+def _reparam(xp, dtype, rng, quick):
+    shapes = [(1, 1), (37, 300)] + ([] if quick else [(1000, 512)])
+    for n, d in shapes:
+        mu, var, noise, dz = reparam_inputs(rng, n, d, dtype)
+        out = device_and_twin(xp, reparam_forward, reparam_forward_ref, (mu, var, noise))
+        verify_both(xp, out, f"forward {n}x{d}", check_reparam_forward, mu, var, noise)
+        out = device_and_twin(xp, reparam_backward, reparam_backward_ref, (dz, var, noise))
+        verify_both(xp, out, f"backward {n}x{d}", check_reparam_backward, dz, var, noise)
+    return f"{len(shapes)} shapes, forward and backward"
+
+
+def _check_kl_grads(dmu1, dvar1, dmu2, dvar2, dkl, args):
+    check_kl_backward((dmu1, dvar1, dmu2, dvar2), dkl, args)
+
+
+def _gauss_kl(xp, dtype, rng, quick):
+    shapes = [(2, 5), (9, 300)] + ([] if quick else [(1000, 128)])  # D < 128 threads, D > 2 x 128 threads
+    for n, d in shapes:
+        g = gaussians(rng, n, d, dtype)
+        dkl = rng.standard_normal(n).astype(dtype)
+        for prior in (False, True):
+            args = kl_args(g, prior)
+            where = f"{'prior' if prior else 'general'} {n}x{d}"
+            out = device_and_twin(xp, gauss_kl_forward, gauss_kl_forward_ref, args)
+            verify_both(xp, out, f"forward {where}", check_kl_forward, args)
+            out = device_and_twin(xp, gauss_kl_backward, gauss_kl_backward_ref, (dkl, *args))
+            verify_both(xp, out, f"backward {where}", _check_kl_grads, dkl, args)
+    return f"{len(shapes)} shapes x (N(0, I) prior, general), forward and backward"
+
+
+def _bernoulli(xp, dtype, rng, quick):
+    shapes = [(2, 5), (9, 300)] + ([] if quick else [(100, 784)])
+    for n, d in shapes:
+        x, logits = bernoulli_inputs(rng, n, d, dtype)
+        out = device_and_twin(xp, bernoulli_loglik_forward, bernoulli_loglik_forward_ref, (x, logits))
+        verify_both(xp, out, f"{n}x{d}", check_bernoulli, x, logits)
+    return f"{len(shapes)} shapes"
+
+
+# (M, D, grid cap): one row, one column; M not a multiple of the 8 rows of a block nor of the 128 rows
+# of a row block; with the cap lowered to 3 blocks: several strides over the rows (forward) and over
+# the row blocks (backward).
+BIAS_RELU_SHAPES = [(1, 1, None), (260, 33, None), (300, 1, 3), (129, 33, 3)]
+BIAS_RELU_FULL = [(1000, 70, 3)]
+
+
+def _bias_relu(xp, dtype, rng, quick, cases=None):
+    cases = cases or BIAS_RELU_SHAPES + ([] if quick else BIAS_RELU_FULL)
+    for m, d, cap in cases:
+        u, b, dy = bias_relu_inputs(rng, m, d, dtype)
+        y = bias_relu_forward_ref(u, b)
+        with grid_cap(cap):
+            fwd = device_and_twin(xp, bias_relu_forward, bias_relu_forward_ref, (u, b))
+            bwd = device_and_twin(xp, bias_relu_backward, bias_relu_backward_ref, (dy, y))
+        outs = tuple((*f, *g) for f, g in zip(fwd, bwd))
+        where = f"{m}x{d}" + (f", grid capped at {cap} blocks" if cap else "")
+        verify_both(xp, outs, where, check_bias_relu, u, b, dy)
+    return f"{len(cases)} shapes ({sum(c is not None for *_, c in cases)} with the grid capped), forward and backward"
+
+
+def _im2col_in_layout(x, layout, geometry):
+    """im2col of x, first put in ``layout`` where it lives (nchw: channels-first memory seen as NHWC,
+    a strided view, as the conv layers pass it)."""
+    if layout == "nchw":
+        x = get_array_module(x).ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    return im2col(x, *geometry)
+
+
+def _im2col(xp, dtype, rng, quick):
+    cases = IM2COL_CASES[:4] if quick else IM2COL_CASES
+    for i, case in enumerate(cases):
+        for layout in ("nhwc", "nchw"):
+            x, col, geometry = im2col_inputs(rng, case, dtype, layout)
+            hw = x.shape[1:3]
+            out = device_and_twin(xp, partial(_im2col_in_layout, layout=layout, geometry=geometry),
+                                  partial(_after, im2col_ref, geometry), (x,))
+            verify_both(xp, out, f"im2col case {i} {layout}", check_im2col, x, geometry)
+            sizes = (*hw, *geometry[2:])  # (h, w, sy, sx, ph, pw)
+            out = device_and_twin(xp, partial(_after, col2im, sizes), partial(_after, col2im_ref, sizes), (col,))
+            verify_both(xp, out, f"col2im case {i}", check_col2im, col, hw, geometry)
+    return f"{len(cases)} geometries x (NHWC, NCHW views)"
+
+
+def _winograd_case(xp, rng, dtype, shape, a, where):
+    """The six transforms on one (N, H, W, B) input with A output channels: equal to the plain-xp
+    references bit for bit (they only add and subtract, in the reference's order)."""
+    n, h, w, b = shape
+    x = rng.standard_normal(shape).astype(dtype)
+    dV = rng.standard_normal((9, n * (h // 4) * (w // 4), 4 * b)).astype(dtype)
+    M = rng.standard_normal((9, n * (h // 4) * (w // 4), a)).astype(dtype)
+    dy = rng.standard_normal((n, h // 2, w // 2, a)).astype(dtype)
+    W = rng.standard_normal((a, b, 4, 4)).astype(dtype)
+    dUt = rng.standard_normal((9, a, 4 * b)).astype(dtype)
+    pairs = [("input", wg.wino_input, wg.wino_input_ref, (x,), ()),
+             ("input_adj", wg.wino_input_adj, wg.wino_input_adj_ref, (dV,), (n, h, w)),
+             ("output", wg.wino_output, wg.wino_output_ref, (M,), (n, h // 2, w // 2)),
+             ("output_adj", wg.wino_output_adj, wg.wino_output_adj_ref, (dy,), ()),
+             ("weight", wg.wino_weight, wg.wino_weight_ref, (W,), ()),
+             ("weight_adj", wg.wino_weight_adj, wg.wino_weight_adj_ref, (dUt,), (W.shape,))]
+    for name, api, ref, arrays, sizes in pairs:
+        expected = ref(*arrays, *sizes)
+        out = device_and_twin(xp, partial(_after, api, sizes), partial(_after, ref, sizes), arrays)
+        verify_both(xp, out, f"{name} {where}", assert_equal, expected, name)
+
+
+# ((N, H, W, B), A, grid cap): one tile; non-square with several tiles; 33 channels (2 blocks along
+# x) with the cap lowered to 1 and 2 blocks: every kernel strides along grid y and z.
+WINOGRAD_SHAPES = [((1, 4, 4, 1), 5, None), ((2, 8, 12, 3), 5, None), ((2, 8, 20, 33), 3, 1), ((2, 8, 20, 33), 3, 2)]
+
+
+def _winograd(xp, dtype, rng, quick, cases=None):
+    cases = cases or WINOGRAD_SHAPES
+    for shape, a, cap in cases:
+        with grid_cap(cap):
+            _winograd_case(xp, rng, dtype, shape, a, f"{shape}" + (f", grid capped at {cap}" if cap else ""))
+    return f"{len(cases)} shapes x 6 transforms, bit for bit"
+
+
+# rows: one partial block of ROW_BLOCK rows, exactly one block, several blocks with a ragged end.
+# float32: the CPU kernels sum in float64, the reference in float32 (pairwise): both within 2e-5 of the
+# float64 result relative to the output's largest magnitude; float64: 1e-12.
+BATCHNORM_SHAPES = [(1, 3), (7, 37), (ROW_BLOCK, 5), (3 * ROW_BLOCK + 17, 64)]
+BATCHNORM_RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
+
+
+def _close_to_max(rtol, names, expected):
+    """verify(*outputs): each output within rtol * max|expected| of ``expected`` (float64)."""
+    def verify(*got):
+        for name, a, b in zip(names, got, expected):
+            scale = max(float(np.max(np.abs(b))), 1e-30)
+            assert_within(a, b, np.full(b.shape, scale), rtol, name)
+    return verify
+
+
+def _batchnorm(xp, dtype, rng, quick):
+    shapes = BATCHNORM_SHAPES[1::2] if quick else BATCHNORM_SHAPES
+    rtol = BATCHNORM_RTOL[np.dtype(dtype)]
+    for m, c in shapes:
+        x = (rng.standard_normal((m, c)) * 3.0 + 5.0).astype(dtype)  # |mu| > std: the two-pass case
+        gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+        dy = rng.standard_normal((m, c)).astype(dtype)
+        for relu in (False, True):
+            where = f"{m}x{c}{' relu' if relu else ''}"
+            expected = bn_train_forward_ref(*f64(x, gamma, beta), 1e-4, relu)
+            out = device_and_twin(xp, partial(_after, bn_train_forward, (1e-4, relu)),
+                                  partial(_after, bn_train_forward_ref, (1e-4, relu)), (x, gamma, beta))
+            verify_both(xp, out, f"forward {where}", _close_to_max(rtol, ("y", "mu", "var", "inv_std"), expected))
+            y, mu, _, inv_std = bn_train_forward_ref(x, gamma, beta, 1e-4, relu)
+            y = y if relu else None
+            expected = bn_train_backward_ref(*f64(dy, x, y, mu, inv_std, gamma), relu)
+            out = device_and_twin(xp, partial(_after, bn_train_backward, (relu,)),
+                                  partial(_after, bn_train_backward_ref, (relu,)), (dy, x, y, mu, inv_std, gamma))
+            verify_both(xp, out, f"backward {where}", _close_to_max(rtol, ("dx", "dgamma", "dbeta"), expected))
+    return f"{len(shapes)} shapes x (with, without ReLU), forward and backward, within {rtol:g} of float64"
+
+
+# 0-d, one element, two blocks of 256 threads the second partly idle, 2-D; full: many blocks.
+ADAM_SHAPES = [(), (1,), (513,), (7, 37)]
+ADAM_HYPER = (0.9, 0.999, 1e-3 * 0.0447 / 0.1, 1e-8 * 0.0447)  # beta1, beta2, step_size, eps_hat at t = 1
+
+
+def _adam(xp, dtype, rng, quick):
+    """3 updates in place on both sides; p, m, v within 4 eps relative of the plain-xp reference in the
+    dtype (the CPU twin gives its bits; a CUDA compiler may contract a multiply-add into an FMA), 0 exactly
+    where the reference flushed a moment to 0."""
+    shapes = ADAM_SHAPES + ([] if quick else [(300_001,)])
+    for shape in shapes:
+        p, m, v, grads = adam_inputs(rng, shape, dtype, 3)
+        dev = [xp.array(a) for a in (p, m, v)]
+        twin = [a.copy() for a in (p, m, v)]
+        ref = [a.copy() for a in (p, m, v)]
+        for g in grads:
+            adam_update(*dev[:1], xp.array(g), *dev[1:], *ADAM_HYPER)
+            (adam_update if xp is not np else adam_update_ref)(*twin[:1], g.copy(), *twin[1:], *ADAM_HYPER)
+            adam_update_ref(*ref[:1], g, *ref[1:], *ADAM_HYPER)
+        require(not np.array_equal(ref[0], p), f"{shape}: the reference did not move p")
+        for side, state in zip(sides(xp), (dev, twin)):
+            for name, a, b in zip("pmv", state, ref):
+                a = asnumpy(a)
+                require(a.dtype == np.dtype(dtype), f"{side}, {shape}: {name} has dtype {a.dtype}")
+                try:
+                    assert_close(a, b, 4 * eps(dtype), name)
+                except CheckFailed as e:
+                    raise CheckFailed(f"{side}, {shape}: {e}") from None
+    return f"{len(shapes)} shapes, 3 updates each, flush edges included"
+
+
+FINITE_SHAPES = [(), (1,), (7, 37), (513,)]
+
+
+def _finite(xp, dtype, rng, quick):
+    """all_finite on the device's arrays (with a host scalar beside them, as the trainer passes a host
+    loss) against the plain-xp oracle: True for finite arrays, False for one NaN / inf / -inf at the
+    first, middle or last element of any array."""
+    arrays = [np.asarray(rng.standard_normal(s) * 1e3, dtype) for s in FINITE_SHAPES]
+    host_loss = np.dtype(dtype).type(1.5)
+    cases = [(None, None, None)] + [(bad, k, pos) for bad in (np.nan, np.inf, -np.inf) for k, a in enumerate(arrays)
+                                    for pos in sorted({0, a.size // 2, a.size - 1})[:1 if quick else 3]]
+    for bad, k, pos in cases:
+        broken = [a.copy() for a in arrays]
+        if bad is not None:
+            broken[k].reshape(-1)[pos] = bad
+        expected = all_finite_ref(broken)
+        require(expected == (bad is None), f"the oracle says {expected} for {bad} at array {k} position {pos}")
+        got = all_finite([host_loss, *[xp.array(a) for a in broken]])
+        twin = (all_finite if xp is not np else all_finite_ref)([host_loss, *broken])
+        for side, answer in zip(sides(xp), (got, twin)):
+            where = "finite arrays" if bad is None else f"{bad} in array {k} {broken[k].shape} at {pos}"
+            require(answer == expected, f"{side}: {answer} for {where}, expected {expected}")
+    return f"{len(cases)} cases: finite, and NaN / inf / -inf in each of {len(arrays)} arrays"
+
+
+# Past the hardware's grid limit, no cap lowered (GPU only: the CPU twins have no grid): bias + ReLU
+# on 1024 x 512 rows, 65,536 blocks of 8 rows, one more than grid y allows (the CelebA 64x64 layers
+# at batch 512); the Winograd transforms on 7,300 images of 20x20, whose z extents (9 N, N H, N OH)
+# pass 65,535 blocks.
+BIG_BIAS_RELU = [(1024 * 512, 64, None)]
+BIG_WINOGRAD = [((7300, 20, 20, 2), 3, None)]
+
+
+def big_grids(xp, dtype, rng):
+    """The grid-stride kernels on arrays past 65,535 blocks along grid y or z (a GPU's own limit)."""
+    _bias_relu(xp, dtype, rng, False, BIG_BIAS_RELU)
+    _winograd(xp, dtype, rng, False, BIG_WINOGRAD)
+    return "bias + ReLU on 524,288 x 64 rows and the Winograd transforms of 7,300 images of 20x20"
+
+
+KERNEL_CHECKS = [
+    KernelCheck("reparam", "z = mu + sqrt(var) eps, forward and backward", _reparam),
+    KernelCheck("gauss_kl", "KL between diagonal Gaussians", _gauss_kl),
+    KernelCheck("bernoulli", "Bernoulli log-likelihood and its gradient", _bernoulli),
+    KernelCheck("bias_relu", "bias + ReLU epilogue and its backward (grid-stride)", _bias_relu),
+    KernelCheck("im2col", "im2col / col2im", _im2col),
+    KernelCheck("winograd", "Winograd F(2x2, 2x2) data and weight transforms (grid-stride)", _winograd),
+    KernelCheck("batchnorm", "training-mode batch norm (+ ReLU), forward and backward", _batchnorm),
+    KernelCheck("adam", "the fused Adam update", _adam),
+    KernelCheck("finite", "the non-finite check of the trainer's guard", _finite),
+]
