@@ -64,19 +64,11 @@ def make_model(key: str, xp):
 
 
 def make_batch(model, n: int, xp):
-    import numpy as np
+    """A random float32 batch of the model's shapes (x (n, *x_shape), w (n, w_dim)) on ``xp``: the
+    selftest's, jmvae_cupy.selftest.steps.random_batch."""
+    from jmvae_cupy.selftest.steps import random_batch
 
-    gen = np.random.default_rng(0)
-    a = model.arch
-    if a.x_lik.name == "bernoulli":
-        x = (gen.random((n, *a.x_shape)) < 0.5).astype(np.float32)
-    else:
-        x = gen.standard_normal((n, *a.x_shape)).astype(np.float32)
-    if a.w_lik.name == "categorical":
-        w = np.eye(a.w_dim, dtype=np.float32)[gen.integers(0, a.w_dim, n)]
-    else:
-        w = gen.standard_normal((n, a.w_dim)).astype(np.float32)
-    return xp.asarray(x), xp.asarray(w)
+    return random_batch(model, n, xp)
 
 
 def our_step(model, x, w):

@@ -47,6 +47,15 @@ def cupy_module():
     return _import_cupy()
 
 
+def cupyx_module():
+    """CuPy's extras, ``cupyx`` (the selftest uses its synchronisation detection), if CuPy imports, else None."""
+    if _import_cupy() is None:
+        return None
+    import cupyx  # noqa: PLC0415  (with cupy: imported here only)
+
+    return cupyx
+
+
 def gpu_available() -> bool:
     """True when CuPy imports and a CUDA device is usable."""
     cp = _import_cupy()

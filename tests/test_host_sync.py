@@ -8,174 +8,43 @@ data (boolean-mask indexing and assignment, ``nonzero``, one-argument ``where``:
 the host).  A step -- ``loss_and_grads`` and ``Adam.step``, what bench/throughput.py times --
 must do none of these.
 
-The step runs here on :class:`DeviceLike`, a NumPy array subclass that behaves like a CuPy array
-where it matters and raises :class:`HostSync` on each of those.  What NumPy computes from it stays
-a device array, 0-d results included where NumPy would hand back a host scalar (reductions, an
-element, a 1-D product), as CuPy does; and within the step NumPy's array-creating functions
-return DeviceLike, so the arrays made inside layers and kernels are device arrays as well.  Batch
-norm takes its plain-xp path, the one CuPy takes.  The model families: the MNIST MLPs (JMVAE,
-JMVAE-kl, JMVAE-h; CVAE and CMMA both ways), the CelebA conv nets with batch norm through im2col
-and through Winograd F(2x2, 2x2), the VAE-GAN terms (on JMVAE-kl), and Adam's plain-xp path.
-That the trap covers the step is asserted too: the loss, the terms, every gradient, parameter,
-Adam moment and running statistic come out DeviceLike (a plain ndarray would be an array the
-trap never saw).
+The step runs here inside the library's trap, jmvae_cupy/selftest/hostsync.py (``python -m
+jmvae_cupy.selftest`` runs it too): :class:`DeviceLike`, a NumPy array subclass that behaves like a
+CuPy array where it matters (0-d results stay arrays, NumPy's array creators return it during the
+step, batch norm takes CuPy's plain-xp path) and raises :class:`HostSync` on each of those; and the
+check that the loss, the terms, every gradient, parameter, Adam moment and running statistic came
+out DeviceLike (a plain ndarray would be an array the trap never saw).  The model families: the
+MNIST MLPs (JMVAE, JMVAE-kl, JMVAE-h; CVAE and CMMA both ways), the CelebA conv nets with batch
+norm through im2col and through Winograd F(2x2, 2x2), the VAE-GAN terms (on JMVAE-kl), and Adam's
+plain-xp path; and the trap itself, on each kind of conversion.
 
 Not covered here (it needs a GPU): the Numba CUDA launches (kernels/_dispatch.py passes
 ``sync=False``) and the reparameterisation noise, drawn on the host and copied through pinned
-buffers (backend.to_device_async; its test runs on a GPU only).  Outside the step, the trainer's
-guard reads one flag per step and the progress bar the loss every 10 steps (docs/performance.md).
+buffers (backend.to_device_async): the selftest's ``sync ... gpu`` checks (a step queued behind GPU
+work, under CuPy's synchronisation detection) and test_backend's pinned round trip cover them.
+Outside the step, the trainer's guard reads one flag per step and the progress bar the loss every
+10 steps (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import contextlib
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 
-from jmvae_cupy.kernels import batchnorm as batchnorm_kernels
 from jmvae_cupy.models import build_model
 from jmvae_cupy.models.architectures import celeba_arch, mnist_arch
 from jmvae_cupy.optim import Adam
 from jmvae_cupy.rng import Rng
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
-from throughput import make_batch  # noqa: E402
-
-
-class HostSync(AssertionError):
-    """Device data was turned into host data inside the step."""
-
-
-_asarray, _where = np.asarray, np.where  # (the real ones: device_creators() replaces them)
-
-
-def _sync(what):
-    def trap(self, *args, **kwargs):
-        raise HostSync(f"{what} of a device array {self.shape}: the host would wait for the GPU")
-    return trap
-
-
-def _device(out):
-    """Results of NumPy on device arrays are device arrays: arrays and NumPy scalars (0-d, as CuPy
-    gives them), inside tuples and lists too."""
-    if isinstance(out, (np.ndarray, np.generic)):
-        return _asarray(out).view(DeviceLike)
-    if isinstance(out, (tuple, list)):
-        return type(out)(_device(o) for o in out)
-    return out
-
-
-# NumPy functions whose result's size depends on the data: CuPy counts on the host.
-DATA_DEPENDENT = {np.nonzero, np.argwhere, np.flatnonzero, np.unique, np.compress, np.extract}
-
-
-def _is_mask(key) -> bool:
-    keys = key if isinstance(key, tuple) else (key,)
-    return any(isinstance(k, (np.ndarray, list)) and _asarray(k).dtype == np.bool_ for k in keys)
-
-
-class DeviceLike(np.ndarray):
-    """A NumPy array that stands for a CuPy array: what NumPy computes from it stays a device array
-    (0-d results too, where NumPy would give a host scalar: reductions, integer indexing, 1-D
-    products), and whatever would move data to the host raises HostSync."""
-
-    def __array_wrap__(self, obj, context=None, return_scalar=False):
-        return _device(obj)  # (ufuncs and reductions)
-
-    def __array_function__(self, func, types, args, kwargs):  # (np.dot, np.einsum, np.linalg.norm, ...)
-        if func in DATA_DEPENDENT or (func is _where and len(args) + len(kwargs) == 1):
-            raise HostSync(f"{func.__name__} on a device array: the result's size is counted on the host")
-        return _device(super().__array_function__(func, types, args, kwargs))
-
-    def mean(self, *args, **kwargs):  # NumPy's mean / var / std turn a full reduction into a scalar
-        return _device(super().mean(*args, **kwargs))
-
-    def var(self, *args, **kwargs):
-        return _device(super().var(*args, **kwargs))
-
-    def std(self, *args, **kwargs):
-        return _device(super().std(*args, **kwargs))
-
-    def dot(self, *args, **kwargs):
-        return _device(super().dot(*args, **kwargs))
-
-    __float__ = _sync("float()")
-    __int__ = _sync("int()")
-    __index__ = _sync("use as an index")
-    __bool__ = _sync("truth value")
-    __complex__ = _sync("complex()")
-    __format__ = _sync("formatting")  # (f"{a:.2f}", and f"{a}")
-    __str__ = _sync("str()")
-
-    def __repr__(self):  # (the test's own messages print arrays: repr looks at the host copy)
-        return "DeviceLike:" + repr(self.view(np.ndarray))
-
-    item = _sync(".item()")
-    tolist = _sync(".tolist()")
-    tobytes = _sync(".tobytes()")
-    nonzero = _sync(".nonzero() (a data-dependent size)")
-
-    def __getitem__(self, key):
-        if _is_mask(key):
-            raise HostSync(f"boolean-mask indexing of a device array {self.shape}: the result's size is "
-                           "counted on the host")
-        return _device(super().__getitem__(key))  # (a[i] of a 1-D array: a 0-d device array on CuPy)
-
-    def __setitem__(self, key, value):
-        if _is_mask(key):  # CuPy counts the mask's True entries on the host here too (masked_shape)
-            raise HostSync(f"boolean-mask assignment to a device array {self.shape}: CuPy counts the mask "
-                           "on the host")
-        super().__setitem__(key, value)
-
-    def __iter__(self):  # (rows, or 0-d device arrays of a 1-D array, as CuPy iterates)
-        return (self[i] for i in range(len(self)))
-
-
-# The array-creating functions the library calls through ``xp`` (kernels, layers, models, Adam):
-# inside the step their results are device arrays, also where no argument is one (a shape, the
-# host-drawn noise, a Numba kernel's result) to dispatch on.
-CREATORS = ("empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "concatenate", "stack",
-            "ascontiguousarray", "asarray", "tensordot", "einsum", "where", "arange")
-
-
-def dev(a):
-    """A host array as a device array (what ``xp.asarray`` does on CuPy)."""
-    return _asarray(a).view(DeviceLike)
-
-
-@contextlib.contextmanager
-def device_creators():
-    """Within the block, NumPy's array-creating functions (CREATORS) return DeviceLike, and batch
-    norm takes the path it takes on CuPy (its plain-xp reference: kernels/batchnorm.py's Numba
-    kernels are CPU-only).  Numba must not compile inside the block (it would take the wrapped
-    functions for NumPy's and reject the real ones later in the process): run the step once on
-    plain arrays outside it first, which compiles (or loads from the cache) every kernel it calls."""
-    def device(fn):
-        def wrapped(*args, **kwargs):
-            return _device(fn(*args, **kwargs))
-        return wrapped
-
-    with pytest.MonkeyPatch.context() as mp:
-        for name in CREATORS:
-            mp.setattr(np, name, device(getattr(np, name)))
-        mp.setattr(batchnorm_kernels, "_fast", lambda *arrays: False)
-        yield
-
-
-def _to_device(model):
-    for d in (model.params, model.state):
-        for k in d:
-            d[k] = dev(d[k])
-
-
-def _assert_on_device(**groups):
-    for group, arrays in groups.items():
-        plain = [k for k, a in arrays.items() if type(a) is not DeviceLike]
-        assert not plain, f"{group} not device arrays (the trap never saw them): {plain[:6]}"
-
+from jmvae_cupy.selftest.hostsync import (
+    DeviceLike,
+    HostSync,
+    assert_on_device,
+    dev,
+    device_creators,
+    to_device_like,
+    trap_steps,
+)
+from jmvae_cupy.selftest.steps import random_batch as make_batch
 
 MNIST = mnist_arch(hidden=16, latent=3, x_dim=12, w_dim=10, chain=4)
 CELEBA = celeba_arch(size=16, width=1 / 32, latent=3, w_dim=5)  # convs and deconvs through im2col, batch norm
@@ -193,17 +62,8 @@ def _case_id(arch, variant, direction):
 @pytest.mark.parametrize("arch, variant, direction", CASES, ids=[_case_id(*c) for c in CASES])
 def test_a_training_step_makes_no_host_round_trip(arch, variant, direction):
     model = build_model(arch, variant, seed=0, dtype="float32", xp=np, direction=direction)
-    x, w = make_batch(model, 8, np)  # (bench/throughput.py's random batch of the model's shapes)
-    Adam().step(model.params, model.loss_and_grads(x, w, Rng(1), beta=0.5)[2])  # (compiles: device_creators)
-    _to_device(model)
-    x, w = dev(x), dev(w)
-    opt, rng = Adam(lr=1e-3), Rng(0)
-    with device_creators():
-        for _ in range(2):  # the second step runs on the moments the first one made
-            loss, terms, grads = model.loss_and_grads(x, w, rng, beta=0.5)
-            opt.step(model.params, grads)
-    _assert_on_device(loss={"loss": loss}, terms=terms, grads=grads, params=model.params, state=model.state,
-                      m=opt.m, v=opt.v)
+    x, w = make_batch(model, 8, np)  # (a random batch of the model's shapes)
+    trap_steps(model, x, w, steps=2)
     if arch is CELEBA_WINOGRAD:  # the case is there for its Winograd layers: make sure they ran
         from jmvae_cupy.layers.conv import WinogradCache
         caches = model.run("qxw.x", x)[1]
@@ -226,13 +86,12 @@ def test_the_vae_gan_terms_make_no_host_round_trip():
         return loss, terms, grads, dgrads
 
     step()  # on plain arrays (compiles: device_creators)
-    _to_device(model)
-    _to_device(gan)
+    to_device_like(model.params, model.state, gan.params, gan.state)
     x, w = dev(x), dev(w)
     opt, gan.opt = Adam(lr=1e-3), Adam(lr=gan.opt.lr)  # (moments made on the device)
     with device_creators():
         loss, terms, grads, dgrads = step()
-    _assert_on_device(loss={"loss": loss}, terms=terms, grads=grads, disc_grads=dgrads, disc_params=gan.params,
+    assert_on_device(loss={"loss": loss}, terms=terms, grads=grads, disc_grads=dgrads, disc_params=gan.params,
                       disc_m=gan.opt.m)
 
 
