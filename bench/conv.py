@@ -1,7 +1,8 @@
-"""Benchmark (not a test): forward + backward of the CelebA conv encoder and decoder on the CPU.
+"""Benchmark (not a test): forward + backward of the CelebA conv encoder and decoder.
 
-    python bench/conv.py                    # batch 64, float32, 24 timed steps per side
+    python bench/conv.py                    # batch 64, float32, 24 timed steps per side, on the CPU
     python bench/conv.py --threads 1 --repeat 48 --blocks 16
+    python bench/conv.py --device gpu       # CuPy against PyTorch CUDA (each timed step synchronised)
 
 Encoder  q(z|x) trunk: x (N, 3, 64, 64) -> C64R-C128BR-C256BR-C256BR-F-D1024R -> (N, 1024)
 Decoder  p(x|z):       z (N, 128)       -> D4096R-DC256BR-DC128BR-DC64BR-DC3    -> (N, 3, 64, 64)
@@ -13,7 +14,8 @@ Prints the median step time, and, when PyTorch is importable, the same
 networks in PyTorch (same shapes, bias dropped before batch norm as here, same thread count)
 and the ratio torch_time / our_time (>= 1: we are faster; the issue's target is >= 0.7),
 timed in alternating blocks so that other load on the machine hits both sides alike, each side in
-a worker process of its own (bench/_timing.py says why).
+a worker process of its own (bench/_timing.py says why).  ``--device gpu``: our nets on CuPy arrays,
+PyTorch's on CUDA, each timed step followed by its library's synchronize.
 Thread counts: NumPy's BLAS reads OMP_NUM_THREADS / OPENBLAS_NUM_THREADS at import;
 ``--threads`` sets both for the workers, and torch.set_num_threads to match.
 """
@@ -32,24 +34,26 @@ NETS = {"encoder": ("C64R-C128BR-C256BR-C256BR-F-D1024R", (3, 64, 64)),
         "decoder": ("D4096R-DC256BR-DC128BR-DC64BR-DC3", (128,))}
 
 
-def ours(spec, in_shape, batch, need_dx):
+def ours(spec, in_shape, batch, need_dx, device):
     """One training step of our Net: forward (train=True) + backward (dx to the input if need_dx)."""
     import numpy as np
 
+    from jmvae_cupy import backend
     from jmvae_cupy.nets import Net
     from jmvae_cupy.rng import Rng
 
+    xp = backend.select_device(device)
     net = Net(spec, in_shape)
-    params, state = net.init(Rng(0), np.float32, np)
+    params, state = net.init(Rng(0), np.float32, xp)
     gen = np.random.default_rng(0)
-    x = gen.standard_normal((batch, *in_shape)).astype(np.float32)
-    dy = gen.standard_normal((batch, *net.out_shape)).astype(np.float32)
+    x = xp.asarray(gen.standard_normal((batch, *in_shape)).astype(np.float32))
+    dy = xp.asarray(gen.standard_normal((batch, *net.out_shape)).astype(np.float32))
 
     def step():
         _, caches = net.forward(params, state, x, train=True)
         net.backward(dy, caches, need_dx=need_dx)
 
-    return step, lambda: None, {}
+    return step, lambda: backend.synchronize(xp), {"device": backend.device_name(xp)}
 
 
 def torch_nets():
@@ -72,17 +76,22 @@ def torch_nets():
     return encoder, decoder
 
 
-def theirs(name, in_shape, batch, need_dx, threads):
+def theirs(name, in_shape, batch, need_dx, threads, device):
     """One training step of the PyTorch twin of ``name``: forward + backward (dx to the input if need_dx)."""
     try:
         import torch
     except ImportError as e:
         return None, None, {"unavailable": str(e)}
+    import numpy as np
+
+    from jmvae_cupy import backend
+
     if threads is not None:
         torch.set_num_threads(threads)
-    net = dict(zip(("encoder", "decoder"), torch_nets()))[name]
+    dev = "cpu" if backend.select_device(device) is np else "cuda"
+    net = dict(zip(("encoder", "decoder"), torch_nets()))[name].to(dev)
     torch.manual_seed(0)
-    x = torch.randn(batch, *in_shape)
+    x = torch.randn(batch, *in_shape, device=dev)
     with torch.no_grad():
         dy = torch.randn_like(net(x))
 
@@ -91,14 +100,15 @@ def theirs(name, in_shape, batch, need_dx, threads):
         net.zero_grad(set_to_none=True)
         net(xx).backward(dy)
 
-    return step, lambda: None, {"version": torch.__version__, "threads": torch.get_num_threads()}
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    return step, sync, {"version": torch.__version__, "threads": torch.get_num_threads(), "device": dev}
 
 
-def build(side, name, batch, need_dx, threads):
+def build(side, name, batch, need_dx, threads, device):
     spec, in_shape = NETS[name]
     if side == "ours":
-        return ours(spec, in_shape, batch, need_dx)
-    return theirs(name, in_shape, batch, need_dx, threads)
+        return ours(spec, in_shape, batch, need_dx, device)
+    return theirs(name, in_shape, batch, need_dx, threads, device)
 
 
 def main(argv=None) -> int:
@@ -110,25 +120,34 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="BLAS / Numba / torch threads (default: as found)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--input-grad", action="store_true", help="the encoder computes dx to the image too (both sides)")
+    p.add_argument("--device", default="cpu", help="cpu | gpu | auto (default cpu): CuPy and PyTorch CUDA on a GPU")
     p.add_argument("--serve", nargs=3, metavar=("SIDE", "NET", "NEED_DX"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     check_counts(p, args, batch=1, warmup=0, repeat=1, blocks=1, threads=1)
     require_installed()
     if args.serve:
         side, name, need_dx = args.serve
-        return serve(lambda: build(side, name, args.batch, need_dx == "1", args.threads))
+        return serve(lambda: build(side, name, args.batch, need_dx == "1", args.threads, args.device))
     if args.threads is not None:
         os.environ.update(thread_env(args.threads))  # the workers inherit it
 
     sys.path.insert(0, ROOT)
     import numpy as np
 
-    print(f"batch {args.batch}, float32, CPU; median of {args.repeat} steps in {args.blocks} alternating blocks, "
+    from jmvae_cupy.backend import BackendError, device_name, select_device
+
+    try:  # once, here: a worker would die of it with a traceback
+        where = device_name(select_device(args.device))
+    except BackendError as e:
+        print(f"error: --device {args.device}: {e}", file=sys.stderr)
+        return 2
+    print(f"batch {args.batch}, float32, {where}; median of {args.repeat} steps in {args.blocks} alternating blocks, "
           f"{args.warmup} untimed steps before each block")
     print(f"numpy {np.__version__}; os.cpu_count() = {os.cpu_count()}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
     load0 = os.getloadavg()[0]
-    common = ["--batch", args.batch] + (["--threads", args.threads] if args.threads is not None else [])
+    common = ["--batch", args.batch, "--device", args.device]
+    common += ["--threads", args.threads] if args.threads is not None else []
     for name, (spec, _) in NETS.items():
         need_dx = "1" if (name == "decoder" or args.input_grad) else "0"
         workers = {}
@@ -141,7 +160,7 @@ def main(argv=None) -> int:
                 workers.pop(side).close()
             if "torch" in workers and name == "encoder":
                 info = workers["torch"].info
-                print(f"torch {info['version']}; torch.get_num_threads() = {info['threads']}")
+                print(f"torch {info['version']} on {info['device']}; torch.get_num_threads() = {info['threads']}")
             times, blocks = alternate(workers, args.warmup, args.repeat, args.blocks)
         finally:
             for w in workers.values():
