@@ -201,6 +201,74 @@ def test_nccl_names_exist_in_installed_cupy():
         assert f"NcclCommunicator.{name}(".encode() in blob, name
 
 
+# ---------------------------------------------------------------------------- NCCL, one rank, on a GPU
+def _gpu_nccl_singleton() -> None:
+    """Skip unless a GPU, NCCL and an MPI that starts without mpiexec (a singleton world of one rank)
+    are all here: the NCCL communicator's set-up (its unique id goes over MPI) needs all three."""
+    from jmvae_cupy.backend import gpu_available
+    from jmvae_cupy.distributed import nccl_module
+
+    if not gpu_available():
+        pytest.skip("needs a usable CUDA device")
+    if nccl_module() is None:
+        pytest.skip("NCCL is not available to CuPy (cupy.cuda.nccl does not load)")
+    p = subprocess.run([sys.executable, "-c", "from mpi4py import MPI; assert MPI.COMM_WORLD.Get_size() == 1"],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        pytest.skip(f"no MPI singleton here: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+NCCL_ONE_RANK = textwrap.dedent("""
+    import numpy as np
+    from jmvae_cupy.backend import select_device
+    from jmvae_cupy.distributed import DistributedError, NcclComm, nccl_module
+    cp = select_device("gpu")
+    c = NcclComm(nccl_module())
+    assert c.size == 1 and c.backend == "nccl"
+    for dt in (np.float32, np.float64):
+        host = np.arange(1001, dtype=dt) / 7
+        for op in (c.allreduce_mean_, c.allreduce_mean_ordered_, c.broadcast_):
+            b = cp.asarray(host)
+            assert op(b) is b and b.dtype == dt, op.__name__
+            assert np.array_equal(cp.asnumpy(b), host), op.__name__  # the mean of one rank: itself
+    try:
+        c.allreduce_mean_(np.zeros(3))
+        raise AssertionError("NCCL took a host buffer")
+    except DistributedError:
+        pass
+    c.barrier()
+    print("ok", flush=True)
+""")
+
+
+def test_nccl_comm_with_one_rank_on_the_gpu(tmp_path):
+    """NcclComm (written from CuPy's API) on one rank, started without mpiexec: its set-up, the
+    all-reduce, the ordered all-reduce (all-gather) and the broadcast of device buffers of both
+    dtypes leave them as they were, and a host buffer is refused in one line."""
+    _gpu_nccl_singleton()
+    (tmp_path / "n.py").write_text(NCCL_ONE_RANK)
+    p = subprocess.run([sys.executable, str(tmp_path / "n.py")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-3000:]
+
+
+def test_one_rank_over_nccl_trains_as_one_process_on_the_gpu(tmp_path):
+    """train --distributed with one rank on the GPU (a singleton MPI world): its gradients go through
+    NCCL (no warning of the host fallback), and with --exact-noise the run equals one plain process's
+    in float64 (the all-reduce of one rank and the division by 1 change no bit; allowed: 1e-12)."""
+    _gpu_nccl_singleton()
+    args = TINY + ["--dtype", "float64", "--variant", "kl", "--device", "gpu"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    p = subprocess.run([sys.executable, "-m", "jmvae_cupy.train", *args, "--out", str(tmp_path / "nccl"),
+                        "--distributed", "--exact-noise"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, **ONE_THREAD})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "gradients go through the host" not in p.stderr, p.stderr[-3000:]
+    a, b = _final(tmp_path / "one"), _final(tmp_path / "nccl")
+    assert b["meta"]["config"]["distributed"]["ranks"] == 1
+    for k in a["params"]:
+        assert np.abs(a["params"][k] - b["params"][k]).max() <= 1e-12, k
+
+
 def test_exact_noise_needs_distributed(tmp_path, capsys):
     assert main(TINY + ["--out", str(tmp_path / "r"), "--exact-noise"]) == 1
     assert "--exact-noise applies to --distributed only" in capsys.readouterr().err
