@@ -8,9 +8,11 @@ Notation: t is the *target* modality (the one generated), c the *condition*.  Fo
 
 Both use the JMVAE joint encoder q(z|x,w) (components ``qxw.*``, the same trunk and heads as
 :class:`jmvae_cupy.models.jmvae.JMVAE`).  The CVAE decoder ``p.dec`` reads the concatenation
-(z, c) through one dense input layer; the CMMA decoder ``p.dec`` reads z, and its prior
-``pz.net`` / ``pz.head`` reads c (the unimodal-encoder trunk of the architecture: D512R-D512R on
-MNIST).  Decoder widths are those of the MNIST decoders (D512R-D512R-D784 or -D10).
+(z, c) through one dense input layer (an image condition flattened, (N, C*H*W)); the CMMA decoder
+``p.dec`` reads z, and its prior ``pz.net`` / ``pz.head`` reads c (the unimodal-encoder trunk of
+the architecture: D512R-D512R on MNIST; on CelebA the conv encoder of q(z|x) for an image, the
+dense one of q(z|w) for attributes).  Decoders are the architecture's p(x|z) / p(w|z) networks
+(MNIST: D512R-D512R-D784 or -D10; CelebA: the deconv stack, its outputs (N, C, H, W)).
 
 Terms (batch means): ``rec_x`` (label2image) or ``rec_w`` (image2label) = log p(t|z[,c]) at a
 reparameterised z ~ q(z|x,w), and ``kl``; ``elbo`` = rec - kl is the conditional bound above.
@@ -36,8 +38,6 @@ class _Conditional(JMVAE):
                  direction: str = "label2image"):
         if direction not in DIRECTIONS:
             raise ModelError(f"unknown direction {direction!r}: choose label2image or image2label")
-        if len(arch.x_shape) != 1:
-            raise ModelError(f"{type(self).__name__} is built for flat images (MNIST), got x shape {arch.x_shape}")
         self.direction = direction
         self.rec_key = "rec_x" if direction == "label2image" else "rec_w"
         self.term_names = (self.rec_key, "kl")
@@ -55,6 +55,23 @@ class _Conditional(JMVAE):
     @property
     def cond_dim(self) -> int:
         return self.arch.w_dim if self.direction == "label2image" else self.arch.x_dim
+
+    @property
+    def cond_shape(self) -> tuple:
+        """The condition of one example: (w_dim,), or the image's x_shape (e.g. (3, H, W))."""
+        return (self.arch.w_dim,) if self.direction == "label2image" else tuple(self.arch.x_shape)
+
+    @property
+    def target_shape(self) -> tuple:
+        return tuple(self.arch.x_shape) if self.direction == "label2image" else (self.arch.w_dim,)
+
+    def _check_decoder(self, dec):
+        """The decoder gives the target likelihood's outputs: k per feature (LearnedVarGaussian: 2),
+        flat (k D,) or, for an image, (k C, H, W)."""
+        k, shape = self.target_lik.outputs_per_feature, self.target_shape
+        want = [(k * self.target_dim,)] + ([(k * shape[0], *shape[1:])] if len(shape) > 1 else [])
+        if dec.out_shape not in want:
+            raise ModelError(f"decoder outputs {dec.out_shape}, expected {' or '.join(map(str, want))}")
 
     def split(self, x, w):
         """(target, condition) of a batch."""
@@ -87,14 +104,15 @@ class _Conditional(JMVAE):
         eps = rng.normal(mu.shape, self.dtype, xp)
         z = reparam_forward(mu, var, eps)
         out, dec_c = self._decoder_forward(z, cond, train)            # p(t|z,c) or p(t|z)
-        ll, lik_c = self.target_lik.loglik(t, out)
+        ll, lik_c = self.target_lik.loglik(t.reshape(N, -1), out.reshape(N, -1))  # an image's pixels: flat
         kl, prior_c = self._kl_forward(mu, var, cond, train)          # KL(q || p(z)) or KL(q || p(z|c))
         terms_n = {self.rec_key: ll, "kl": kl}
         # ---- backward: d loss / d term_t[n] = -c_t / N
         s = {k: -c[k] / N for k in c}
         dz = None
         if s[self.rec_key] != 0.0:
-            dout = self.target_lik.loglik_backward(xp.full((N,), s[self.rec_key], dtype=self.dtype), lik_c)
+            dout = self.target_lik.loglik_backward(xp.full((N,), s[self.rec_key], dtype=self.dtype),
+                                                   lik_c).reshape(out.shape)
             dz = self._decoder_backward(dout, dec_c, grads)
         dmu, dvar = reparam_backward(zeros_like_or(dz, mu), var, eps)
         if s["kl"] != 0.0:
@@ -108,13 +126,14 @@ class _Conditional(JMVAE):
     def target_loglik(self, z, t, cond, train=False):
         """log p(t|z, c) (CVAE) or log p(t|z) (CMMA), (N,)."""
         out, _ = self._decoder_forward(z, cond, train)
-        return self.target_lik.loglik(t, out)[0]
+        return self.target_lik.loglik(t.reshape(len(t), -1), out.reshape(len(out), -1))[0]
 
     def generate(self, cond, rng, sample_z: bool = True):
         """The mean of p(t|z[,c]) with z drawn from the prior p(z) / p(z|c) (its mean if not sample_z)."""
         mu, var = self.prior(cond)
         z = mu + self.xp.sqrt(var) * rng.normal(mu.shape, self.dtype, self.xp) if sample_z else mu
-        return self.target_lik.mean(self._decoder_forward(z, cond, False)[0])
+        out = self._decoder_forward(z, cond, False)[0]
+        return self.target_lik.mean(out.reshape(len(out), -1)).reshape((len(out),) + self.target_shape)
 
 
 class CVAE(_Conditional):
@@ -125,8 +144,7 @@ class CVAE(_Conditional):
     def _build_rest(self):
         a = self.arch
         dec = self._register_net("p.dec", self._dec_spec(), (a.latent + self.cond_dim,))
-        if dec.out_shape != (self.target_dim,):
-            raise ModelError(f"decoder outputs {dec.out_shape}, expected ({self.target_dim},)")
+        self._check_decoder(dec)
 
     def _decoder_forward(self, z, cond, train):
         zc = self.xp.concatenate([z, cond.reshape(cond.shape[0], -1)], axis=1)
@@ -156,11 +174,10 @@ class CMMA(_Conditional):
     def _build_rest(self):
         a = self.arch
         spec = a.enc_w_uni if self.direction == "label2image" else a.enc_x_uni
-        d = self._register_net("pz.net", spec, (self.cond_dim,)).out_shape[0]
+        d = self._register_net("pz.net", spec, self.cond_shape).out_shape[0]
         self._register_head("pz.head", d, a.latent)
         dec = self._register_net("p.dec", self._dec_spec(), (a.latent,))
-        if dec.out_shape != (self.target_dim,):
-            raise ModelError(f"decoder outputs {dec.out_shape}, expected ({self.target_dim},)")
+        self._check_decoder(dec)
 
     def _decoder_forward(self, z, cond, train):
         return self.run("p.dec", z, train)
@@ -169,7 +186,7 @@ class CMMA(_Conditional):
         return self.run_back("p.dec", dout, cache, grads)
 
     def _prior_forward(self, cond, train):
-        hp, pc = self.run("pz.net", cond.reshape(cond.shape[0], -1), train)
+        hp, pc = self.run("pz.net", cond, train)
         (pm, pv), phc = self.run("pz.head", hp, train)
         return pm, pv, pc, phc
 

@@ -1,6 +1,7 @@
 """Finite-difference checks (float64, central differences) of the CelebA-style conv models' objectives:
 conv encoders with batch norm, transposed-conv decoder, fixed-variance Gaussian likelihoods for both
-modalities -- each variant, each term on its own and the weighted sum.
+modalities -- each variant (and the CVAE / CMMA baselines in both directions), each term on its own
+and the weighted sum.
 
 The architecture is celeba_arch(size=16, width=1/32): C2R-C4BR-F encoder on 3x16x16, a D128R-DC2BR-DC3
 decoder, dense widths 16/32.  Batch norm runs in train mode, so the loss of one sample depends on the
@@ -65,6 +66,28 @@ def test_conv_model_gradient_matches_finite_differences(variant, term):
     worst = max(errs, key=errs.get)
     assert errs[worst] < TOL, f"{variant} {term}: {worst} rel err {errs[worst]:.2e}"
     assert any(np.any(g) for g in grads.values())
+
+
+BASELINES = [(v, d, t) for v in ("cvae", "cmma") for d in ("label2image", "image2label") for t in ("rec", "kl", None)]
+
+
+@pytest.mark.parametrize("variant,direction,term", BASELINES,
+                         ids=[f"{v}-{d}-{t or 'total'}" for v, d, t in BASELINES])
+def test_conv_baseline_gradient_matches_finite_differences(variant, direction, term):
+    """CelebA's CVAE and CMMA: the conv joint encoder, the deconv decoder of an image target
+    (outputs (N, 3, H, W)), an image condition flattened into the CVAE's dense decoder or read by
+    the CMMA prior's conv encoder."""
+    model = build_model(ARCH, variant, seed=2, dtype="float64", device="cpu", direction=direction)
+    rec = "rec_x" if direction == "label2image" else "rec_w"
+    coef = None if term is None else ({rec: 1.0} if term == "rec" else {"kl": -1.0})
+    errs, grads = _check(model, coef, beta=0.6)
+    worst = max(errs, key=errs.get)
+    assert errs[worst] < TOL, f"{variant} {direction} {term}: {worst} rel err {errs[worst]:.2e}"
+    assert any(np.any(g) for g in grads.values())
+    if variant == "cmma" and direction == "image2label":
+        assert model.params["pz.net.0.W"].ndim == 4  # the prior p(z|x) reads the image with convolutions
+        if term != "rec":
+            assert np.any(grads["pz.net.0.W"])
 
 
 def test_a_conv_model_through_winograd_layers_matches_im2col_and_finite_differences(monkeypatch):
