@@ -110,7 +110,7 @@ def _load_celeba_run(run_dir, device, test_size):
     from .generate import Run  # noqa: PLC0415
 
     try:
-        run = Run(run_dir, device=device)
+        run = Run(run_dir, device=device, generation=False)
         n = run.n_test if not test_size else min(test_size, run.n_test)
         rows = np.arange(n)
         x, w = run.test_x(rows), run.test_w(rows)

@@ -145,16 +145,17 @@ class Run:
     """A trained run: ``model`` (eval mode, restored), ``config``, ``names`` (the w entries), and the
     test data on demand (``test_x(i)``, ``test_w(i)``, ``n_test``)."""
 
-    def __init__(self, run_dir: str, device=None):
+    def __init__(self, run_dir: str, device=None, generation: bool = True):
         self.config = cfg = read_config(run_dir)
-        if cfg["variant"] not in ("jmvae", "kl", "h"):
+        if generation and cfg["variant"] not in ("jmvae", "kl", "h"):  # (evaluate loads CVAE / CMMA runs too)
             raise GenerateError(f"{run_dir}: generation needs a jmvae, kl or h run, not {cfg['variant']!r}")
         self.dataset, self.variant = cfg["dataset"], cfg["variant"]
         ck = load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
         self.xp = select_device(device)
         arch = run_arch(cfg, ck)
         self.model = build_model(arch, self.variant, seed=cfg["seed"], dtype=cfg["dtype"],
-                                 xp=self.xp, latent=cfg["latent"], alpha=cfg["alpha"], h_top=cfg["h_top"])
+                                 xp=self.xp, latent=cfg["latent"], alpha=cfg["alpha"], h_top=cfg["h_top"],
+                                 direction=cfg.get("direction"))
         restore_arrays(self.model.params, ck["params"], self.xp, "parameters")
         restore_arrays(self.model.state, ck["state"], self.xp, "state")
         self.checkpoint = os.path.basename(ck["path"])
@@ -310,6 +311,32 @@ def average_face(run: Run, x, w, encoder: str, rng: Rng, iterations: int):
     return run.images(lik.mean(m.decode_x(mu).reshape(len(mu), -1)))
 
 
+def base_attributes(w_dim: int, kind: str, seed: int, dtype):
+    """Fig. 7(a)'s Base, (w_dim,): each attribute +1 or -1 at random (``kind`` "random", seeded) or all 0."""
+    if kind == "zeros":
+        return np.zeros(w_dim, dtype=dtype)
+    return np.where(np.asarray(Rng([seed, 1]).uniform((w_dim,), np.float64, np)) < 0.5, -1.0, 1.0).astype(dtype)
+
+
+def attribute_columns(run: Run, base, attrs: list, strength: float):
+    """Fig. 7(a)'s columns: (w (C, w_dim), C labels): the Base, then the Base with each attribute of
+    ``attrs`` set to +strength ("-Name": -strength, labelled "Not Name"), then, for two or more
+    attributes, all of them set together ("all")."""
+    cols, labels = [base], ["Base"]
+    allset = base.copy()
+    for s in attrs:
+        neg = s.startswith("-")
+        j = run.attr_index(s[1:] if neg else s)
+        c = base.copy()
+        c[j] = allset[j] = -strength if neg else strength
+        cols.append(c)
+        labels.append(f"Not {run.names[j]}" if neg else run.names[j])
+    if len(cols) > 2:
+        cols.append(allset)
+        labels.append("all")
+    return np.stack(cols), labels
+
+
 def check_value(what: str, v: float, dtype) -> float:
     """``v`` if it is finite and representable in ``dtype`` (the model's); a GenerateError otherwise."""
     big = float(np.finfo(dtype).max)
@@ -365,10 +392,10 @@ def _to_unit(run: Run, grid):
     return (grid - stats["min"]) / ((stats["max"] - stats["min"]) or 1.0)
 
 
-def write_grid(grid, out: str) -> None:
-    """save_grid, with a write that fails (disk full, ...) named by --out."""
+def write_grid(grid, out: str, col_labels=None) -> None:
+    """save_grid (``col_labels`` above the columns), with a write that fails (disk full, ...) named by --out."""
     try:
-        save_grid(grid, out)
+        save_grid(grid, out, col_labels=col_labels)
     except OSError as e:
         raise GenerateError(f"--out {out}: cannot write ({e.strerror or one_line(e)})") from None
 
@@ -409,25 +436,10 @@ def cmd_faces(run: Run, args) -> None:
             classes.append(run.names.index(c))
         w, labels = to_device(np.eye(run.model.arch.w_dim, dtype=dt)[classes], xp), [run.names[c] for c in classes]
     else:
-        strength = check_value("--strength", args.strength, dt)
-        if args.base == "zeros":
-            base = np.zeros(run.model.arch.w_dim, dtype=dt)
-        else:
-            base = np.where(np.asarray(Rng([args.seed, 1]).uniform((run.model.arch.w_dim,), np.float64, np)) < 0.5,
-                            -1.0, 1.0).astype(dt)
-        cols, labels = [base], ["Base"]
-        allset = base.copy()
-        for s in _parse_list(args.attrs, "--attrs"):
-            neg = s.startswith("-")
-            j = run.attr_index(s[1:] if neg else s)
-            c = base.copy()
-            c[j] = allset[j] = -strength if neg else strength
-            cols.append(c)
-            labels.append(f"Not {run.names[j]}" if neg else run.names[j])
-        if len(cols) > 2:
-            cols.append(allset)
-            labels.append("all")
-        w = to_device(np.stack(cols), xp)
+        base = base_attributes(run.model.arch.w_dim, args.base, args.seed, dt)
+        cols, labels = attribute_columns(run, base, _parse_list(args.attrs, "--attrs"),
+                                         check_value("--strength", args.strength, dt))
+        w = to_device(cols, xp)
     with progress_bar(1 + args.samples, "faces", args.progress) as bar:
         avg, rand = average_and_random(run, w, args.samples, rng, args.iterations, tick=lambda: bar.update(1))
     grid = check_finite(np.stack(([real] if real is not None else []) + [avg] + rand), "the generated grid")
@@ -435,7 +447,7 @@ def cmd_faces(run: Run, args) -> None:
         write_arrays(args.out, average=avg, random=np.stack(rand), w=np.asarray(to_device(w, np)),
                      **({"test_x": real} if real is not None else {}))
     else:
-        write_grid(_to_unit(run, grid), args.out)
+        write_grid(_to_unit(run, grid), args.out, col_labels=labels)
     top = "test faces, " if real is not None else ""
     print(f"wrote {args.out}: rows = {top}average face, {args.samples} random; columns = {', '.join(labels)}")
 
@@ -483,7 +495,8 @@ def cmd_edit(run: Run, args) -> None:
     means = average_face(run, xs, wp, encoder, rng, args.iterations)      # x_mean, x'_mean ...
     x0 = run.images(x)[0]
     edited = np.clip(x0[None] + means[1:] - means[:1], 0.0, 1.0)          # x' = x + x'_mean - x_mean
-    write_grid(check_finite(np.stack([np.concatenate([x0[None], edited]), means]), "the edited grid"), args.out)
+    write_grid(check_finite(np.stack([np.concatenate([x0[None], edited]), means]), "the edited grid"), args.out,
+               col_labels=["input"] + labels)
     src = "given" if args.given_attrs else "predicted"
     changes = ", ".join(f"{run.names[j]} {w_host[0, j]:+.2f} -> {v:+g}" for j, v in edits)
     q = "q(z|x,w)" if encoder == "xw" else "q(z|w)"

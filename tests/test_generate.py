@@ -10,6 +10,7 @@ from PIL import Image
 
 from jmvae_cupy.generate import main
 from jmvae_cupy.train import main as train_main
+from jmvae_cupy.viz import HEADER_PX
 from tests.test_train_celeba import FAST, celeba_h5  # noqa: F401  (a fixture)
 
 
@@ -32,6 +33,9 @@ def _png(path):
     return np.asarray(Image.open(path))
 
 
+HEADER = 2 * HEADER_PX  # the strip of column labels above every grid (scale 2)
+
+
 @pytest.mark.parametrize("variant", ["kl", "jmvae"])
 def test_faces_from_attributes(runs, tmp_path, capsys, variant):
     out = tmp_path / "f.png"
@@ -39,10 +43,11 @@ def test_faces_from_attributes(runs, tmp_path, capsys, variant):
                  "--out", str(out), "--iterations", "2"]) == 0
     msg = capsys.readouterr().out
     assert "Base, Smiling, Male, Not Eyeglasses, all" in msg
-    img = _png(out)  # 3 rows (average + 2 random) x 5 columns of 32x32, pad 2, scale 2
-    assert img.shape == (2 * (3 * 34 + 2), 2 * (5 * 34 + 2), 3)
+    img = _png(out)  # column labels, 3 rows (average + 2 random) x 5 columns of 32x32, pad 2, scale 2
+    assert img.shape == (HEADER + 2 * (3 * 34 + 2), 2 * (5 * 34 + 2), 3)
+    assert (img[:HEADER] < 128).any() and (img[:HEADER] == 255).any()  # labels written on the white strip
     assert main([str(runs[variant]), "faces", "--from-test", "3", "--out", str(out)]) == 0
-    assert _png(out).shape == (2 * (6 * 34 + 2), 2 * (3 * 34 + 2), 3)  # test faces, average, 4 random
+    assert _png(out).shape == (HEADER + 2 * (6 * 34 + 2), 2 * (3 * 34 + 2), 3)  # test faces, average, 4 random
 
 
 def test_edit_writes_the_fig8_grid(runs, tmp_path, capsys):
@@ -51,7 +56,7 @@ def test_edit_writes_the_fig8_grid(runs, tmp_path, capsys):
                  "--out", str(out)]) == 0
     msg = capsys.readouterr().out
     assert "Smiling=1" in msg and "Eyeglasses=-1" in msg and "q(z|w)" in msg
-    assert _png(out).shape == (2 * (2 * 34 + 2), 2 * (4 * 34 + 2), 3)  # x / averages x (orig, 2 edits, all)
+    assert _png(out).shape == (HEADER + 2 * (2 * 34 + 2), 2 * (4 * 34 + 2), 3)  # x / averages x (orig, 2 edits, all)
     assert main([str(runs["jmvae"]), "edit", "--image-index", "0", "--set", "smiling=2", "--given-attrs",
                  "--out", str(out), "--iterations", "1"]) == 0
     assert "q(z|x,w)" in capsys.readouterr().out
@@ -67,7 +72,7 @@ def test_edit_is_x_plus_the_difference_of_average_faces(runs, tmp_path):
     assert main([str(runs["kl"]), "edit", "--image-index", "0", "--given-attrs", "--set",
                  f"Smiling={w[run.attr_index('Smiling')]:g}", "--out", str(out)]) == 0
     img = _png(out).astype(int)
-    a, b = img[4:68, 4:68], img[4:68, 72:136]  # the original and the "edited" tile of row 0
+    a, b = img[HEADER + 4:HEADER + 68, 4:68], img[HEADER + 4:HEADER + 68, 72:136]  # the original, the "edited" tile
     assert np.abs(a - b).max() <= 1
 
 
@@ -84,7 +89,7 @@ def test_attributes_table_and_json(runs, capsys):
 def test_mnist_runs(runs, tmp_path, capsys):
     out = tmp_path / "d.png"
     assert main([str(runs["mnist"]), "faces", "--attrs", "3,7", "--out", str(out)]) == 0
-    assert _png(out).shape[:2] == (2 * (5 * 30 + 2), 2 * (2 * 30 + 2))
+    assert _png(out).shape[:2] == (HEADER + 2 * (5 * 30 + 2), 2 * (2 * 30 + 2))
     capsys.readouterr()
     assert main([str(runs["mnist"]), "attributes", "--image-index", "0", "--json"]) == 0
     p = json.loads(capsys.readouterr().out)["predicted"]

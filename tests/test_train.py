@@ -32,7 +32,12 @@ def test_train_writes_metrics_checkpoints_and_samples(tmp_path):
         assert set(r["test"]) >= {"rec_x", "rec_w", "kl", "kl_x", "kl_w", "elbo", "loss"}
         assert all(np.isfinite(v) for v in r["train"].values())
     assert lines[1]["test"]["elbo"] > lines[0]["test"]["elbo"] - 5  # learning, not diverging
-    assert (out / "samples-e0002.png").exists()
+    from PIL import Image
+
+    from jmvae_cupy.viz import HEADER_PX
+
+    # 8 rows x 10 labels of 28x28 digits (pad 2, scale 2) under the strip of the labels 0-9
+    assert Image.open(out / "samples-e0002.png").size == (2 * (10 * 30 + 2), 2 * HEADER_PX + 2 * (8 * 30 + 2))
     assert len(checkpoint.list_checkpoints(str(out))) == 2  # the newest two are kept
     assert json.load(open(out / "config.json"))["variant"] == "kl"
 
