@@ -2,10 +2,12 @@
 
     python -m jmvae_cupy.plan_eval OUT NAME SETTINGS_JSON
 
-writes OUT/eval/NAME.json (tables, coherence, diagnostics, curves against K), OUT/eval/NAME.npz
-(Fig. 3's latent samples, Fig. 4's chains) and OUT/eval/NAME-trend.json (the same measures at every
-training snapshot, one entry per snapshot, kept across restarts).  Every file is written
-atomically; a JSON that names the run's final checkpoint and the same settings is not redone.
+writes OUT/eval/NAME.json (tables, coherence, diagnostics, curves against K) and OUT/eval/NAME.npz
+(the figures' arrays: MNIST Fig. 3's latent samples and Fig. 4's chains; CelebA Fig. 6's faces
+along the iterations, Fig. 7's average and random faces and its PCA), and for MNIST
+OUT/eval/NAME-trend.json (the same measures at every training snapshot, one entry per snapshot,
+kept across restarts).  Every file is written atomically; a JSON that names the run's final
+checkpoint and the same settings is not redone.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from .backend import asnumpy
 from .cli import guarded
-from .coherence import CoherenceError, coherence, mnist_classifier, model_generator
+from .coherence import CoherenceError, celeba_classifier, coherence, mnist_classifier, model_generator
 from .data import load_mnist
 from .diagnostics import diagnose
 from .estimators import paper_estimate
@@ -34,6 +36,7 @@ from .evaluate import (
     load_run,
 )
 from .fsutil import replacing, write_json
+from .generate import GenerateError, Run, attribute_columns, average_and_random, base_attributes
 from .inference import INITS
 from .rng import Rng
 
@@ -45,12 +48,25 @@ def classifier_path(out: str) -> str:
 
 
 def ensure_classifier(out: str, s: dict, log=print):
-    """The digit classifier of the plan, trained once into OUT/classifier (its cache)."""
+    """The plan's coherence classifier (MNIST digits, or the attributes of the CelebA file), trained
+    once into OUT/classifier (its cache)."""
+    if dataset_of(s) == "celeba":
+        from .data.celeba import open_celeba  # noqa: PLC0415  (h5py: only for CelebA)
+
+        with open_celeba(s["data"]) as data:
+            return celeba_classifier(data, s["width_scale"], epochs=s["classifier_epochs"],
+                                     cache_dir=classifier_path(out), log=log)
     return mnist_classifier(load_mnist(), classifier_path(out), log=log, epochs=s["classifier_epochs"])
 
 
+def dataset_of(s: dict) -> str:
+    from .reproduce import dataset_of as of  # noqa: PLC0415  (reproduce launches this module)
+
+    return of(s)
+
+
 def _classifier(out: str, s: dict):
-    files = sorted(glob.glob(os.path.join(classifier_path(out), "classifier-mnist-*.h5")))
+    files = sorted(glob.glob(os.path.join(classifier_path(out), f"classifier-{dataset_of(s)}-*.h5")))
     if not files:
         raise EvaluateError(f"no classifier in {classifier_path(out)} (python -m jmvae_cupy.reproduce trains it)")
     return ensure_classifier(out, s, log=lambda m: print(m, file=sys.stderr))
@@ -112,9 +128,10 @@ def _load(rd: str, s: dict, checkpoint=None) -> LoadedRun:
 
 def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
     """Every measurement of one run of the plan (see the module docstring); returns the JSON written."""
-    from .reproduce import settings_hash  # noqa: PLC0415  (reproduce launches this module)
+    from .reproduce import run_dir, settings_hash  # noqa: PLC0415  (reproduce launches this module)
 
-    rd = os.path.join(out, f"mnist-{name}")
+    ds = dataset_of(s)
+    rd = run_dir(out, name, ds)
     run = _load(rd, s)
     jpath = os.path.join(out, "eval", f"{name}.json")
     h = settings_hash(s)
@@ -127,17 +144,20 @@ def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
         pass
     clf = _classifier(out, s)
     model, cfg = run.model, run.config
-    est = evaluate_run(model, run.x, run.w, s["samples"], 10 if s["ks"][-1] >= 10 else s["ks"][-1], s["importance"],
-                       s["repeats"])
-    res = {"name": name, "variant": cfg["variant"], "h_top": cfg.get("h_top", "chain"), "latent": cfg["latent"],
+    iterations = s.get("iterations", 10 if s["ks"][-1] >= 10 else s["ks"][-1])
+    est = evaluate_run(model, run.x, run.w, s["samples"], iterations, s["importance"], s["repeats"])
+    res = {"name": name, "dataset": ds, "iterations": iterations, "variant": cfg["variant"],
+           "h_top": cfg.get("h_top", "chain"), "latent": cfg["latent"], "gan": bool(cfg.get("gan")),
            "direction": cfg["direction"], "epoch": run.epoch, "checkpoint": os.path.basename(run.checkpoint),
            "settings_hash": h, "test_size": int(run.x.shape[0]), "classifier_accuracy": clf.meta["test_accuracy"],
            "estimates": {d: {k: {"mean": m, "std": sd, "repeats": v} for k, (m, sd, v) in e.items()}
                          for d, e in est.items()},
            "coherence": {init: coherence_run(model, run.x, run.w, clf, s["ks"], init)
-                         for init in (INITS if cfg["variant"] in ("jmvae", "h") else ("zeros",))}}
+                         for init in (INITS if cfg["variant"] in ("jmvae", "h") and ds == "mnist" else ("zeros",))}}
     arrays = {}
-    if cfg["variant"] in ("jmvae", "kl", "h"):
+    if ds == "celeba":
+        arrays = celeba_arrays(rd, run, s, res)
+    elif cfg["variant"] in ("jmvae", "kl", "h"):
         res["diagnostics"] = diagnose(model, run.x, run.w, Rng([0, 27]))
         if cfg["latent"] == 2:
             arrays.update({f"latent_{k}": v for k, v in latent_samples(model, run.x, run.w).items()
@@ -147,12 +167,78 @@ def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
             arrays.update({f"chain_{p}": generation_chain(model, CHAIN_KS, path=p) for p in coherence_paths(model)})
             res["trend"] = trend(out, name, clf, s)
     if arrays:
-        arrays["labels"] = asnumpy(run.w).argmax(axis=1)
+        if ds == "mnist":
+            arrays["labels"] = asnumpy(run.w).argmax(axis=1)
         with replacing(os.path.join(out, "eval", f"{name}.npz"), suffix=".npz") as f:
             np.savez(f, **arrays)
     res = json.loads(json.dumps(res, default=_jsonable))  # (dict keys of K as strings, like the file)
     write_json(jpath, res)
     return res
+
+
+def celeba_arrays(rd: str, run: LoadedRun, s: dict, res: dict) -> dict:
+    """CelebA's figure arrays of a JMVAE-family run (none for a baseline):
+
+    * Fig. 6: ``fig6_real`` (F, 3, H, W), the first F test faces, and ``fig6_PATH`` (len(fig6_ks), F,
+      3, H, W), the faces generated from their attributes after each K of iterative sampling from
+      zeros (the mean of p(x|z), z the mean of q; JMVAE-kl: one row, from q(z|w));
+    * JMVAE-kl, Fig. 7 (:func:`fig7_arrays`)."""
+    model = run.model
+    if model.variant not in ("jmvae", "kl", "h"):
+        return {}
+    n = min(s["faces"], len(run.x))
+    res["fig6_ks"] = list(s["fig6_ks"])
+    arrays = {"fig6_real": asnumpy(run.x[:n])}
+    for p in coherence_paths(model):
+        arrays[f"fig6_{p}"] = generation_chain(model, s["fig6_ks"], path=p, w=run.w[:n])
+    if model.variant == "kl":
+        try:
+            grun = Run(rd, device="cpu")
+        except GenerateError as e:
+            raise EvaluateError(str(e)) from None
+        res["fig7"], fig7 = fig7_arrays(grun, s)
+        arrays.update(fig7)
+    return arrays
+
+
+def fig7_arrays(grun: Run, s: dict, strength: float = 2.0):
+    """Fig. 7 of a JMVAE-kl run, for a random Base and (when the data has Male) the same Base with
+    Male = -strength ("Not Male"); per base b, columns: the Base and the Base with each attribute of
+    ``fig7_attrs`` set to +strength (generate.attribute_columns):
+
+    * (a) ``fig7_avg_b`` (C, 3, H, W): the average faces, the mean of p(x|z_mean), z_mean the mean of
+      q(z|w); ``fig7_rand_b`` (R, C, 3, H, W): random faces, z = z_mean + sigma * eps, one eps per row;
+    * (b) ``pca_points_b`` (C, M, 2): M samples z = z_mean + sigma * eps per column and
+      ``pca_centres_b`` (C, 2): z_mean, projected on the first two principal axes of all the
+      samples of both bases together (so the two panels share their axes).
+
+    Returns (JSON meta: bases, columns, the variance the two axes explain; the arrays)."""
+    m, dt = grun.model, grun.model.dtype
+    base = base_attributes(m.arch.w_dim, "random", 0, dt)
+    attrs = [a for a in s["fig7_attrs"] if a in grun.names]
+    bases = [("Base", base)]
+    if "Male" in grun.names:
+        not_male = base.copy()
+        not_male[grun.names.index("Male")] = -strength
+        bases.append(("Base, Not Male", not_male))
+    arrays, samples, columns = {}, [], None
+    for b, (_, bw) in enumerate(bases):
+        cols, columns = attribute_columns(grun, bw, attrs, strength)
+        w = grun.xp.asarray(cols)
+        arrays[f"fig7_avg_{b}"], rand = average_and_random(grun, w, s["fig7_random"], Rng([0, 31, b]), 0)
+        arrays[f"fig7_rand_{b}"] = np.stack(rand)
+        mu, var = (asnumpy(a).astype(np.float64) for a in m.encode_w(w))
+        eps = np.asarray(Rng([0, 32, b]).normal((len(cols), s["pca_samples"], mu.shape[1]), np.float64, np))
+        samples.append((mu, mu[:, None, :] + np.sqrt(var)[:, None, :] * eps))
+    pts = np.concatenate([z.reshape(-1, z.shape[-1]) for _, z in samples])
+    centre = pts.mean(axis=0)
+    _, sv, vt = np.linalg.svd(pts - centre, full_matrices=False)
+    axes = vt[:2].T  # (latent, 2): the first two principal axes
+    for b, (mu, z) in enumerate(samples):
+        arrays[f"pca_points_{b}"] = (z - centre) @ axes
+        arrays[f"pca_centres_{b}"] = (mu - centre) @ axes
+    explained = (sv[:2] ** 2 / np.sum(sv ** 2)).tolist()
+    return {"bases": [n for n, _ in bases], "columns": columns, "explained": explained}, arrays
 
 
 def _jsonable(o):

@@ -1,5 +1,6 @@
 """python -m jmvae_cupy.reproduce mnist --quick: the whole plan end to end (11 runs of 2 epochs on 500
-digits, evaluated on 200), resumable after a kill with the same tables."""
+digits, evaluated on 200), resumable after a kill with the same tables; and reproduce celeba --quick
+on a CelebA-layout file (8 runs of narrow networks on 32x32 synthetic faces)."""
 
 import json
 import os
@@ -10,7 +11,9 @@ import time
 
 import pytest
 
-from jmvae_cupy import reproduce
+from jmvae_cupy import plots, reproduce
+from jmvae_cupy.data.__main__ import main as data_main
+from tests.data.test_celeba import make_celeba
 
 FIGURES = ("fig3-latent.png", "fig4-chains.png", "fig5-vs-iterations.png", "learning-curves.png",
            "learning-curves-baselines.png", "trend.png")
@@ -37,7 +40,7 @@ def test_quick_plan_leaves_report_figures_and_tables(quick):
     cvae = [r for r in t["table1"] if r["model"] == "CVAE"]
     assert len(cvae) == 1 and {"label2image", "image2label"} <= set(cvae[0])  # both directions, one row
     assert "JMVAE-h [q(z2\\|z1)]" in report                                     # pipes escaped in cells
-    for name, _ in reproduce.PLAN:
+    for name, _ in reproduce.MNIST_PLAN:
         e = json.loads((quick / "eval" / f"{name}.json").read_text())
         assert e["checkpoint"].startswith("ckpt-000002-") and e["epoch"] == 2
     h = json.loads((quick / "eval" / "h.json").read_text())
@@ -81,3 +84,107 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     blocker.write_text("x")
     assert reproduce.main(["mnist", "--quick", "--out", str(blocker / "sub")]) == 1
     assert capsys.readouterr().err.strip().startswith(f"error: cannot create {blocker / 'sub'}")
+    assert reproduce.main(["mnist", "--quick", "--out", str(tmp_path / "y"), "--data", "f.h5"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --data is for celeba (mnist reads the embedded digits)"
+    assert reproduce.main(["celeba", "--quick", "--out", str(tmp_path / "y")]) == 1
+    assert capsys.readouterr().err.strip().startswith("error: celeba needs --data FILE.h5")
+    assert reproduce.main(["celeba", "--quick", "--out", str(tmp_path / "y"), "--data", str(blocker)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(blocker) in err and len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ CelebA
+CELEBA_FIGURES = ("fig6-faces-from-attributes.png", "fig7a-average-and-random-faces.png", "fig7b-latent-pca.png",
+                  "learning-curves.png", "learning-curves-baselines.png")
+
+
+@pytest.fixture(scope="module")
+def celeba_quick(tmp_path_factory):
+    """reproduce celeba --quick on 40 synthetic faces at 32x32, with its progress line on (stderr)."""
+    root = tmp_path_factory.mktemp("repro-celeba")
+    make_celeba(root / "src", n=40)
+    data = root / "c32.h5"
+    assert data_main(["prepare", "celeba", str(root / "src"), "--out", str(data), "--size", "32",
+                      "--no-progress"]) == 0
+    out = root / "out"
+    proc = subprocess.run([sys.executable, "-m", "jmvae_cupy.reproduce", "celeba", "--quick", "--data", str(data),
+                           "--out", str(out), "--jobs", "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stderr
+
+
+def test_celeba_quick_plan_leaves_report_figures_and_tables(celeba_quick):
+    out, _ = celeba_quick
+    report = (out / "report.md").read_text()
+    assert report.startswith("# JMVAE on CelebA")
+    for section in ("## Table 1", "## Cross-modal coherence", "## The paper's claims, checked", "## Figures"):
+        assert section in report
+    assert "## What the joint encoder reads" not in report  # (MNIST's diagnostics)
+    for f in CELEBA_FIGURES:
+        assert (out / "figures" / f).read_bytes()[:4] == b"\x89PNG"
+        assert f"(figures/{f})" in report
+    t = json.loads((out / "tables.json").read_text())
+    rows = {r["model"]: r for r in t["table1"]}
+    assert {"JMVAE", "JMVAE-kl", "JMVAE-h", "CVAE", "CMMA", "JMVAE-kl + GAN"} <= set(rows)
+    assert rows["JMVAE"]["paper"] == [-48763, -43.97] and rows["JMVAE-kl + GAN"]["paper"] == [None, None]
+    assert rows["JMVAE"]["estimator"] == "eq5-iter2"  # K = the plan's iterations
+    for name, _ in reproduce.CELEBA_PLAN:
+        e = json.loads((out / "eval" / f"{name}.json").read_text())
+        assert e["dataset"] == "celeba" and e["epoch"] == 2 and e["checkpoint"].startswith("ckpt-000002-")
+    gan = json.loads((out / "eval" / "kl-gan.json").read_text())
+    assert gan["gan"] and gan["fig7"]["bases"] == ["Base", "Base, Not Male"]
+    assert gan["fig7"]["columns"] == ["Base", "Male", "Bald", "Smiling", "Eyeglasses", "Blond_Hair", "all"]
+
+
+def test_celeba_figure_arrays_have_the_shapes_the_figures_need(celeba_quick):
+    """Fig. 6: the test faces and, per model and path, one row per K (JMVAE-kl: one, from q(z|w));
+    Fig. 7: average + random faces per column, PCA points and centres of both bases."""
+    import numpy as np
+
+    out, _ = celeba_quick
+    s = reproduce.settings(reproduce.build_parser().parse_args(["celeba", "--quick", "--out", "x", "--data",
+                                                                str(out.parent / "c32.h5")]))
+    from jmvae_cupy.data.celeba import open_celeba
+
+    with open_celeba(out.parent / "c32.h5") as d:
+        F, ks = min(s["faces"], s["test_size"], len(d.test_idx)), s["fig6_ks"]
+    h = np.load(out / "eval" / "h.npz")
+    assert h["fig6_real"].shape[0] == F and h["fig6_real"].shape[1:] == (3, 32, 32)
+    for p in ("z1", "top"):
+        assert h[f"fig6_{p}"].shape == (len(ks), F, 3, 32, 32)
+    assert np.load(out / "eval" / "kl.npz")["fig6_z1"].shape == (1, F, 3, 32, 32)
+    g = np.load(out / "eval" / "kl-gan.npz")
+    C, R, M = 7, s["fig7_random"], s["pca_samples"]
+    for b in (0, 1):
+        assert g[f"fig7_avg_{b}"].shape == (C, 3, 32, 32) and g[f"fig7_rand_{b}"].shape == (R, C, 3, 32, 32)
+        assert g[f"pca_points_{b}"].shape == (C, M, 2) and g[f"pca_centres_{b}"].shape == (C, 2)
+    assert not (out / "eval" / "cvae-label2image.npz").exists()  # (a baseline draws no CelebA figure)
+
+
+def test_pca_panels_share_their_axes_and_name_every_column(tmp_path):
+    """Fig. 7(b): both bases on the same limits (so "the same arrangement in both" can be seen), and
+    one legend entry per column plus the centres' marker."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cols = ["Base", "Male", "Smiling"]
+    panels = [{"title": t, "points": rng.normal(size=(3, 20, 2)) * (1 + 5 * i), "centres": rng.normal(size=(3, 2)),
+               "columns": cols} for i, t in enumerate(("Base", "Base, Not Male"))]
+    fig = plots.pca_panels(panels, tmp_path / "p.png", title="t")
+    a, b = fig.axes[0], fig.axes[1]
+    assert a.get_xlim() == b.get_xlim() and a.get_ylim() == b.get_ylim()
+    pts = np.concatenate([p["points"].reshape(-1, 2) for p in panels])
+    assert a.get_xlim()[0] < pts[:, 0].min() and a.get_xlim()[1] > pts[:, 0].max()  # nothing clipped
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert labels == cols + ["z_mean (average face)"]
+
+
+def test_the_whole_plan_has_one_progress_line(celeba_quick):
+    """One bar for the plan (not one per phase): every update of the progress output belongs to the
+    one "reproduce celeba" bar, which reaches 100 % and names the runs done and what runs now."""
+    _, err = celeba_quick
+    updates = [u for u in err.replace("\n", "\r").split("\r") if "%|" in u]
+    assert updates and all(u.startswith("reproduce celeba:") for u in updates)
+    assert any("train: " in u and "runs done; now" in u and "epoch" in u for u in updates)
+    assert any("evaluate: 8/8 runs done" in u for u in updates)
+    assert "100%" in updates[-1]
