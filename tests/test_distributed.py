@@ -428,12 +428,11 @@ def test_batch_not_divisible_by_ranks_is_one_line(tmp_path):
                                          "(each micro-batch takes B/(P K) rows)"]
 
 
-from tests.test_train_celeba import celeba_h5  # noqa: E402, F401  (the synthetic CelebA fixture)
 
 
 @needs_mpi
 @pytest.mark.parametrize("gan", [False, True], ids=["bn", "bn-gan"])
-def test_batchnorm_two_ranks_equal_two_micro_batches(tmp_path, celeba_h5, gan):  # noqa: F811
+def test_batchnorm_two_ranks_equal_two_micro_batches(tmp_path, celeba_h5, gan):
     """CelebA (batch norm everywhere; with --gan the discriminator's gradients and statistics share the
     step's buffer): each rank normalises its B/P rows like each micro-batch its B/K rows, and the
     running statistics after a step are the mean over the parts of what each part's forward made of

@@ -11,11 +11,11 @@ from PIL import Image
 from jmvae_cupy.generate import main
 from jmvae_cupy.train import main as train_main
 from jmvae_cupy.viz import HEADER_PX
-from tests.test_train_celeba import FAST, celeba_h5  # noqa: F401  (a fixture)
+from tests.test_train_celeba import FAST
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, celeba_h5):  # noqa: F811
+def runs(tmp_path_factory, celeba_h5):
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for variant in ("kl", "jmvae"):

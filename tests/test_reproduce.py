@@ -12,8 +12,6 @@ import time
 import pytest
 
 from jmvae_cupy import plots, reproduce
-from jmvae_cupy.data.__main__ import main as data_main
-from tests.data.test_celeba import make_celeba
 
 FIGURES = ("fig3-latent.png", "fig4-chains.png", "fig5-vs-iterations.png", "learning-curves.png",
            "learning-curves-baselines.png", "trend.png")
@@ -99,16 +97,13 @@ CELEBA_FIGURES = ("fig6-faces-from-attributes.png", "fig7a-average-and-random-fa
 
 
 @pytest.fixture(scope="module")
-def celeba_quick(tmp_path_factory):
-    """reproduce celeba --quick on 40 synthetic faces at 32x32, with its progress line on (stderr)."""
-    root = tmp_path_factory.mktemp("repro-celeba")
-    make_celeba(root / "src", n=40)
-    data = root / "c32.h5"
-    assert data_main(["prepare", "celeba", str(root / "src"), "--out", str(data), "--size", "32",
-                      "--no-progress"]) == 0
-    out = root / "out"
-    proc = subprocess.run([sys.executable, "-m", "jmvae_cupy.reproduce", "celeba", "--quick", "--data", str(data),
-                           "--out", str(out), "--jobs", "2"], capture_output=True, text=True, timeout=600)
+def celeba_quick(tmp_path_factory, celeba_h5):
+    """reproduce celeba --quick on 40 synthetic faces at 32x32, with its progress line on (stderr):
+    (the output directory, stderr)."""
+    out = tmp_path_factory.mktemp("repro-celeba") / "out"
+    proc = subprocess.run([sys.executable, "-m", "jmvae_cupy.reproduce", "celeba", "--quick", "--data",
+                           str(celeba_h5), "--out", str(out), "--jobs", "2"], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stderr
 
@@ -136,17 +131,17 @@ def test_celeba_quick_plan_leaves_report_figures_and_tables(celeba_quick):
     assert gan["fig7"]["columns"] == ["Base", "Male", "Bald", "Smiling", "Eyeglasses", "Blond_Hair", "all"]
 
 
-def test_celeba_figure_arrays_have_the_shapes_the_figures_need(celeba_quick):
+def test_celeba_figure_arrays_have_the_shapes_the_figures_need(celeba_quick, celeba_h5):
     """Fig. 6: the test faces and, per model and path, one row per K (JMVAE-kl: one, from q(z|w));
     Fig. 7: average + random faces per column, PCA points and centres of both bases."""
     import numpy as np
 
     out, _ = celeba_quick
     s = reproduce.settings(reproduce.build_parser().parse_args(["celeba", "--quick", "--out", "x", "--data",
-                                                                str(out.parent / "c32.h5")]))
+                                                                str(celeba_h5)]))
     from jmvae_cupy.data.celeba import open_celeba
 
-    with open_celeba(out.parent / "c32.h5") as d:
+    with open_celeba(celeba_h5) as d:
         F, ks = min(s["faces"], s["test_size"], len(d.test_idx)), s["fig6_ks"]
     h = np.load(out / "eval" / "h.npz")
     assert h["fig6_real"].shape[0] == F and h["fig6_real"].shape[1:] == (3, 32, 32)

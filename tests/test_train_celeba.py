@@ -7,24 +7,12 @@ import numpy as np
 import pytest
 
 from jmvae_cupy import checkpoint
-from jmvae_cupy.data.__main__ import main as data_main
 from jmvae_cupy.models import build_model
 from jmvae_cupy.models.architectures import CELEBA, celeba_arch
 from jmvae_cupy.train import main
-from tests.data.test_celeba import make_celeba
 
 FAST = ["--no-progress", "--device", "cpu", "--sample-every", "1", "--width-scale", "0.0625",
         "--batch-size", "8", "--latent", "8"]
-
-
-@pytest.fixture(scope="module")
-def celeba_h5(tmp_path_factory):
-    root = tmp_path_factory.mktemp("celeba")
-    make_celeba(root / "src", n=40)
-    out = root / "celeba32.h5"
-    assert data_main(["prepare", "celeba", str(root / "src"), "--out", str(out), "--size", "32",
-                      "--no-progress"]) == 0
-    return out
 
 
 @pytest.mark.parametrize("variant", ["jmvae", "kl", "h"])
