@@ -62,6 +62,9 @@ def worker(args) -> None:
         from threadpoolctl import threadpool_info  # noqa: PLC0415
 
         blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+        # NumPy's own BLAS where its file says so (numba loads SciPy's too, if installed, unsized: unused here)
+        blas = [p["num_threads"] for p in threadpool_info()
+                if p.get("user_api") == "blas" and "numpy" in p.get("filepath", "")] or blas
         print(json.dumps({"ranks": dp.comm.size, "comm": dp.comm.backend, "steps": steps, "seconds": round(sec, 3),
                           "blas_threads": max(blas, default=None), "numba_threads": numba.get_num_threads(),
                           "samples_per_s": round(steps * args.batch_size / sec, 1),
