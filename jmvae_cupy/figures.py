@@ -32,7 +32,15 @@ import numpy as np
 from . import plots
 from .backend import asnumpy
 from .cli import guarded, one_line
-from .evaluate import NAMES, EvaluateError, generation_chain, latent_samples, load_run, loglik_vs_iterations, run_config
+from .evaluation import (
+    NAMES,
+    EvaluateError,
+    generation_chain,
+    latent_samples,
+    load_run,
+    loglik_vs_iterations,
+    run_config,
+)
 from .fsutil import probe_writable
 from .inference import H_PATHS
 

@@ -25,7 +25,7 @@ from .coherence import CoherenceError, celeba_classifier, coherence, mnist_class
 from .data import load_mnist
 from .diagnostics import diagnose
 from .estimators import paper_estimate
-from .evaluate import (
+from .evaluation import (
     EvaluateError,
     LoadedRun,
     coherence_paths,
@@ -36,9 +36,10 @@ from .evaluate import (
     load_run,
 )
 from .fsutil import replacing, write_json
-from .generate import GenerateError, Run, attribute_columns, average_and_random, base_attributes
 from .inference import INITS
+from .plan import dataset_of, run_dir, settings_hash
 from .rng import Rng
+from .runs import Run, RunError, attribute_columns, average_and_random, base_attributes
 
 CHAIN_KS = (0, 1, 2, 5, 10, 20)  # Fig. 4's rows
 
@@ -57,12 +58,6 @@ def ensure_classifier(out: str, s: dict, log=print):
             return celeba_classifier(data, s["width_scale"], epochs=s["classifier_epochs"],
                                      cache_dir=classifier_path(out), log=log)
     return mnist_classifier(load_mnist(), classifier_path(out), log=log, epochs=s["classifier_epochs"])
-
-
-def dataset_of(s: dict) -> str:
-    from .reproduce import dataset_of as of  # noqa: PLC0415  (reproduce launches this module)
-
-    return of(s)
 
 
 def _classifier(out: str, s: dict):
@@ -128,8 +123,6 @@ def _load(rd: str, s: dict, checkpoint=None) -> LoadedRun:
 
 def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
     """Every measurement of one run of the plan (see the module docstring); returns the JSON written."""
-    from .reproduce import run_dir, settings_hash  # noqa: PLC0415  (reproduce launches this module)
-
     ds = dataset_of(s)
     rd = run_dir(out, name, ds)
     run = _load(rd, s)
@@ -194,7 +187,7 @@ def celeba_arrays(rd: str, run: LoadedRun, s: dict, res: dict) -> dict:
     if model.variant == "kl":
         try:
             grun = Run(rd, device="cpu")
-        except GenerateError as e:
+        except RunError as e:
             raise EvaluateError(str(e)) from None
         res["fig7"], fig7 = fig7_arrays(grun, s)
         arrays.update(fig7)
@@ -204,7 +197,7 @@ def celeba_arrays(rd: str, run: LoadedRun, s: dict, res: dict) -> dict:
 def fig7_arrays(grun: Run, s: dict, strength: float = 2.0):
     """Fig. 7 of a JMVAE-kl run, for a random Base and (when the data has Male) the same Base with
     Male = -strength ("Not Male"); per base b, columns: the Base and the Base with each attribute of
-    ``fig7_attrs`` set to +strength (generate.attribute_columns):
+    ``fig7_attrs`` set to +strength (runs.attribute_columns):
 
     * (a) ``fig7_avg_b`` (C, 3, H, W): the average faces, the mean of p(x|z_mean), z_mean the mean of
       q(z|w); ``fig7_rand_b`` (R, C, 3, H, W): random faces, z = z_mean + sigma * eps, one eps per row;

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import plots
 from .fsutil import write_json, write_text
+from .plan import WARMUP
 
 # The paper's Table 1 (full MNIST, 2,000 epochs; CelebA, 50 epochs): x from w, w from x
 PAPER = {"mnist": {"JMVAE": (-977.2, -0.2361), "JMVAE-kl": (-422.4, -0.2628), "JMVAE-h": (-552.2, -3.589),
@@ -269,8 +270,6 @@ def _fmt(v) -> str:
 
 def write_report(out: str, names: list, s: dict, figures: list, command: str, seconds: float) -> str:
     """OUT/report.md and OUT/tables.json; returns the report's path."""
-    from .reproduce import WARMUP  # noqa: PLC0415  (reproduce calls this module)
-
     ds = s.get("dataset", "mnist")
     ev = load_evals(out, names)
     t = tables(ev, ds)

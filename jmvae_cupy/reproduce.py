@@ -3,7 +3,7 @@
     python -m jmvae_cupy.reproduce mnist --out DIR [--epochs N] [--jobs J] [--quick] [--svg]
     python -m jmvae_cupy.reproduce celeba --data FILE.h5 --out DIR [--epochs N] [--jobs J] [--quick]
 
-1. **Train** every model of the plan (:data:`PLANS`), each with ``python -m jmvae_cupy.train`` into
+1. **Train** every model of the plan (jmvae_cupy/plan.py), each with ``python -m jmvae_cupy.train`` into
    DIR/DATASET-NAME, ``--jobs J`` at a time (one BLAS / Numba thread each when J > 1), each with its
    log in DIR/logs/.  MNIST: JMVAE, JMVAE-kl, JMVAE-h under both readings of its top layer, CVAE and
    CMMA in both directions, and the z = 2 models of Fig. 3 (warm-up over the first 10 % of the
@@ -33,7 +33,6 @@ test suite does, for MNIST and on a CelebA-layout file.  Errors: one line on std
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import signal
@@ -45,35 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .cli import guarded
 from .distributed import THREAD_VARS
+from .plan import PLANS, WARMUP, dataset_of, run_dir, settings_hash
 from .report import write_figures, write_report
 
-# (name, train arguments) per dataset.  MNIST: the runs of Table 1, the second reading of JMVAE-h,
-# and Fig. 3's z = 2 models.  CelebA: the runs of Table 1 and Fig. 7's VAE-GAN.
-MNIST_PLAN = [
-    ("jmvae", ["--variant", "jmvae"]),
-    ("kl", ["--variant", "kl"]),
-    ("h", ["--variant", "h"]),
-    ("h-z1top", ["--variant", "h", "--h-top", "z1"]),
-    ("cvae-label2image", ["--variant", "cvae", "--direction", "label2image"]),
-    ("cvae-image2label", ["--variant", "cvae", "--direction", "image2label"]),
-    ("cmma-label2image", ["--variant", "cmma", "--direction", "label2image"]),
-    ("cmma-image2label", ["--variant", "cmma", "--direction", "image2label"]),
-    ("jmvae-z2", ["--variant", "jmvae", "--latent", "2"]),
-    ("kl-z2", ["--variant", "kl", "--latent", "2"]),
-    ("h-z2", ["--variant", "h", "--latent", "2"]),
-]
-CELEBA_PLAN = [
-    ("jmvae", ["--variant", "jmvae"]),
-    ("kl", ["--variant", "kl"]),
-    ("h", ["--variant", "h"]),
-    ("cvae-label2image", ["--variant", "cvae", "--direction", "label2image"]),
-    ("cvae-image2label", ["--variant", "cvae", "--direction", "image2label"]),
-    ("cmma-label2image", ["--variant", "cmma", "--direction", "label2image"]),
-    ("cmma-image2label", ["--variant", "cmma", "--direction", "image2label"]),
-    ("kl-gan", ["--variant", "kl", "--gan"]),
-]
-PLANS = {"mnist": MNIST_PLAN, "celeba": CELEBA_PLAN}
-WARMUP = {"mnist": 0.1, "celeba": 0.4}  # the paper: 200 of 2,000 epochs (MNIST), 20 of 50 (CelebA)
 EVAL_WEIGHT = 0.1  # the progress bar counts an evaluation as this fraction of a run's epochs
 
 
@@ -121,14 +94,6 @@ def celeba_settings(args) -> dict:
             "latent": 0, "batch_size": 0, "samples": 10, "importance": 100, "repeats": 3, "iterations": 40,
             "ks": [0, 1, 5, 10, 20, 40], "fig6_ks": [0, 1, 2, 5, 10, 20, 40], "classifier_epochs": 5,
             "snapshot_every": max(1, e // 12), "pca_samples": 200}
-
-
-def dataset_of(s: dict) -> str:
-    return s.get("dataset", "mnist")
-
-
-def run_dir(out: str, name: str, dataset: str = "mnist") -> str:
-    return os.path.join(out, f"{dataset}-{name}")
 
 
 def train_argv(out: str, name: str, targs: list, s: dict) -> list:
@@ -219,10 +184,6 @@ class Plan:
                 p.wait()
         if self.failed:
             raise ReproduceError(f"{what} failed: {'; '.join(self.failed)}")
-
-
-def settings_hash(s: dict) -> str:
-    return hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _terminate(signum, frame):

@@ -34,6 +34,7 @@ from jmvae_cupy.backend import get_array_module
 
 from . import _cuda_reduce
 from ._dispatch import checked_arrays, launch, numba_cuda
+from .stable import sigmoid, softplus
 
 # Threads per block of the CUDA kernel (one block per row).  A power of two, for the tree
 # reduction; rows with D > BERNOULLI_THREADS are covered by a strided loop.
@@ -64,8 +65,6 @@ def bernoulli_loglik_forward(x, logits):
 
 def bernoulli_loglik_forward_ref(x, logits):
     """Reference in plain xp: (ll, r) as :func:`bernoulli_loglik_forward`, any namespace and dtype."""
-    from jmvae_cupy.layers.activations import sigmoid, softplus  # noqa: PLC0415  (no import cycle)
-
     ll = -(softplus(-logits) * x + softplus(logits) * (1.0 - x)).sum(axis=1)
     return ll, x - sigmoid(logits)
 

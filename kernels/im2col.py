@@ -23,8 +23,8 @@ kernel adds in the same order, with additions only (nothing to fuse into an FMA)
 exactly too.
 
 Inputs may be views of any layout (the conv layers pass NCHW arrays seen as NHWC): the kernels
-are compiled for layout 'A' and index through the strides.  Plain-xp oracles:
-``im2col_ref`` / ``col2im_ref`` (the functions of layers/im2col.py).
+are compiled for layout 'A' and index through the strides.  Plain-xp oracles: ``im2col_xp`` /
+``col2im_xp`` of layers/im2col.py (the layer's own path where the kernels do not pay).
 Derivation: docs/derivations/conv.md.  Checked by tests/kernels/test_im2col.py.
 """
 
@@ -81,25 +81,6 @@ def col2im(col, h: int, w: int, sy: int, sx: int, ph: int, pw: int, out=None):
         raise KernelArgumentError(f"col2im: out is {out.shape} {out.dtype}, expected {(N, h, w, C)} {col.dtype}")
     launch(xp, _col2im_cpu, _col2im_cuda, (col, out), (sy, sx, ph, pw))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Plain-xp references (the oracles of the tests): the functions of layers/im2col.py
-# --------------------------------------------------------------------------------------------
-
-
-def im2col_ref(x, kh, kw, sy, sx, ph, pw):
-    """Reference: a copy of a strided sliding-window view of the padded x."""
-    from jmvae_cupy.layers.im2col import im2col_xp  # noqa: PLC0415  (layers import this module)
-
-    return im2col_xp(x, kh, kw, sy, sx, ph, pw)
-
-
-def col2im_ref(col, h, w, sy, sx, ph, pw):
-    """Reference: the scatter, one strided slice added per tap (i outer, j inner)."""
-    from jmvae_cupy.layers.im2col import col2im_xp  # noqa: PLC0415
-
-    return col2im_xp(col, h, w, sy, sx, ph, pw)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from jmvae_cupy import plots, reproduce
+from jmvae_cupy.plan import CELEBA_PLAN, MNIST_PLAN
 
 FIGURES = ("fig3-latent.png", "fig4-chains.png", "fig5-vs-iterations.png", "learning-curves.png",
            "learning-curves-baselines.png", "trend.png")
@@ -38,7 +39,7 @@ def test_quick_plan_leaves_report_figures_and_tables(quick):
     cvae = [r for r in t["table1"] if r["model"] == "CVAE"]
     assert len(cvae) == 1 and {"label2image", "image2label"} <= set(cvae[0])  # both directions, one row
     assert "JMVAE-h [q(z2\\|z1)]" in report                                     # pipes escaped in cells
-    for name, _ in reproduce.MNIST_PLAN:
+    for name, _ in MNIST_PLAN:
         e = json.loads((quick / "eval" / f"{name}.json").read_text())
         assert e["checkpoint"].startswith("ckpt-000002-") and e["epoch"] == 2
     h = json.loads((quick / "eval" / "h.json").read_text())
@@ -123,7 +124,7 @@ def test_celeba_quick_plan_leaves_report_figures_and_tables(celeba_quick):
     assert {"JMVAE", "JMVAE-kl", "JMVAE-h", "CVAE", "CMMA", "JMVAE-kl + GAN"} <= set(rows)
     assert rows["JMVAE"]["paper"] == [-48763, -43.97] and rows["JMVAE-kl + GAN"]["paper"] == [None, None]
     assert rows["JMVAE"]["estimator"] == "eq5-iter2"  # K = the plan's iterations
-    for name, _ in reproduce.CELEBA_PLAN:
+    for name, _ in CELEBA_PLAN:
         e = json.loads((out / "eval" / f"{name}.json").read_text())
         assert e["dataset"] == "celeba" and e["epoch"] == 2 and e["checkpoint"].startswith("ckpt-000002-")
     gan = json.loads((out / "eval" / "kl-gan.json").read_text())

@@ -1,7 +1,7 @@
 """Architectures: the shapes of the two modalities, their likelihoods, and one network string per
 component, in the paper's notation (see jmvae_cupy/nets.py).
 
-An :class:`Arch` is built from a model config (models/config.py); ``MNIST`` and ``CELEBA`` are the
+An :class:`Arch` (models/arch.py) is built from a model config (models/config.py); ``MNIST`` and ``CELEBA`` are the
 appendix's two setups, from the built-in configs jmvae_cupy/configs/mnist.toml and celeba.toml.
 ``mnist_arch(hidden=8, ...)`` shrinks widths for tests; ``celeba_arch(size=32, width=0.25)`` gives
 the CelebA family at 64, 32 or 16 pixels and scaled widths.
@@ -10,51 +10,10 @@ the CelebA family at 64, 32 or 16 pixels and scaled widths.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from .arch import Arch
 from .config import builtin_arch
-
-
-@dataclass(frozen=True)
-class Arch:
-    """Everything that differs between datasets.
-
-    x_shape: shape of one image without N ((784,) or (3, 64, 64)); w_dim: label/attribute size.
-    Network strings: ``enc_x``/``enc_w`` the two branches of q(z|x,w), concatenated and then
-    ``enc_joint`` (may be empty); ``enc_x_uni``/``enc_w_uni`` the trunks of q(z|x), q(z|w);
-    ``dec_x``/``dec_w`` the decoders including their output layer; ``prior_z1`` the trunk of
-    p(z1|z2) and ``h_chain`` the deterministic chain of q(z2|x,w) on top of the joint trunk
-    (JMVAE-h).  ``latent``: size of z (z1 and z2 in JMVAE-h).
-    """
-
-    name: str
-    x_shape: tuple
-    w_dim: int
-    x_lik: object
-    w_lik: object
-    enc_x: str
-    enc_w: str
-    enc_joint: str
-    enc_x_uni: str
-    enc_w_uni: str
-    dec_x: str
-    dec_w: str
-    prior_z1: str
-    h_chain: str
-    latent: int
-
-    @property
-    def x_dim(self) -> int:
-        n = 1
-        for s in self.x_shape:
-            n *= s
-        return n
-
-    def with_latent(self, latent: int) -> Arch:
-        if latent < 1:
-            raise ValueError(f"latent size must be >= 1, got {latent}")
-        return replace(self, latent=int(latent))
-
 
 MNIST = builtin_arch("mnist", (784,), 10)     # jmvae_cupy/configs/mnist.toml
 CELEBA = builtin_arch("celeba", (3, 64, 64), 40)  # jmvae_cupy/configs/celeba.toml

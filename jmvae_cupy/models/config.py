@@ -33,6 +33,7 @@ from importlib import resources
 
 from ..distributions import LIKELIHOODS, likelihood
 from ..nets import _SHAPE, _TOKEN
+from .arch import Arch
 from .base import ModelError
 
 VARIANTS = ("jmvae", "kl", "h")
@@ -305,10 +306,8 @@ def output_layer(decoder: str, shape, outputs_per_feature: int) -> str:
 
 
 def arch_from_model(rec: dict, name: str = "data"):
-    """The :class:`~jmvae_cupy.models.architectures.Arch` of a model record (:func:`resolve`; a run's
+    """The :class:`~jmvae_cupy.models.arch.Arch` of a model record (:func:`resolve`; a run's
     config.json holds it as "model")."""
-    from .architectures import Arch  # noqa: PLC0415  (architectures builds its setups with this module)
-
     try:
         x_shape, w_dim = tuple(int(s) for s in rec["x_shape"]), int(rec["w_dim"])
         liks = {m: likelihood(rec[m]["likelihood"], rec[m].get("variance", 1.0)) for m in ("x", "w")}

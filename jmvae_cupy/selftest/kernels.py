@@ -56,8 +56,10 @@ from jmvae_cupy.kernels.bias_relu import (
 )
 from jmvae_cupy.kernels.finite import all_finite, all_finite_ref
 from jmvae_cupy.kernels.gauss_kl import gauss_kl_backward, gauss_kl_backward_ref, gauss_kl_forward, gauss_kl_forward_ref
-from jmvae_cupy.kernels.im2col import col2im, col2im_ref, im2col, im2col_ref
+from jmvae_cupy.kernels.im2col import col2im, im2col
 from jmvae_cupy.kernels.reparam import reparam_backward, reparam_backward_ref, reparam_forward, reparam_forward_ref
+from jmvae_cupy.layers.im2col import col2im_xp as col2im_ref
+from jmvae_cupy.layers.im2col import im2col_xp as im2col_ref
 
 DTYPES = (np.float32, np.float64)
 VAR_MIN, VAR_MAX = 1e-6, 1e4  # the variance range the kernels promise to handle
