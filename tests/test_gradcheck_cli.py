@@ -13,7 +13,9 @@ import pytest
 
 import jmvae_cupy.layers
 import jmvae_cupy.models
-from jmvae_cupy import gradcheck, gradcheck_cli
+from jmvae_cupy import gradcheck
+from jmvae_cupy.gradcheck import cli as gradcheck_cli
+from jmvae_cupy.gradcheck import index
 
 KERNELS = importlib.import_module("jmvae_cupy.kernels")  # installed from kernels/ (package_dir)
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,20 +139,20 @@ def test_discovery_finds_the_known_backwards():
 
 
 def test_every_backward_is_covered_by_a_check():
-    missing = sorted(discover_backwards() - set(gradcheck_cli.BACKWARDS))
+    missing = sorted(discover_backwards() - set(index.BACKWARDS))
     assert not missing, f"backward functions with no gradcheck entry: {missing}"
-    for backward, checks in gradcheck_cli.BACKWARDS.items():
+    for backward, checks in index.BACKWARDS.items():
         assert checks and all(c in gradcheck_cli.REGISTRY for c in checks), backward
 
 
 def _page_cases():
-    return sorted(discover_backwards() | set(gradcheck_cli.DERIVATIONS))
+    return sorted(discover_backwards() | set(index.DERIVATIONS))
 
 
 @pytest.mark.parametrize("backward", _page_cases())
 def test_every_backward_has_a_derivation_page(backward):
-    assert backward in gradcheck_cli.DERIVATIONS, f"{backward}: no page in gradcheck_cli.DERIVATIONS"
-    page = DERIV / gradcheck_cli.DERIVATIONS[backward]
+    assert backward in index.DERIVATIONS, f"{backward}: no page in gradcheck/index.py DERIVATIONS"
+    page = DERIV / index.DERIVATIONS[backward]
     if not page.exists() and page.name in EXTERNAL_PAGES:
         pytest.skip(f"{page.name} is not written yet (owned by another part of the project)")
     assert page.exists(), f"{backward}: {page} is missing"
@@ -164,9 +166,9 @@ def test_every_backward_has_a_derivation_page(backward):
 
 
 def test_derivation_index_links_every_page():
-    index = (DERIV / "README.md").read_text()
-    for page in set(gradcheck_cli.DERIVATIONS.values()) | {"adam.md", "objectives.md"}:
-        assert f"({page})" in index, f"docs/derivations/README.md does not link {page}"
+    readme = (DERIV / "README.md").read_text()
+    for page in set(index.DERIVATIONS.values()) | {"adam.md", "objectives.md"}:
+        assert f"({page})" in readme, f"docs/derivations/README.md does not link {page}"
 
 
 def test_adam_check_sees_a_wrong_step(monkeypatch, capsys):
@@ -190,13 +192,13 @@ def test_adam_check_sees_a_wrong_step(monkeypatch, capsys):
     assert gradcheck.main(["adam"]) == 0
 
 
-def test_python_m_gradcheck_cli_runs_the_same_command():
-    """``python -m jmvae_cupy.gradcheck_cli --all`` did nothing and exited 0 (no __main__ block): a silent
-    "pass".  It now is the same command as ``python -m jmvae_cupy.gradcheck``."""
-    r = subprocess.run([sys.executable, "-m", "jmvae_cupy.gradcheck_cli", "relu"],
+def test_python_m_gradcheck_runs_the_command():
+    """``python -m jmvae_cupy.gradcheck`` (the package's __main__): a check by name, and no names at all
+    (exit 2 with the usage line, not a silent pass)."""
+    r = subprocess.run([sys.executable, "-m", "jmvae_cupy.gradcheck", "relu"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and "all 1 checks passed" in r.stdout, r.stdout + r.stderr
-    r = subprocess.run([sys.executable, "-m", "jmvae_cupy.gradcheck_cli"],
+    r = subprocess.run([sys.executable, "-m", "jmvae_cupy.gradcheck"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "name checks to run, or --all" in r.stderr, r.stdout + r.stderr
 

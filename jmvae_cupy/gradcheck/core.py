@@ -1,6 +1,8 @@
 """Finite-difference gradient checking (float64, central differences).
 
-The check of a backward pass, as the tests and ``python -m jmvae_cupy.gradcheck`` run it:
+The core of the gradient checks (jmvae_cupy/gradcheck/: this module, the registry of checks, their
+index and the command).  The check of a backward pass, as the tests and ``python -m
+jmvae_cupy.gradcheck`` run it:
 
 1. pick float64 inputs off zero mean / unit scale and a *random* upstream gradient ``dy``
    (never all ones: a batch-norm bug hides behind ``sum()``);
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .backend import get_array_module
+from ..backend import get_array_module
 
 
 def rel_error(a, n) -> float:
@@ -97,20 +99,3 @@ def dot(a, b) -> float:
     """<a, b> as a Python float (the scalar L = <f(x), dy>)."""
     xp = get_array_module(a, b)
     return float(xp.sum(a * b))
-
-
-def main(argv=None) -> int:
-    """``python -m jmvae_cupy.gradcheck [NAME ... | --all] [--list]``: see jmvae_cupy/gradcheck_cli.py
-    (= ``python -m jmvae_cupy.gradcheck_cli``).  Ctrl-C, also while the library is imported: one line, 130."""
-    from .cli import guarded  # noqa: PLC0415
-
-    def run() -> int:
-        from .gradcheck_cli import main as cli_main  # noqa: PLC0415  (the registry imports the whole library)
-
-        return cli_main(argv)
-
-    return guarded(run)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,7 @@
+"""python -m jmvae_cupy.gradcheck"""
+
+import sys
+
+from . import main
+
+sys.exit(main())
