@@ -439,7 +439,8 @@ CATEGORIES = [  # (category, predicate on (file, function)) -- first match wins
      or "kernels/_dispatch.py" in f),
     ("optimiser", lambda f, fn: "kernels/adam.py" in f or f.endswith("jmvae_cupy/optim.py")),
     ("elementwise (act., lik., bn)", lambda f, fn: f.endswith(("activations.py", "distributions.py", "batchnorm.py",
-                                                                "kernels/bias_relu.py", "kernels/bernoulli.py"))),
+                                                                "kernels/bias_relu.py", "kernels/bernoulli.py",
+                                                                "kernels/stable.py"))),
     ("numpy builtins (reductions, concat, alloc)", lambda f, fn: f == "~" or "numpy" in f),
     ("rng", lambda f, fn: f.endswith("jmvae_cupy/rng.py")),
 ]
