@@ -441,7 +441,7 @@ def _crc(arrays: dict, crc: int = 0) -> int:
 
 
 class DataParallel:
-    """What the Trainer does differently with P ranks (train.py calls it only when --distributed).
+    """What the Trainer does differently with P ranks (train/trainer.py calls it only when --distributed).
 
     exact_noise: every rank draws the global batch's noise and keeps its rows (:class:`GlobalNoiseRng`).
     ordered_reduce: the step's buffer is averaged with ``comm.allreduce_mean_ordered_`` (rank order).

@@ -1,5 +1,5 @@
 """Whether every element of a set of arrays is finite: the training loop's guard against a NaN or
-inf gradient, checked before each Adam update (jmvae_cupy/train.py, docs/reliability.md).
+inf gradient, checked before each Adam update (jmvae_cupy/train/step.py, docs/reliability.md).
 
 Public API:
 

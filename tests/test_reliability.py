@@ -153,17 +153,17 @@ def test_a_non_finite_term_or_gradient_alone_stops_the_run_before_the_update(tmp
 
 def test_the_guard_reads_everything_in_one_all_finite_call_per_step(tmp_path, monkeypatch):
     """One call a step with the loss, each term and each gradient (on a GPU: one host read)."""
-    from jmvae_cupy import train
+    from jmvae_cupy.train import step
 
     calls = []
-    real = train.all_finite
+    real = step.all_finite
 
     def spy(arrays):
         arrays = list(arrays)
         calls.append(len(arrays))
         return real(arrays)
 
-    monkeypatch.setattr(train, "all_finite", spy)
+    monkeypatch.setattr(step, "all_finite", spy)
     assert main(ONE_EPOCH + ["--out", str(tmp_path / "run")]) == 0
     n_params = 34  # MNIST JMVAE-kl
     n_terms = 6  # rec_x, rec_w, kl, kl_x, kl_w, elbo
@@ -172,14 +172,11 @@ def test_the_guard_reads_everything_in_one_all_finite_call_per_step(tmp_path, mo
 
 def test_the_guard_takes_python_numbers_for_the_loss_and_terms():
     """A loss or term that is a Python float (a custom model's, say) is checked like a 0-d array."""
-    from types import SimpleNamespace
+    from jmvae_cupy.train import NonFiniteError, check_finite
 
-    from jmvae_cupy.train import NonFiniteError, Trainer
-
-    at = SimpleNamespace(epoch=0, step=0)
     grads = {"g": np.ones(3, np.float32)}
-    Trainer._check_finite(at, 1.5, {"rec": 2.0, "kl": np.float32(0.5)}, grads)
+    check_finite(1.5, {"rec": 2.0, "kl": np.float32(0.5)}, grads)
     with pytest.raises(NonFiniteError, match=r"terms: rec\)"):
-        Trainer._check_finite(at, 1.5, {"rec": float("nan"), "kl": np.float32(0.5)}, grads)
+        check_finite(1.5, {"rec": float("nan"), "kl": np.float32(0.5)}, grads, "epoch 1, step 1")
     with pytest.raises(NonFiniteError, match=r"terms: loss\)"):
-        Trainer._check_finite(at, float("inf"), {"rec": 2.0}, grads)
+        check_finite(float("inf"), {"rec": 2.0}, grads)

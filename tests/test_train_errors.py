@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from jmvae_cupy import checkpoint, train
-from jmvae_cupy.train import main
+from jmvae_cupy import checkpoint
+from jmvae_cupy.train import main, rundir, trainer
 
 ONE = ["mnist", "--variant", "kl", "--epochs", "1", "--train-subset", "300", "--no-progress", "--device", "cpu"]
 
@@ -68,15 +68,15 @@ def test_non_finite_test_terms_stop_before_the_epoch_is_written(tmp_path, capsys
 
 
 def test_a_full_disk_is_one_line_and_a_resume_then_completes(tmp_path, capsys, monkeypatch):
-    real, run = train.save_checkpoint, tmp_path / "run"
+    real, run = trainer.save_checkpoint, tmp_path / "run"
 
     def full(out, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", os.path.join(out, ".ckpt-x.tmp"))
 
-    monkeypatch.setattr(train, "save_checkpoint", full)
+    monkeypatch.setattr(trainer, "save_checkpoint", full)
     assert main(ONE + ["--out", str(run)]) == 1
     assert _last_err(capsys) == f"error: {run / '.ckpt-x.tmp'}: No space left on device"
-    monkeypatch.setattr(train, "save_checkpoint", real)
+    monkeypatch.setattr(trainer, "save_checkpoint", real)
     assert main(ONE + ["--out", str(run), "--resume"]) == 0
     assert _epochs(run) == [1]
 
@@ -93,7 +93,7 @@ def test_ctrl_c_before_training_starts_is_one_line_and_130(tmp_path, capsys, mon
     def interrupted(config, dtype):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "make_source", interrupted)
+    monkeypatch.setattr(trainer, "make_source", interrupted)
     run = tmp_path / "run"
     assert main(ONE + ["--out", str(run)]) == 130
     assert _last_err(capsys) == "error: interrupted"
@@ -113,7 +113,7 @@ def test_bad_options(tmp_path, capsys, args, message):
 def test_a_second_process_cannot_train_in_the_same_directory(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    held = train.lock_run_dir(str(run))  # (flock: a second open file description conflicts, same process too)
+    held = rundir.lock_run_dir(str(run))  # (flock: a second open file description conflicts, same process too)
     try:
         assert main(ONE + ["--out", str(run), "--resume"]) == 1
         assert _last_err(capsys) == f"error: {run} is in use by another training process (pid {os.getpid()})"
@@ -132,27 +132,27 @@ def test_a_trainer_refused_by_the_lock_leaves_the_new_directory_of_the_one_that_
     def racing_mkdir(path, *a, **k):
         if os.fspath(path) == str(run) and not won:
             real_mkdir(path)
-            won["lock"] = train.lock_run_dir(str(run))  # (the winner)
+            won["lock"] = rundir.lock_run_dir(str(run))  # (the winner)
         return real_mkdir(path, *a, **k)
 
     monkeypatch.setattr(os, "mkdir", racing_mkdir)
     try:
         assert main(ONE + ["--out", str(run)]) == 1
         assert "is in use by another training process" in _last_err(capsys)
-        assert sorted(os.listdir(run)) == [train.LOCK_NAME]  # the winner's directory and lock, untouched
+        assert sorted(os.listdir(run)) == [rundir.LOCK_NAME]  # the winner's directory and lock, untouched
     finally:
         won["lock"].close()
 
 
 def test_the_last_epochs_samples_are_written_before_its_checkpoint(tmp_path, monkeypatch):
     """A run killed between the two redoes the epoch (and its PNG); the other order lost the PNG."""
-    real, run, seen = train.save_checkpoint, tmp_path / "run", []
+    real, run, seen = trainer.save_checkpoint, tmp_path / "run", []
 
     def spy(out, epoch, step, *a, **k):
         seen.append((epoch, step, (run / f"samples-e{epoch:04d}.png").exists()))
         return real(out, epoch, step, *a, **k)
 
-    monkeypatch.setattr(train, "save_checkpoint", spy)
+    monkeypatch.setattr(trainer, "save_checkpoint", spy)
     assert main(ONE + ["--epochs", "2", "--sample-every", "5", "--out", str(run)]) == 0
     assert seen == [(1, 0, False), (2, 0, True)]  # epoch 1: no PNG due; epoch 2 (the last): PNG first
 
@@ -176,7 +176,7 @@ def test_damaged_metrics_lines_are_dropped_on_resume(tmp_path):
     good = [json.dumps({"epoch": 1}), json.dumps({"epoch": 2})]
     path.write_bytes("\n".join([good[0], "[1, 2]", "5", '{"epoch": "x"}', good[1], '{"epoch": 3}']).encode()
                      + b"\n\xff\xfe{\n" + b'{"epo')
-    assert train._metrics_lines_up_to(str(path), 2) == [good[0] + "\n", good[1] + "\n"]
+    assert rundir.metrics_lines_up_to(str(path), 2) == [good[0] + "\n", good[1] + "\n"]
 
 
 def test_a_diverging_run_prints_the_guards_line_and_no_numpy_warnings(tmp_path, capsys):

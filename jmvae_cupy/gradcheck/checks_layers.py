@@ -230,7 +230,6 @@ def _gauss_kl_prior():
     return compare(loss, {"mu1": mu1, "var1": var1}, {"mu1": dmu1, "var1": dvar1})
 
 
-
 # --------------------------------------------------------------------------------------------
 # Adam: not a backward pass.  Three steps of optim.Adam against Algorithm 1 written out.
 # --------------------------------------------------------------------------------------------
@@ -260,7 +259,6 @@ def _adam():
     return out
 
 
-
 # --------------------------------------------------------------------------------------------
 # Convolution stack
 # --------------------------------------------------------------------------------------------
@@ -279,7 +277,6 @@ def _strided_check(module, name, seed, x_shape, W_shape, b_shape, stride, pad, m
     return compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
 
 
-
 @register("conv2d", 1e-7, "x (2,3,7,6) * W (4,3,3,2), stride (2,1), pad (1,0), bias",
           covers=("jmvae_cupy.layers.conv.conv2d_backward",))
 def _conv2d():
@@ -289,7 +286,6 @@ def _conv2d():
           covers=("jmvae_cupy.layers.conv.conv2d_backward",))
 def _conv2d_winograd():
     return _strided_check(conv, "conv2d", 32, (2, 5, 8, 12), (6, 5, 4, 4), (6,), 2, 1, "winograd")
-
 
 
 @register("deconv2d", 1e-7, "x (2,3,4,5) transposed-conv W (3,2,3,4), stride 2, pad (1,2), bias",

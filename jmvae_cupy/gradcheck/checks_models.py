@@ -141,7 +141,6 @@ for _v in ("cvae", "cmma"):
                         direction=_d, what=f"{_v.upper()} {_d}")
 
 
-
 # --------------------------------------------------------------------------------------------
 # The VAE-GAN terms (models/gan.py): L_D w.r.t. the discriminator and its inputs, L_G w.r.t. the decoder
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ What each step must show:
   unchanged and epoch 3 follows; the test bound improved from epoch 1 to epoch 3; and (unless
   ``compare`` is off: ``--quick``, three epochs fewer) the parameters equal those of an
   uninterrupted 3-epoch run of the same seed: bit for bit on the CPU (the data order, binarisation
-  and noise come from checkpointed RNG streams: train.py), within 1e-5 of the largest parameter on a
+  and noise come from checkpointed RNG streams: train/trainer.py), within 1e-5 of the largest parameter on a
   GPU (where a library may add in another order from run to run; a resume that lost Adam's moments
   or an RNG state is off by about lr = 1e-3);
 * evaluate: exit 0 and finite estimates of both directions, label->image and image->label, for the
