@@ -161,7 +161,7 @@ def config_from_args(args) -> dict:
         if not (args.width_scale > 0 and np.isfinite(args.width_scale)):
             raise TrainError(f"--width-scale must be positive, got {args.width_scale}")
         extra = {"data": os.path.abspath(args.data), "width_scale": args.width_scale}
-        if args.gan:  # only then in the config: runs without the GAN keep their old configs
+        if args.gan:  # only then in the config (a config without "gan" means no GAN)
             args.gan_weight = 1.0 if args.gan_weight is None else args.gan_weight
             if not (args.gan_weight >= 0 and np.isfinite(args.gan_weight)):
                 raise TrainError(f"--gan-weight must be >= 0, got {args.gan_weight}")
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
             dist = DataParallel(init_distributed(args.device), exact_noise=args.exact_noise,
                                 ordered_reduce=args.ordered_reduce)
             config["distributed"] = {"ranks": dist.comm.size, "exact_noise": args.exact_noise}
-            if args.ordered_reduce:  # only then in the config: older distributed runs keep theirs
+            if args.ordered_reduce:  # only then in the config (without it: the all-reduce)
                 config["distributed"]["ordered_reduce"] = True
             P, K = dist.comm.size, args.micro_batches
             if config["batch_size"] % (P * K):  # the same on every rank: rank 0 says it
