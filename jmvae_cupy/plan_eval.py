@@ -50,7 +50,9 @@ def classifier_path(out: str) -> str:
 
 def ensure_classifier(out: str, s: dict, log=print):
     """The plan's coherence classifier (MNIST digits, or the attributes of the CelebA file), trained
-    once into OUT/classifier (its cache)."""
+    once into OUT/classifier (its cache); None for pairs of your own (no classifier of their w)."""
+    if dataset_of(s) == "data":
+        return None
     if dataset_of(s) == "celeba":
         from .data.celeba import open_celeba  # noqa: PLC0415  (h5py: only for CelebA)
 
@@ -61,6 +63,8 @@ def ensure_classifier(out: str, s: dict, log=print):
 
 
 def _classifier(out: str, s: dict):
+    if dataset_of(s) == "data":
+        return None
     files = sorted(glob.glob(os.path.join(classifier_path(out), f"classifier-{dataset_of(s)}-*.h5")))
     if not files:
         raise EvaluateError(f"no classifier in {classifier_path(out)} (python -m jmvae_cupy.reproduce trains it)")
@@ -142,14 +146,18 @@ def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
     res = {"name": name, "dataset": ds, "iterations": iterations, "variant": cfg["variant"],
            "h_top": cfg.get("h_top", "chain"), "latent": cfg["latent"], "gan": bool(cfg.get("gan")),
            "direction": cfg["direction"], "epoch": run.epoch, "checkpoint": os.path.basename(run.checkpoint),
-           "settings_hash": h, "test_size": int(run.x.shape[0]), "classifier_accuracy": clf.meta["test_accuracy"],
+           "settings_hash": h, "test_size": int(run.x.shape[0]),
+           "classifier_accuracy": clf.meta["test_accuracy"] if clf else None,
            "estimates": {d: {k: {"mean": m, "std": sd, "repeats": v} for k, (m, sd, v) in e.items()}
                          for d, e in est.items()},
-           "coherence": {init: coherence_run(model, run.x, run.w, clf, s["ks"], init)
-                         for init in (INITS if cfg["variant"] in ("jmvae", "h") and ds == "mnist" else ("zeros",))}}
+           "coherence": {} if clf is None else  # (pairs of your own: no classifier of their w)
+           {init: coherence_run(model, run.x, run.w, clf, s["ks"], init)
+            for init in (INITS if cfg["variant"] in ("jmvae", "h") and ds == "mnist" else ("zeros",))}}
     arrays = {}
     if ds == "celeba":
         arrays = celeba_arrays(rd, run, s, res)
+    elif ds == "data":
+        arrays = data_arrays(run, s, res)
     elif cfg["variant"] in ("jmvae", "kl", "h"):
         res["diagnostics"] = diagnose(model, run.x, run.w, Rng([0, 27]))
         if cfg["latent"] == 2:
@@ -192,6 +200,31 @@ def celeba_arrays(rd: str, run: LoadedRun, s: dict, res: dict) -> dict:
         res["fig7"], fig7 = fig7_arrays(grun, s)
         arrays.update(fig7)
     return arrays
+
+
+def data_arrays(run: LoadedRun, s: dict, res: dict) -> dict:
+    """Pairs of your own whose x are images (data/paired.py image_view): Fig. 4's chain of a JMVAE-family
+    run, ``chain_PATH`` (len(ks), C, H, W) or (len(ks), C, 3, H, W) scaled to [0, 1], generated from
+    each class of a categorical w (else from the w of the first ten test pairs); none otherwise."""
+    from .data.paired import image_view, open_paired  # noqa: PLC0415
+
+    model = run.model
+    d = open_paired(run.config["data"])
+    view = image_view(d.x_shape)
+    if model.variant not in ("jmvae", "kl", "h") or view is None:
+        return {}
+    if model.arch.w_lik.name == "categorical":
+        w, labels = np.eye(d.w_dim, dtype=model.dtype), list(d.w_names or [f"w{i}" for i in range(d.w_dim)])
+    else:
+        t = d.test_idx[:10]
+        w, labels = d.rows(t, model.dtype)[1], [f"test {i}" for i in range(len(t))]
+    lo, hi = d.x_stats["min"], d.x_stats["max"]
+    res["chain_ks"], res["chain_columns"] = list(s["ks"]), labels
+    out = {}
+    for p in coherence_paths(model):
+        c = generation_chain(model, s["ks"], path=p, w=w)
+        out[f"chain_{p}"] = np.clip((c.reshape(c.shape[:2] + view) - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+    return out
 
 
 def fig7_arrays(grun: Run, s: dict, strength: float = 2.0):

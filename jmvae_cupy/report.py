@@ -22,7 +22,8 @@ PAPER = {"mnist": {"JMVAE": (-977.2, -0.2361), "JMVAE-kl": (-422.4, -0.2628), "J
 MODEL = {"jmvae": "JMVAE", "kl": "JMVAE-kl", "h": "JMVAE-h", "cvae": "CVAE", "cmma": "CMMA"}
 PATH = {"z1": "z1 ~ q(z1|x,w)", "top": "z2 ~ q(z2|x,w), z1 ~ p(z1|z2)"}
 CHANCE = 0.1  # ten balanced digits
-W_NAME = {"mnist": "label", "celeba": "attributes"}
+W_NAME = {"mnist": "label", "celeba": "attributes", "data": "w"}
+TITLE = {"mnist": "MNIST", "celeba": "CelebA", "data": "pairs of your own"}
 
 
 def load_evals(out: str, names: list) -> dict:
@@ -82,6 +83,8 @@ def write_figures(out: str, names: list, s: dict, svg: bool = False) -> list:
 
     if ds == "celeba":
         _celeba_figures(out, ev, save)
+    elif ds == "data":
+        _data_figures(out, ev, save)
     else:
         _mnist_figures(out, ev, save, s.get("trend_k"))
     # learning curves: the JMVAE family and the one-directional baselines apart (their bounds differ in scale)
@@ -146,6 +149,23 @@ def _mnist_figures(out: str, ev: dict, save, trend_k) -> None:
     trend_panels = _trend_panels(ev, trend_k)
     if trend_panels:
         save(plots.metric_vs_epoch, "trend.png", trend_panels)
+
+
+def _data_figures(out: str, ev: dict, save) -> None:
+    """Pairs of your own whose x are images: Fig. 4's chains (images generated from each class of w,
+    or from the w of test pairs, after K iterations), one panel per model and path."""
+    chains, rows, cols = {}, {}, {}
+    for n, e in sorted(ev.items(), key=lambda kv: ORDER[kv[1]["variant"]]):
+        z = _npz(out, n)
+        for key in sorted((k for k in (z.files if z is not None else []) if k.startswith("chain_")),
+                          key=lambda k: k != "chain_z1"):
+            title = label(e, key[6:] if e["variant"] == "h" else None)
+            chains[title] = z[key]
+            rows[title] = ["q(z|w)"] if e["variant"] == "kl" else [f"K={k}" for k in e["chain_ks"]]
+            cols[title] = e["chain_columns"]
+    if chains:
+        save(plots.generation_chains, "fig4-chains.png", chains, row_labels=rows, col_labels=cols,
+             xlabel="generated from w", ylabel="iterations")
 
 
 def _celeba_figures(out: str, ev: dict, save) -> None:
@@ -222,7 +242,7 @@ def tables(ev: dict, dataset: str = "mnist") -> dict:
     """Table 1 rows (a baseline's two directions merged into one row), the joint bounds, coherence
     rows (label -> image first) and diagnostics rows, as plain data."""
     t1, joint, coh, diag = {}, [], [], []
-    evs = sorted((e for e in ev.values() if e["latent"] != 2),
+    evs = sorted((e for e in ev.values() if not e["name"].endswith("-z2")),  # (Fig. 3's z = 2 runs: no table)
                  key=lambda e: (ORDER[e["variant"]], e.get("h_top", "chain"), e["direction"] or ""))
     for e in evs:
         l2i = e["estimates"].get("label2image", {})  # (the joint bound is the same number in both directions)
@@ -231,7 +251,8 @@ def tables(ev: dict, dataset: str = "mnist") -> dict:
         for d, ests in e["estimates"].items():
             for name, v in ests.items():
                 if not name.endswith("-joint") and not name.startswith(("iw", "snis")):
-                    paper = (None, None) if e.get("gan") else PAPER[dataset][MODEL[e["variant"]]]
+                    paper = (None, None) if e.get("gan") else PAPER.get(dataset, {}).get(MODEL[e["variant"]],
+                                                                                          (None, None))
                     row = t1.setdefault((label(e), name), {"model": label(e), "estimator": name, "paper": paper})
                     row[d] = v
         for d in ("label2image", "image2label"):
@@ -274,15 +295,17 @@ def write_report(out: str, names: list, s: dict, figures: list, command: str, se
     ev = load_evals(out, names)
     t = tables(ev, ds)
     acc = next(iter(ev.values()))["classifier_accuracy"] if ev else None
-    acc = float(np.mean(acc)) if acc is not None else float("nan")
+    acc = float(np.mean(acc)) if acc is not None else float("nan")  # (pairs of your own: no classifier)
     ks = [str(k) for k in s["ks"]]
     wn = W_NAME[ds]
-    paper_note = {"mnist": "the full MNIST after 2,000 epochs",
+    paper_note = {"data": "MNIST and CelebA only (—: none for data of your own)",
+                  "mnist": "the full MNIST after 2,000 epochs",
                   "celeba": "the full CelebA (191,899 faces, 64x64) after 50 epochs, K = 40"}[ds]
-    L = [f"# JMVAE on {'MNIST' if ds == 'mnist' else 'CelebA'}: the paper's Table 1, coherence and figures", "",
+    L = [f"# JMVAE on {TITLE[ds]}: the paper's Table 1, coherence and figures", "",
          f"Command: `{command}`  ",
          f"Budget: {s['epochs']} epochs per run, warm-up over the first {100 * WARMUP[ds]:.0f} %; test "
-         f"{'digits' if ds == 'mnist' else 'faces'}: {next(iter(ev.values()))['test_size'] if ev else '—'}; "
+         f"{ {'mnist': 'digits', 'celeba': 'faces'}.get(ds, 'pairs')}: "
+         f"{next(iter(ev.values()))['test_size'] if ev else '—'}; "
          f"N = {s['samples']} samples, R = {s['repeats']} repeats (mean ± std), S = {s['importance']} importance "
          "samples" + (f"; networks at {s['width_scale']} of the paper's width" if s.get("width_scale", 1) != 1
                       else "") + ".  ",
@@ -310,7 +333,9 @@ def write_report(out: str, names: list, s: dict, figures: list, command: str, se
                   "reads from a generated face with the sign of the attributes it was generated from (its mean "
                   f"accuracy on the real test faces, the ceiling: {acc:.3f}).  image -> attributes: the fraction of "
                   "generated attributes with the right sign.  K: iterations of the paper's iterative sampling "
-                  "(JMVAE, JMVAE-h) from a zero image."}[ds]
+                  "(JMVAE, JMVAE-h) from a zero image.",
+        "data": "Not measured: coherence needs a classifier of the data's w, which the library trains for MNIST's "
+                "digits and CelebA's attributes only."}[ds]
     L += ["", "## Cross-modal coherence", "", coh_text, "",
           "| model | init | direction | " + " | ".join(f"K={k}" for k in ks) + " |",
           "|---|---|---|" + "---|" * len(ks)]
@@ -328,7 +353,7 @@ def write_report(out: str, names: list, s: dict, figures: list, command: str, se
             enc = r["encoder"]
             L.append(f"| {_md(r['model'])} | {layers} | {enc['label_kl']:.2f} | {enc['image_kl']:.1f} | "
                      f"{r['zero_image']['pairwise_kl']:.2f} | {ro} |")
-    L += ["", "## The paper's claims, checked", ""] + (claims(t, s) if ds == "mnist" else celeba_claims(t, s))
+    L += ["", "## The paper's claims, checked", ""] + (claims(t, s) if ds == "mnist" else estimate_claims(t, s, wn))
     L += ["", "## Figures", ""]
     L += [f"![{os.path.basename(p)}](figures/{os.path.basename(p)})" for p in figures]
     path = os.path.join(out, "report.md")
@@ -358,10 +383,10 @@ def claims(t: dict, s: dict) -> list:
     return lines
 
 
-def celeba_claims(t: dict, s: dict) -> list:
-    """CelebA's claims (the lower half of the paper's Table 1 and Fig. 6), with our numbers and the
-    rule that decides each: the attributes -> image estimates, after K = iterations for JMVAE and
-    JMVAE-h, and image -> attributes against the baselines."""
+def estimate_claims(t: dict, s: dict, wn: str = "attributes") -> list:
+    """The claims read from Table 1 alone (CelebA, the lower half of the paper's table; pairs of your
+    own), with our numbers and the rule that decides each: the w -> image estimates, after K =
+    iterations for JMVAE and JMVAE-h, and image -> w against the baselines (``wn``: what w is)."""
     k = s["iterations"]
     est = {}
     for r in t["table1"]:
@@ -372,7 +397,7 @@ def celeba_claims(t: dict, s: dict) -> list:
     jm, kl, h = (est.get((m, "label2image")) for m in ("JMVAE", "JMVAE-kl", "JMVAE-h"))
     if jm is None or kl is None:
         return ["(JMVAE and JMVAE-kl runs are needed to check the claims.)"]
-    lines = [f"Rule: the attributes -> image estimates of the table (JMVAE and JMVAE-h after K = {k} iterations); "
+    lines = [f"Rule: the {wn} -> image estimates of the table (JMVAE and JMVAE-h after K = {k} iterations); "
              "JMVAE collapses when its estimate is more than 1 % below JMVAE-kl's (the paper: 7 times lower), and a "
              "model prevents the collapse when its estimate is nearer JMVAE-kl's than JMVAE's.", "",
              f"- **The missing-modality collapse (JMVAE)**: {jm:.1f} against JMVAE-kl's {kl:.1f} nats: "
@@ -383,7 +408,7 @@ def celeba_claims(t: dict, s: dict) -> list:
     base = [v for (m, d), v in est.items() if d == "image2label" and m in ("CVAE", "CMMA")]
     mine = est.get(("JMVAE-kl", "image2label"))
     if base and mine is not None:
-        lines.append(f"- **JMVAE-kl's image -> attributes is as good as the one-directional baselines'**: {mine:.2f} "
+        lines.append(f"- **JMVAE-kl's image -> {wn} is as good as the one-directional baselines'**: {mine:.2f} "
                      f"against the best baseline's {max(base):.2f} nats: "
                      + ("**holds here**." if mine >= max(base) - 0.01 * abs(max(base)) else "**does not hold here**.")
                      + " (within 1 %)")

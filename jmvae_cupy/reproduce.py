@@ -2,6 +2,7 @@
 
     python -m jmvae_cupy.reproduce mnist --out DIR [--epochs N] [--jobs J] [--quick] [--svg]
     python -m jmvae_cupy.reproduce celeba --data FILE.h5 --out DIR [--epochs N] [--jobs J] [--quick]
+    python -m jmvae_cupy.reproduce data --data PAIRS.h5 [--config MODEL.toml] --out DIR [...]   (docs/data.md)
 
 1. **Train** every model of the plan (jmvae_cupy/plan.py), each with ``python -m jmvae_cupy.train`` into
    DIR/DATASET-NAME, ``--jobs J`` at a time (one BLAS / Numba thread each when J > 1), each with its
@@ -9,7 +10,8 @@
    CMMA in both directions, and the z = 2 models of Fig. 3 (warm-up over the first 10 % of the
    epochs, the paper's 200 of 2,000; default 300 epochs).  CelebA: JMVAE, JMVAE-kl, JMVAE-h, CVAE
    and CMMA in both directions, and JMVAE-kl with the GAN of Fig. 7 (warm-up over the first 40 %,
-   the paper's 20 of 50; default 50 epochs).  A snapshot every ``--epochs / 12``.
+   the paper's 20 of 50; default 50 epochs).  Pairs of your own: the runs of Table 1 (100 epochs,
+   warm-up over 10 %; no coherence, which needs a classifier of w).  A snapshot every ``--epochs / 12``.
 2. **Evaluate** each finished run (jmvae_cupy/plan_eval.py) into DIR/eval/NAME.json: the paper's
    estimators (mean and spread over repeats), the importance-weighted ones, coherence after K
    iterations, and the arrays of the figures (DIR/eval/NAME.npz).  MNIST also: JMVAE-h along both
@@ -58,6 +60,8 @@ def settings(args) -> dict:
     """Everything that decides the numbers (the evaluation JSONs record its hash)."""
     if args.dataset == "celeba":
         return celeba_settings(args)
+    if args.dataset == "data":
+        return data_settings(args)
     if args.quick:
         return {"epochs": args.epochs or 2, "train_subset": 500, "test_size": 200, "samples": 2, "importance": 5,
                 "repeats": 2, "ks": [0, 1, 2], "fig5_ks": [0, 1, 2], "trend_k": 2, "classifier_epochs": 2,
@@ -66,6 +70,28 @@ def settings(args) -> dict:
     return {"epochs": e, "train_subset": 0, "test_size": args.test_size, "samples": 10, "importance": 100,
             "repeats": 3, "ks": [0, 1, 5, 10, 20], "fig5_ks": [0, 1, 2, 3, 5, 10, 20], "trend_k": 10,
             "classifier_epochs": 20, "snapshot_every": max(1, e // 12)}
+
+
+def data_settings(args) -> dict:
+    """Settings for pairs of your own: the paper's estimators and importance sampling, K = 10
+    iterations; no coherence (it needs a classifier of the data's w)."""
+    if not args.data:
+        raise ReproduceError("data needs --data FILE (an .h5 or .npz file of pairs x, w: docs/data.md)")
+    from .data.errors import DataError  # noqa: PLC0415
+    from .data.paired import open_paired  # noqa: PLC0415
+
+    try:
+        open_paired(args.data)
+    except DataError as e:
+        raise ReproduceError(str(e)) from None
+    common = {"dataset": "data", "data": os.path.abspath(args.data), "train_subset": 0,
+              "config": os.path.abspath(args.config) if args.config else None, "test_size": args.test_size}
+    if args.quick:
+        return {**common, "epochs": args.epochs or 2, "samples": 2, "importance": 3, "repeats": 2, "iterations": 2,
+                "ks": [0, 2], "snapshot_every": 1}
+    e = args.epochs or 100
+    return {**common, "epochs": e, "samples": 10, "importance": 100, "repeats": 3, "iterations": 10,
+            "ks": [0, 1, 5, 10], "snapshot_every": max(1, e // 12)}
 
 
 def celeba_settings(args) -> dict:
@@ -105,6 +131,8 @@ def train_argv(out: str, name: str, targs: list, s: dict) -> list:
             "--sample-every", str(s["snapshot_every"]), "--no-progress", "--out", rd]
     if s["train_subset"]:
         argv += ["--train-subset", str(s["train_subset"])]
+    if ds == "data":
+        argv += ["--data", s["data"]] + (["--config", s["config"]] if s["config"] else [])
     if ds == "celeba":
         argv += ["--data", s["data"], "--width-scale", str(s["width_scale"])]
         argv += ["--latent", str(s["latent"])] if s["latent"] else []
@@ -195,8 +223,10 @@ def _reproduce(args) -> int:
         raise ReproduceError(f"--epochs must be >= 1, got {args.epochs}")
     if args.jobs < 1:
         raise ReproduceError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.data and args.dataset != "celeba":
-        raise ReproduceError("--data is for celeba (mnist reads the embedded digits)")
+    if args.data and args.dataset == "mnist":
+        raise ReproduceError("--data is for celeba and data (mnist reads the embedded digits)")
+    if args.config and args.dataset != "data":
+        raise ReproduceError(f"--config is for data (the model of {args.dataset} is built in)")
     s = settings(args)
     out = args.out
     try:
@@ -251,9 +281,11 @@ def build_parser():
     p.add_argument("dataset", choices=sorted(PLANS))
     p.add_argument("--out", required=True, help="directory of the runs, evaluations, figures and report")
     p.add_argument("--data", default=None, help="celeba: the HDF5 file made by 'python -m jmvae_cupy.data prepare "
-                   "celeba SRC --out FILE.h5'")
+                   "celeba SRC --out FILE.h5'; data: your paired .h5 / .npz file (docs/data.md)")
+    p.add_argument("--config", default=None, help="data: the model config (TOML / JSON; default: inferred from the "
+                   "data, as train data does)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per run (default 300, celeba 50; --quick: 2)")
+                   help="epochs per run (default 300, celeba 50, data 100; --quick: 2)")
     p.add_argument("--jobs", type=int, default=1, help="trainings / evaluations side by side (default 1)")
     p.add_argument("--test-size", type=int, default=0,
                    help="test examples to evaluate on (default 0: all 2,000 digits; celeba: the first 2,000 faces)")

@@ -184,3 +184,52 @@ def test_the_whole_plan_has_one_progress_line(celeba_quick):
     assert any("train: " in u and "runs done; now" in u and "epoch" in u for u in updates)
     assert any("evaluate: 8/8 runs done" in u for u in updates)
     assert "100%" in updates[-1]
+
+
+# ------------------------------------------------------------------------------------ your own pairs
+def test_data_quick_plan_on_pairs_of_your_own(tmp_path):
+    """reproduce data --data FILE --config CFG --quick: 8x8 one-channel images and 3 classes, the seven
+    runs of Table 1 trained (tiny nets), evaluated and reported; no coherence (no classifier of w),
+    said so; Fig. 4's chains drawn from each class."""
+    import numpy as np
+
+    from jmvae_cupy.data.paired import write_paired
+    from tests.test_train_paired import tiny_config
+
+    r = np.random.default_rng(5)
+    n = 120
+    labels = r.integers(0, 3, n)
+    x = np.clip(r.random((n, 1, 8, 8)) * 0.3 + labels[:, None, None, None] * 0.3, 0, 1).astype(np.float32)
+    w = np.eye(3, dtype=np.float32)[labels]
+    data = tmp_path / "pairs.h5"
+    write_paired(str(data), x=x, w=w, w_names=["a", "b", "c"])
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(tiny_config("gaussian_fixed", "categorical", "kl", "toml").replace(
+        '[x]\nlikelihood = "gaussian_fixed"\nencoder = "D8R"', '[x]\nlikelihood = "gaussian_fixed"\nencoder = "F-D8R"'))
+    assert 'encoder = "F-D8R"' in cfg.read_text()  # (the images are flattened before the dense layer)
+    out = tmp_path / "out"
+    assert reproduce.main(["data", "--quick", "--data", str(data), "--config", str(cfg), "--out", str(out),
+                           "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith("# JMVAE on pairs of your own")
+    assert "Not measured: coherence needs a classifier" in report
+    t = json.loads((out / "tables.json").read_text())
+    assert {"JMVAE", "JMVAE-kl", "JMVAE-h", "CVAE", "CMMA"} <= {row["model"] for row in t["table1"]}
+    assert all(row["paper"] == [None, None] for row in t["table1"])
+    assert (out / "figures" / "fig4-chains.png").read_bytes()[:4] == b"\x89PNG"
+    kl = np.load(out / "eval" / "kl.npz")["chain_z1"]
+    assert kl.shape == (1, 3, 8, 8) and 0.0 <= kl.min() and kl.max() <= 1.0  # one row (q(z|w)), a class each
+    assert json.loads((out / "eval" / "kl.json").read_text())["chain_columns"] == ["a", "b", "c"]
+    assert "--config is for data" in _err_of(["mnist", "--quick", "--out", str(tmp_path / "m"), "--config",
+                                              str(cfg)])
+    assert "data needs --data FILE" in _err_of(["data", "--quick", "--out", str(tmp_path / "m")])
+
+
+def _err_of(argv):
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert reproduce.main(argv) == 1
+    return err.getvalue()
