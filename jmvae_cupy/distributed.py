@@ -40,9 +40,6 @@ import numpy as np
 from .backend import asnumpy, cupy_module, get_array_module, is_gpu_array, select_device, to_device_async
 from .rng import Rng
 
-# test hook: the rank named here raises at its first training step (tests/test_distributed.py)
-FAIL_RANK_ENV = "JMVAE_TEST_FAIL_RANK"
-
 
 class DistributedError(RuntimeError):
     """A problem setting up or running data-parallel training (one-line message)."""
@@ -450,8 +447,6 @@ class DataParallel:
     def __init__(self, comm: Comm, exact_noise: bool = False, ordered_reduce: bool = False):
         self.comm, self.exact_noise, self.ordered_reduce = comm, exact_noise, ordered_reduce
         self.stop_agreed = False
-        fail = os.environ.get(FAIL_RANK_ENV)
-        self._fail = fail is not None and fail.strip() == str(comm.rank)
 
     def noise_rng(self, seed: int):
         """Exact mode: the single-process stream, sliced.  Else a stream of (seed, rank): P ranks do
@@ -467,10 +462,6 @@ class DataParallel:
     def step_mean(self) -> StepMean:
         """The trainer's fused mean of a step over this rank's parts and then over the ranks."""
         return StepMean(self.comm, ordered=self.ordered_reduce)
-
-    def before_step(self):
-        if self._fail:
-            raise RuntimeError(f"injected failure ({FAIL_RANK_ENV}={self.comm.rank})")
 
     def after_step(self, trainer, stop_any: bool):
         """Every rank stops at the same step boundary when any rank asked to (the flag was averaged)."""

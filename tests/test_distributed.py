@@ -410,7 +410,18 @@ def test_distributed_resume_is_bit_identical(tmp_path):
 @needs_mpi
 def test_a_failing_rank_ends_the_job(tmp_path):
     t0 = time.time()
-    p = _train_mpi(TINY + ["--out", str(tmp_path / "r")], env={"JMVAE_TEST_FAIL_RANK": "1"}, timeout=60)
+    # rank 1's first step raises (patched in that process only): the job must end, not hang in a collective
+    inject = ("import sys\n"
+              "from jmvae_cupy import distributed\n"
+              "from jmvae_cupy.train import main, trainer\n"
+              "real = trainer.Trainer._step_grads\n"
+              "def failing(self, x, w, beta):\n"
+              "    if self.dist.comm.rank == 1:\n"
+              "        raise RuntimeError('injected failure')\n"
+              "    return real(self, x, w, beta)\n"
+              "trainer.Trainer._step_grads = failing\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    p = _mpirun(["-c", inject] + TINY + ["--out", str(tmp_path / "r"), "--distributed"], timeout=60)
     assert p.returncode != 0
     assert "error: rank 1: RuntimeError: injected failure" in p.stderr, p.stderr[-2000:]
     assert time.time() - t0 < 60

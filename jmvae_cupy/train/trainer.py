@@ -200,8 +200,6 @@ class Trainer:
         the ranks (one fused buffer; the running statistics are averaged in the same buffer)."""
         if self.step_mean is None:
             return self._part(x, w, self.noise_rng, beta)
-        if self.dist is not None:
-            self.dist.before_step()
         running = self._running_state()
         loss, terms, grads, state, stop_any = self.step_mean(self._micro_batches(x, w, beta, running),
                                                              stop=self.stop_requested is not None)
