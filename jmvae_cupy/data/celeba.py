@@ -551,10 +551,6 @@ def _signals_held():
                 signal.raise_signal(pending[0])
 
 
-# the system calls that write the .partial (tests replace them to simulate a full disk)
-_pwrite, _fsync = os.pwrite, os.fsync
-
-
 class _PartialFile:
     """``FILE.h5.partial`` as HDF5 sees it (h5py's file-object driver): positioned reads and
     writes on one descriptor, that never raise, and that can go back to the last flush.
@@ -607,7 +603,7 @@ class _PartialFile:
             for start, old in reversed(self.undo):
                 _write_all(self.fd, memoryview(old), start)
             os.ftruncate(self.fd, self.size)
-            _fsync(self.fd)
+            os.fsync(self.fd)
         except OSError:
             pass  # the file stays as it is: a re-run reads its counted rows back before using them
         self.undo = []
@@ -665,7 +661,7 @@ class _PartialFile:
     def flush(self) -> None:
         if self.error is None:
             try:
-                _fsync(self.fd)
+                os.fsync(self.fd)
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # (a file system that cannot sync)
                     self._failed(e)
@@ -683,7 +679,7 @@ class _PartialFile:
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
     done = 0
     while done < len(view):
-        done += _pwrite(fd, view[done:], offset + done)
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 class _Partial:

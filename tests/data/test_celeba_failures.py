@@ -73,7 +73,7 @@ def assert_counted_rows_are_stored(partial, ref):
 def full_disk(monkeypatch, capacity):
     """Writes to the ``.partial`` past ``capacity`` bytes fail as on a full disk: a short write,
     then ENOSPC (overwriting bytes below ``capacity`` still works, as on a tmpfs)."""
-    real = cb._pwrite
+    real = os.pwrite
 
     def pwrite(fd, data, offset):
         room = capacity - offset
@@ -81,7 +81,7 @@ def full_disk(monkeypatch, capacity):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd, data[:room] if len(data) > room else data, offset)
 
-    monkeypatch.setattr(cb, "_pwrite", pwrite)
+    monkeypatch.setattr(os, "pwrite", pwrite)
     return real
 
 
@@ -96,7 +96,7 @@ def test_a_full_disk_stops_at_once_with_one_line_and_a_rerun_completes(tmp_path,
     assert msg.startswith(f"error: {out}.partial: No space left on device: the ") and "run the same command" in msg
     assert not out.exists()
     assert_counted_rows_are_stored(tmp_path / "c.h5.partial", ref)
-    monkeypatch.setattr(cb, "_pwrite", real)  # space freed
+    monkeypatch.setattr(os, "pwrite", real)  # space freed
     assert _prep(src, out, *CHUNK) == 0
     assert_same(out, ref)
     assert not (tmp_path / "c.h5.partial").exists()
@@ -137,7 +137,7 @@ def test_a_write_error_raised_by_h5py_stops_cleanly_and_counts_nothing_unstored(
 def test_a_failed_sync_stops_before_the_rows_are_counted(tmp_path, source, monkeypatch, capsys):
     src, ref = source
     out = tmp_path / "c.h5"
-    real, calls = cb._fsync, []
+    real, calls = os.fsync, []
 
     def fsync(fd):
         calls.append(fd)
@@ -145,12 +145,12 @@ def test_a_failed_sync_stops_before_the_rows_are_counted(tmp_path, source, monke
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real(fd)
 
-    monkeypatch.setattr(cb, "_fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     assert _prep(src, out, *CHUNK) == 2
     assert one_error_line(capsys) == (f"error: {out}.partial: {os.strerror(errno.EIO)}: the 10 rows counted so far "
                                       f"are kept (run the same command again to continue)")
     assert_counted_rows_are_stored(tmp_path / "c.h5.partial", ref)
-    monkeypatch.setattr(cb, "_fsync", real)
+    monkeypatch.setattr(os, "fsync", real)
     rerun_gives(src, out, ref, capsys, "resuming")
 
 
@@ -240,7 +240,7 @@ def test_sigterm_keeps_the_work_done_and_exits_143(tmp_path, source, monkeypatch
 def test_a_signal_during_an_hdf5_write_waits_for_the_commit(tmp_path, source, monkeypatch, capsys):
     src, ref = source
     out = tmp_path / "c.h5"
-    real, calls = cb._pwrite, []
+    real, calls = os.pwrite, []
 
     def pwrite(fd, data, offset):
         calls.append(offset)
@@ -248,7 +248,7 @@ def test_a_signal_during_an_hdf5_write_waits_for_the_commit(tmp_path, source, mo
             os.kill(os.getpid(), signal.SIGTERM)
         return real(fd, data, offset)
 
-    monkeypatch.setattr(cb, "_pwrite", pwrite)
+    monkeypatch.setattr(os, "pwrite", pwrite)
     assert _prep(src, out, *CHUNK) == 143
     assert one_error_line(capsys) == "error: terminated"
     partial = tmp_path / "c.h5.partial"
@@ -256,7 +256,7 @@ def test_a_signal_during_an_hdf5_write_waits_for_the_commit(tmp_path, source, mo
         done = int(f["progress"][0])
     assert done == 5  # the whole commit, counted once
     assert_counted_rows_are_stored(partial, ref)
-    monkeypatch.setattr(cb, "_pwrite", real)
+    monkeypatch.setattr(os, "pwrite", real)
     assert _prep(src, out, *CHUNK) == 0
     assert_same(out, ref)
 
