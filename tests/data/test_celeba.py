@@ -9,6 +9,7 @@ from PIL import Image
 
 from jmvae_cupy.data import DataError
 from jmvae_cupy.data import celeba as cb
+from jmvae_cupy.data import celeba_prepare as prep
 from jmvae_cupy.data.__main__ import main
 from jmvae_cupy.rng import Rng
 
@@ -107,7 +108,7 @@ def test_interrupted_prepare_resumes_without_redoing_work(tmp_path, monkeypatch,
     make_celeba(src, n=30)
     ref = tmp_path / "ref.h5"
     assert _prep(src, ref, "--chunk", "5") == 0
-    real = cb._load_image
+    real = prep._load_image
     calls = []
 
     def flaky(path, size):
@@ -116,18 +117,18 @@ def test_interrupted_prepare_resumes_without_redoing_work(tmp_path, monkeypatch,
             raise crash("stop here")
         return real(path, size)
 
-    monkeypatch.setattr(cb, "_load_image", flaky)
+    monkeypatch.setattr(prep, "_load_image", flaky)
     with pytest.raises(crash):
-        cb.prepare_celeba(src, out, chunk=5, progress=False, log=lambda *a: None)
+        prep.prepare_celeba(src, out, chunk=5, progress=False, log=lambda *a: None)
     partial = tmp_path / "c.h5.partial"
     with h5py.File(partial) as f:
         done, stored, _ = (int(v) for v in f["progress"][:])
         assert done == (12 if crash is KeyboardInterrupt else 10)  # Ctrl-C flushes what was decoded
         assert f["images"].shape[0] == stored == done
     calls.clear()
-    monkeypatch.setattr(cb, "_load_image", real)
-    monkeypatch.setattr(cb, "_load_image", lambda p, s: calls.append(p.name) or real(p, s))
-    summary = cb.prepare_celeba(src, out, chunk=5, progress=False, log=lambda *a: None)
+    monkeypatch.setattr(prep, "_load_image", real)
+    monkeypatch.setattr(prep, "_load_image", lambda p, s: calls.append(p.name) or real(p, s))
+    summary = prep.prepare_celeba(src, out, chunk=5, progress=False, log=lambda *a: None)
     assert summary["resumed_at"] == done and len(calls) == 30 - done
     with h5py.File(out) as f, h5py.File(ref) as g:
         for k in ("images", "attributes", "names", "train_idx", "test_idx"):

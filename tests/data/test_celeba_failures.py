@@ -15,6 +15,8 @@ import pytest
 
 from jmvae_cupy.data import DataError
 from jmvae_cupy.data import celeba as cb
+from jmvae_cupy.data import celeba_journal as journal
+from jmvae_cupy.data import celeba_prepare as prep
 from jmvae_cupy.fsutil import try_lock
 
 from .test_celeba import _prep, make_celeba
@@ -129,7 +131,7 @@ def test_a_write_error_raised_by_h5py_stops_cleanly_and_counts_nothing_unstored(
         assert list(f["progress"][:]) == [10, 10, 0]
     assert_counted_rows_are_stored(tmp_path / "c.h5.partial", ref)
     monkeypatch.setattr(h5py.Dataset, "__setitem__", real)
-    summary = cb.prepare_celeba(src, out, chunk=5, progress=False, log=lambda *a: None)
+    summary = prep.prepare_celeba(src, out, chunk=5, progress=False, log=lambda *a: None)
     assert summary["resumed_at"] == 10
     assert_same(out, ref)
 
@@ -157,7 +159,7 @@ def test_a_failed_sync_stops_before_the_rows_are_counted(tmp_path, source, monke
 def test_a_finished_file_that_does_not_validate_is_never_renamed(tmp_path, source, monkeypatch, capsys):
     src, _ = source
     out = tmp_path / "c.h5"
-    monkeypatch.setattr(cb, "_split", lambda f, split, n: (np.arange(n), np.arange(3)))  # overlapping
+    monkeypatch.setattr(journal, "_split", lambda f, split, n: (np.arange(n), np.arange(3)))  # overlapping
     assert _prep(src, out, *CHUNK) == 2
     msg = one_error_line(capsys)
     assert "does not read back" in msg and "overlap" in msg and "deleted" in msg
@@ -171,7 +173,7 @@ def test_a_finished_partial_that_was_not_renamed_is_finished_by_a_rerun(tmp_path
     def killed(a, b):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cb.os, "replace", killed)
+    monkeypatch.setattr(os, "replace", killed)
     assert _prep(src, out, *CHUNK) == 130
     monkeypatch.undo()
     assert (tmp_path / "c.h5.partial").exists() and not out.exists()
@@ -215,7 +217,7 @@ def test_an_unwritable_destination_is_one_line(tmp_path, source, capsys):
 def test_sigterm_keeps_the_work_done_and_exits_143(tmp_path, source, monkeypatch, capsys):
     src, ref = source
     out = tmp_path / "c.h5"
-    real, calls = cb._load_image, []
+    real, calls = prep._load_image, []
 
     def load(path, size):
         calls.append(path)
@@ -223,7 +225,7 @@ def test_sigterm_keeps_the_work_done_and_exits_143(tmp_path, source, monkeypatch
             os.kill(os.getpid(), signal.SIGTERM)
         return real(path, size)
 
-    monkeypatch.setattr(cb, "_load_image", load)
+    monkeypatch.setattr(prep, "_load_image", load)
     before = signal.getsignal(signal.SIGTERM)
     assert _prep(src, out, *CHUNK) == 143
     assert one_error_line(capsys) == "error: terminated"
@@ -232,7 +234,7 @@ def test_sigterm_keeps_the_work_done_and_exits_143(tmp_path, source, monkeypatch
         # as Ctrl-C: the decoded images are kept, the 13th too (the signal takes effect at the end
         # of its row: buffered and counted, never one without the other)
         assert list(f["progress"][:]) == [13, 13, 0]
-    monkeypatch.setattr(cb, "_load_image", real)
+    monkeypatch.setattr(prep, "_load_image", real)
     assert _prep(src, out, *CHUNK) == 0
     assert_same(out, ref)
 
@@ -268,7 +270,7 @@ def test_a_signal_during_an_hdf5_write_waits_for_the_commit(tmp_path, source, mo
 def test_too_few_images_for_a_test_split_are_refused_before_decoding(tmp_path, monkeypatch, capsys, n):
     src = tmp_path / "src"
     make_celeba(src, n=n)
-    monkeypatch.setattr(cb, "_load_image", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr(prep, "_load_image", lambda *a: pytest.fail("decoded"))
     assert _prep(src, tmp_path / "c.h5") == 2
     assert f"{n} usable images are too few for the paper split" in one_error_line(capsys)
     assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.partial").exists()
@@ -395,11 +397,11 @@ def test_a_too_large_image_is_named_once(tmp_path, monkeypatch):
     src = tmp_path / "src"
     names, _ = make_celeba(src, n=1)
     path = src / "img_align_celeba" / names[0]
-    monkeypatch.setattr(cb, "MAX_PIXELS", 100)
+    monkeypatch.setattr(prep, "MAX_PIXELS", 100)
     with pytest.raises(DataError) as e:
-        cb._load_image(path, 64)
+        prep._load_image(path, 64)
     assert str(e.value) == f"{path}: image of 178x218 pixels is too large"
     (path.parent / "dir.jpg").mkdir()
     with pytest.raises(DataError) as e:
-        cb._load_image(path.parent / "dir.jpg", 64)
+        prep._load_image(path.parent / "dir.jpg", 64)
     assert str(e.value).count(str(path.parent)) == 1

@@ -15,6 +15,7 @@ from PIL import Image
 
 from jmvae_cupy.data import DataError
 from jmvae_cupy.data import celeba as cb
+from jmvae_cupy.data import celeba_prepare as prep
 
 from .test_celeba import make_celeba
 
@@ -66,7 +67,7 @@ def _read_or_reject(fn):
 def test_attribute_file_mutations(tmp_path_factory, edits, stop):
     path = tmp_path_factory.mktemp("a") / "list_attr_celeba.txt"
     path.write_bytes(_mutate(_valid_attr_bytes(), edits))
-    _read_or_reject(lambda: cb.read_attr_file(path, _raise if stop else _ignore))
+    _read_or_reject(lambda: prep.read_attr_file(path, _raise if stop else _ignore))
 
 
 @SETTINGS
@@ -74,7 +75,7 @@ def test_attribute_file_mutations(tmp_path_factory, edits, stop):
 def test_attribute_file_random_bytes(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("r") / "list_attr_celeba.txt"
     path.write_bytes(data)
-    _read_or_reject(lambda: cb.read_attr_file(path, _ignore))
+    _read_or_reject(lambda: prep.read_attr_file(path, _ignore))
 
 
 @SETTINGS
@@ -82,7 +83,7 @@ def test_attribute_file_random_bytes(tmp_path_factory, data):
 def test_partition_file_mutations(tmp_path_factory, edits):
     path = tmp_path_factory.mktemp("p") / "list_eval_partition.txt"
     path.write_bytes(_mutate(b"000001.jpg 0\n000002.jpg 1\n000003.jpg 2\n", edits))
-    _read_or_reject(lambda: cb.read_partition_file(path, _ignore))
+    _read_or_reject(lambda: prep.read_partition_file(path, _ignore))
 
 
 def _jpeg_bytes():
@@ -99,7 +100,7 @@ JPEG = _jpeg_bytes()
 def test_jpeg_mutations(tmp_path_factory, edits):
     path = tmp_path_factory.mktemp("j") / "000001.jpg"
     path.write_bytes(_mutate(JPEG, edits))
-    _read_or_reject(lambda: cb._load_image(path, 16))
+    _read_or_reject(lambda: prep._load_image(path, 16))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("celeba")
     make_celeba(root / "src", n=12)
     out = root / "celeba.h5"
-    cb.prepare_celeba(root / "src", out, size=32, progress=False, log=lambda *a: None)
+    prep.prepare_celeba(root / "src", out, size=32, progress=False, log=lambda *a: None)
     return out  # a path: hypothesis prints fixture values of failing examples
 
 
