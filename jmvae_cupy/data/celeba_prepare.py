@@ -1,4 +1,4 @@
-"""CelebA: the distributed folder -> one HDF5 file (``prepare``), and a streaming reader.
+"""CelebA: the distributed folder -> one HDF5 file (``prepare``; the reader: data/celeba.py).
 
 Source layout, as distributed (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)::
 
