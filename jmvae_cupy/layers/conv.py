@@ -93,6 +93,19 @@ class WinogradCache(NamedTuple):
     Ut: object
 
 
+class ConvCache(NamedTuple):
+    """What :func:`conv2d_forward` keeps for :func:`conv2d_backward`."""
+
+    col: object        # im2col(x) (M, KH*KW*C_in), the input of the weight gradient; or a WinogradCache
+    Wm: object         # the kernel as the GEMM matrix (C_out, KH*KW*C_in); None for Winograd
+    x_shape: tuple     # (N, C_in, H, W)
+    W_shape: tuple     # (C_out, C_in, KH, KW)
+    stride: tuple      # (sy, sx)
+    pad: tuple         # (ph, pw)
+    has_bias: bool
+    y_relu: object     # the fused ReLU's output rows (M, C_out) (its mask), or None without relu
+
+
 def use_winograd(h: int, w: int, kh: int, kw: int, stride, pad, b_channels: int, a_channels: int,
                  method: str = "auto") -> bool:
     """Whether a correlation of an (h, w, B) input into A channels runs as Winograd F(2x2, 2x2).
@@ -249,9 +262,8 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, relu: bool = False, method: st
     ReLU run as one pass over the GEMM output (kernels/bias_relu.py), as the paper's CkR layers.
     method: "auto", "im2col" or "winograd" (:func:`use_winograd`).
     Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8
-    channels) -- and the cache (col, Wm, x.shape, W.shape, stride, pad, has_bias, y_rows if relu
-    else None) that backward needs; a Winograd layer keeps a :class:`WinogradCache` (V, U) in
-    place of col and None in place of Wm.
+    channels) -- and the :class:`ConvCache` that backward needs (a Winograd layer keeps a
+    :class:`WinogradCache` (V, U) as its ``col`` and None as its ``Wm``).
     """
     stride, pad = pair(stride), pair(pad)
     _check(x, W, b, stride, pad)
@@ -271,7 +283,7 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, relu: bool = False, method: st
     elif b is not None:
         y_rows += b
     y = to_nchw(y_rows.reshape(N, OH, OW, C_out))  # (N, C_out, OH, OW)
-    return y, (col, Wm, x.shape, W.shape, stride, pad, b is not None, y_rows if relu else None)
+    return y, ConvCache(col, Wm, x.shape, W.shape, stride, pad, b is not None, y_rows if relu else None)
 
 
 def conv2d_backward(dy, cache):
@@ -282,15 +294,15 @@ def conv2d_backward(dy, cache):
 
     Returns (dx, {"W": dW, "b": db}) ("b" only when the forward had a bias).
     """
-    col, Wm, x_shape, W_shape, stride, pad, _, _ = cache
-    N, _, H, W = x_shape
-    _, _, KH, KW = W_shape
+    N, _, H, W = cache.x_shape
+    _, _, KH, KW = cache.W_shape
     OH, OW = dy.shape[2:]
     dy_rows, grads, dM = _param_grads(dy, cache)  # (M, C_out)
     if dM is not None:  # Winograd: dx = B (dM U^T) B^T
-        dx = winograd.correlate_transpose(dM, col.Ut, N, H, W)  # (N, H, W, C_in)
+        dx = winograd.correlate_transpose(dM, cache.col.Ut, N, H, W)  # (N, H, W, C_in)
     else:
-        dx = correlate_transpose(dy_rows, Wm, (N, OH, OW), (H, W), KH, KW, stride, pad)  # (N, H, W, C_in)
+        dx = correlate_transpose(dy_rows, cache.Wm, (N, OH, OW), (H, W), KH, KW, cache.stride,
+                                 cache.pad)  # (N, H, W, C_in)
     return to_nchw(dx), grads
 
 
@@ -303,10 +315,10 @@ def conv2d_param_grads(dy, cache):
 def _param_grads(dy, cache):
     """dY (M, C_out) -- masked by the fused ReLU if any --, {"W": dY^T col, "b": sum_rows dY}, and
     for a Winograd layer dM = A dY A^T (9, T, C_out), which dx needs too (else None)."""
-    col, _, _, W_shape, _, _, has_bias, y_relu = cache
+    col, W_shape, has_bias = cache.col, cache.W_shape, cache.has_bias
     dy_rows = to_rows(dy)  # (M, C_out)
-    if y_relu is not None:
-        dy_rows, db = bias_relu_backward(dy_rows, y_relu)  # dY [y > 0] and its column sums, one pass
+    if cache.y_relu is not None:
+        dy_rows, db = bias_relu_backward(dy_rows, cache.y_relu)  # dY [y > 0] and its column sums, one pass
     elif has_bias:
         db = dy_rows.sum(axis=0)  # (C_out,)
     dM = None

@@ -20,6 +20,8 @@ Derivation: docs/derivations/deconv.md.  Checked by tests/layers/test_conv_trans
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..backend import get_array_module
 from . import winograd
 from .conv import (
@@ -36,6 +38,18 @@ from .conv import (
     weight_matrix,
 )
 from .im2col import deconv_outsize, pair
+
+
+class DeconvCache(NamedTuple):
+    """What :func:`deconv2d_forward` keeps for :func:`deconv2d_backward`."""
+
+    x_rows: object     # the input pixels as rows (N*H*W, C_in), for the weight gradient; or a WinogradCache
+    Wm: object         # the kernel as the GEMM matrix (C_in, KH*KW*C_out); None for Winograd
+    x_shape: tuple     # (N, C_in, H, W)
+    W_shape: tuple     # (C_in, C_out, KH, KW)
+    stride: tuple      # (sy, sx)
+    pad: tuple         # (ph, pw)
+    has_bias: bool
 
 
 def _check(x, W, b, stride, pad):
@@ -61,9 +75,8 @@ def deconv2d_forward(x, W, b=None, stride=1, pad=0, method: str = "auto"):
     method: "auto", "im2col" or "winograd", decided for the correlation y -> x that this layer
     is the adjoint of (conv.use_winograd: the conv with this kernel decides alike).
     Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8
-    channels) -- and the cache (x_rows, Wm, x.shape, W.shape, stride, pad, has_bias) that
-    backward needs; a Winograd layer keeps a conv.WinogradCache (dM = A x A^T, Ut) in place of
-    x_rows and None in place of Wm.
+    channels) -- and the :class:`DeconvCache` that backward needs (a Winograd layer keeps a
+    conv.WinogradCache (dM = A x A^T, Ut) as its ``x_rows`` and None as its ``Wm``).
     """
     stride, pad = pair(stride), pair(pad)
     _check(x, W, b, stride, pad)
@@ -81,7 +94,7 @@ def deconv2d_forward(x, W, b=None, stride=1, pad=0, method: str = "auto"):
         y = correlate_transpose(first, Wm, (N, H, Wd), (OH, OW), KH, KW, stride, pad)  # (N, OH, OW, C_out)
     if b is not None:
         y += b
-    return to_nchw(y), (first, Wm, x.shape, W.shape, stride, pad, b is not None)
+    return to_nchw(y), DeconvCache(first, Wm, x.shape, W.shape, stride, pad, b is not None)
 
 
 def deconv2d_backward(dy, cache):
@@ -92,7 +105,7 @@ def deconv2d_backward(dy, cache):
 
     Returns (dx, {"W": dW, "b": db}) ("b" only when the forward had a bias).
     """
-    first, Wm, x_shape, W_shape, stride, pad, has_bias = cache
+    first, Wm, x_shape, W_shape, stride, pad, has_bias = cache  # (a DeconvCache, its fields in order)
     N, C_in, H, Wd = x_shape
     _, _, KH, KW = W_shape
     if isinstance(first, WinogradCache):
