@@ -76,3 +76,19 @@ def test_cvae_prior_is_the_standard_normal(direction):
         assert mu.shape == var.shape == (5, ARCH.latent) and mu.dtype == var.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(mu, 0.0)
         np.testing.assert_array_equal(var, 1.0)
+
+
+@pytest.mark.parametrize("variant", ["cvae", "cmma"])
+def test_a_learned_variance_image_decoder_matches_finite_differences(variant):
+    """A config's gaussian_learned x (the decoder gives a mean and a variance per pixel, 2 D outputs):
+    the label -> image baselines' whole loss against central differences."""
+    from dataclasses import replace
+
+    from jmvae_cupy.distributions import likelihood
+
+    arch = replace(ARCH, x_lik=likelihood("gaussian_learned", 1.0), dec_x=f"D5R-D5R-D{2 * ARCH.x_dim}")
+    model = build_model(arch, variant, seed=4, dtype="float64", device="cpu", direction="label2image")
+    errs, grads = _check(model, None, beta=0.6)
+    worst = max(errs, key=errs.get)
+    assert errs[worst] < TOL, f"{variant}: {worst} rel err {errs[worst]:.2e}"
+    assert any(np.any(g) for g in grads.values())
