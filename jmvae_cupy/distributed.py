@@ -463,40 +463,37 @@ class DataParallel:
         """The trainer's fused mean of a step over this rank's parts and then over the ranks."""
         return StepMean(self.comm, ordered=self.ordered_reduce)
 
-    def after_step(self, trainer, stop_any: bool):
-        """Every rank stops at the same step boundary when any rank asked to (the flag was averaged)."""
+    def agree_stop(self, stop_any: bool) -> bool:
+        """Whether every rank stops at this step boundary: when any rank asked to (the flag was
+        averaged in the step's buffer, so every rank holds the same value)."""
         self.stop_agreed = stop_any
-        if stop_any and trainer.stop_requested is None:
-            trainer.stop_requested = "stop requested on another rank"
+        return stop_any
 
-    def check_consistent(self, trainer, when: str):
-        """A cheap checksum all-gather: parameters, state (with --gan the discriminator's too),
-        optimizer steps and data-RNG state must be identical on every rank (same seed; averaged
-        updates and running statistics).  Raises on every rank if not."""
-        gan = trainer.gan
-        crc = _crc(trainer.model.params)
-        crc = _crc(trainer.model.state, crc)
-        if gan is not None:
-            crc = _crc(gan.params, _crc(gan.state, crc))
-        crc = zlib.crc32(repr((trainer.opt.t, gan and gan.opt.t, trainer.data_rng.get_state())).encode(), crc)
+    def check_consistent(self, when: str, arrays: list, scalars: tuple) -> None:
+        """A cheap checksum all-gather: the dicts of arrays (parameters, state; with --gan the
+        discriminator's too) and the scalars (optimiser steps, the data-RNG state) must be identical
+        on every rank (same seed; averaged updates and running statistics).  Raises on every rank
+        if not."""
+        crc = 0
+        for d in arrays:
+            crc = _crc(d, crc)
+        crc = zlib.crc32(repr(scalars).encode(), crc)
         crcs = self.comm.allgather_obj(crc)
         if len(set(crcs)) > 1:
             raise DistributedError(f"{when}: parameters / state differ across ranks (checksums {crcs})")
 
-    def epoch_end(self, trainer):
-        self.check_consistent(trainer, f"after epoch {trainer.epoch}")
-
-    def checkpoint_meta(self, trainer, meta: dict):
-        """Collective: gather every rank's noise-RNG state.  The meta to write on rank 0, None
-        elsewhere (other ranks write nothing)."""
-        noise = self.comm.allgather_obj(trainer.noise_rng.get_state())
+    def checkpoint_meta(self, noise_state, meta: dict):
+        """Collective: gather every rank's noise-RNG state ``noise_state``.  The meta to write on rank
+        0, None elsewhere (other ranks write nothing)."""
+        noise = self.comm.allgather_obj(noise_state)
         if self.comm.rank != 0:
             return None
         return {**meta, "noise_rng_ranks": noise}
 
-    def restore_noise(self, trainer, meta: dict):
+    def noise_state(self, meta: dict):
+        """This rank's noise-RNG state from a checkpoint's meta."""
         states = meta.get("noise_rng_ranks")
         if states is None or len(states) != self.comm.size:
             raise DistributedError("--resume: the checkpoint holds no noise-RNG state for "
                                    f"{self.comm.size} ranks")
-        trainer.noise_rng.set_state(states[self.comm.rank])
+        return states[self.comm.rank]

@@ -87,7 +87,7 @@ class Trainer:
                 "adam": {k: v for k, v in self.opt.state_dict().items() if k not in ("m", "v")},
                 "partial_sums": {k: float(v) for k, v in self.sums.items()}}
         if self.dist is not None:  # collective; rank 0 writes, the others return ""
-            meta = self.dist.checkpoint_meta(self, meta)
+            meta = self.dist.checkpoint_meta(self.noise_rng.get_state(), meta)
             if meta is None:
                 return ""
         extra = None
@@ -141,7 +141,7 @@ class Trainer:
         self.data_rng.set_state(meta["data_rng"])
         self.noise_rng.set_state(meta["noise_rng"])
         if self.dist is not None:
-            self.dist.restore_noise(self, meta)
+            self.noise_rng.set_state(self.dist.noise_state(meta))
         self.epoch_data_state = meta["data_rng_epoch_start"]
         self.sums = {k: v for k, v in meta["partial_sums"].items()}
         # keep the metrics of completed epochs only: the lines after the checkpoint are redone
@@ -205,9 +205,16 @@ class Trainer:
                                                              stop=self.stop_requested is not None)
         for name, v in running.items():
             v[...] = state[name]
-        if self.dist is not None:
-            self.dist.after_step(self, stop_any)
+        if self.dist is not None and self.dist.agree_stop(stop_any) and self.stop_requested is None:
+            self.stop_requested = "stop requested on another rank"
         return loss, terms, grads
+
+    def _check_ranks(self, when: str) -> None:
+        """--distributed: every rank holds the same parameters, state, optimiser steps and data-RNG
+        state (a checksum all-gather; DataParallel.check_consistent)."""
+        gan = self.gan
+        arrays = [self.model.params, self.model.state] + ([gan.state, gan.params] if gan is not None else [])
+        self.dist.check_consistent(when, arrays, (self.opt.t, gan and gan.opt.t, self.data_rng.get_state()))
 
     def _stopping(self) -> bool:
         """Stop at this step boundary?  (--distributed: when the ranks agreed on it in the all-reduce.)"""
@@ -286,7 +293,7 @@ class Trainer:
         self.log(f"training {cfg['variant']} on {self.source.name} | device {device_name(self.xp)} | "
                  f"{sum(int(p.size) for p in self.model.params.values()):,} parameters | run dir {self.out}")
         if self.dist is not None:
-            self.dist.check_consistent(self, "at start")  # same seed -> same parameters on every rank
+            self._check_ranks("at start")  # same seed -> same parameters on every rank
         if self.epoch >= cfg["epochs"]:
             self.log(f"the run is complete ({self.epoch} of {cfg['epochs']} epochs): nothing to do "
                      "(a larger --epochs continues it)")
@@ -307,8 +314,8 @@ class Trainer:
                 return 130
             train = self._epoch_means(steps)
             self.epoch, self.step, self.sums = self.epoch + 1, 0, {}
-            if self.dist is not None:  # batch-norm running statistics averaged; ranks checked identical
-                self.dist.epoch_end(self)
+            if self.dist is not None:  # batch-norm running statistics averaged: the ranks must agree
+                self._check_ranks(f"after epoch {self.epoch}")
             test = self.evaluate()
             self._finish_epoch(train, test, time.perf_counter() - t0)
         return 0
