@@ -261,7 +261,7 @@ def test_a_damaged_config_is_one_line_naming_the_file_in_generate_evaluate_and_f
                                                                                        damage):
     """[] / "x" were AttributeErrors, a directory an IsADirectoryError, "latent": "64" a TypeError, "seed": "a"
     a ValueError, a negative seed NumPy's ValueError: the three commands read run directories through
-    generate.read_config."""
+    runs.read_config."""
     import shutil
 
     from jmvae_cupy.evaluate import main as evaluate_main

@@ -8,7 +8,7 @@ Commands:
 
     prepare celeba SRC_DIR --out FILE.h5 [--split paper|official] [--on-error skip|stop] [--size 64|32]
         crop (centred square) and resize (LANCZOS) the aligned CelebA images into one HDF5 file
-        (see jmvae_cupy/data/celeba.py and docs/celeba.md); an interrupted or failed run (Ctrl-C,
+        (see jmvae_cupy/data/celeba_prepare.py and docs/celeba.md); an interrupted or failed run (Ctrl-C,
         SIGTERM, a full disk) continues from FILE.h5.partial when repeated.  A finished FILE.h5
         is left alone if it was made from the same sources with the same options, else refused.
 
