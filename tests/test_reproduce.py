@@ -84,7 +84,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert reproduce.main(["mnist", "--quick", "--out", str(blocker / "sub")]) == 1
     assert capsys.readouterr().err.strip().startswith(f"error: cannot create {blocker / 'sub'}")
     assert reproduce.main(["mnist", "--quick", "--out", str(tmp_path / "y"), "--data", "f.h5"]) == 1
-    assert capsys.readouterr().err.strip() == "error: --data is for celeba (mnist reads the embedded digits)"
+    assert capsys.readouterr().err.strip() == "error: --data is for celeba and data (mnist reads the embedded digits)"
     assert reproduce.main(["celeba", "--quick", "--out", str(tmp_path / "y")]) == 1
     assert capsys.readouterr().err.strip().startswith("error: celeba needs --data FILE.h5")
     assert reproduce.main(["celeba", "--quick", "--out", str(tmp_path / "y"), "--data", str(blocker)]) == 1
