@@ -9,23 +9,24 @@ per pixel, the channels-last view jmvae_cupy/layers/batchnorm.py hands over); C 
     dbeta = sum_m du_m      dgamma = inv_std sum_m du_m (x_m - mu)
     dx = gamma inv_std (du - dbeta / M - xhat dgamma / M)
 
-Public API (dispatch on the array namespace: C-contiguous NumPy rows -> the Numba CPU kernels;
-CuPy, or odd layouts -> the plain-xp references ``*_ref``, on a GPU each of their passes is already a
-parallel kernel):
+Public API, for C-contiguous NumPy rows of one float dtype (:func:`applies`); the same passes in
+plain xp, for CuPy (where each pass is already a parallel kernel) and as the oracle of the tests,
+are the layer's own: ``bn_train_forward_xp`` / ``bn_train_backward_xp`` of jmvae_cupy/layers/batchnorm.py,
+which chooses between the two (``train_forward`` / ``train_backward``):
 
 * ``bn_train_forward(x, gamma, beta, eps, relu) -> (y, mu, var, inv_std)``: y (M, C) new; mu, var,
   inv_std (C,): the batch mean, the biased variance and 1 / sqrt(var + eps), in x's dtype;
 * ``bn_train_backward(dy, x, y, mu, inv_std, gamma, relu) -> (dx, dgamma, dbeta)``: y is the
   forward's output (the ReLU mask; pass None when relu is False).
 
-The reference does ~6 passes over (M, C) forward and ~7 backward, each single-threaded; these
+The plain-xp passes are ~6 over (M, C) forward and ~7 backward, each single-threaded; these
 kernels do 3 forward (sum, squared deviations, output) and 2 backward (two sums, output), spread
 over Numba's threads, and keep x instead of x - mu for the backward (no (M, C) temporary).
 
 Determinism: the rows are cut into fixed blocks of ``ROW_BLOCK``; each block's column sums are
 accumulated in float64 by one thread, and the block sums are added in block order, so the result
 does not depend on the number of threads (and float32 sums carry no accumulation error worth the
-name).  The reference sums in its dtype, so the two agree to rounding, not to the bit: the tests
+name).  The plain-xp passes sum in x's dtype, so the two agree to rounding, not to the bit: the tests
 (tests/kernels/test_batchnorm.py) compare them at 2e-5 relative in float32 and 1e-12 in float64.
 Derivation: docs/derivations/batchnorm.md.
 """
@@ -38,13 +39,12 @@ import numpy as np
 from jmvae_cupy.backend import get_array_module
 
 from ._dispatch import FLOAT_DTYPES, KernelArgumentError
-from .bias_relu import bias_relu_backward, bias_relu_forward
 
 # rows per block of the parallel column sums (the unit of work of one thread at a time)
 ROW_BLOCK = 256
 
 
-def _fast(*arrays) -> bool:
+def applies(*arrays) -> bool:
     """The Numba kernels apply: NumPy, one float dtype, C-contiguous (M, C) rows."""
     return (all(isinstance(a, np.ndarray) for a in arrays) and arrays[0].dtype in FLOAT_DTYPES
             and all(a.dtype == arrays[0].dtype for a in arrays)
@@ -62,8 +62,9 @@ def _check(where, x, vectors: dict):
 def bn_train_forward(x, gamma, beta, eps: float, relu: bool):
     """x (M, C); gamma, beta (C,).  Returns y (M, C) new, and mu, var (biased), inv_std (C,)."""
     _check("bn_train_forward", x, {"gamma": gamma, "beta": beta})
-    if not _fast(x, gamma, beta):
-        return bn_train_forward_ref(x, gamma, beta, eps, relu)
+    if not applies(x, gamma, beta):
+        raise KernelArgumentError("bn_train_forward: the CPU kernels take C-contiguous NumPy rows of one float "
+                                  "dtype (other arrays: layers/batchnorm.bn_train_forward_xp)")
     xp = get_array_module(x)  # NumPy here
     M, C = x.shape
     mu64 = _column_sums(x, xp.zeros(C), False) / M  # pass 1
@@ -83,8 +84,9 @@ def bn_train_backward(dy, x, y, mu, inv_std, gamma, relu: bool):
         if relu:
             raise KernelArgumentError("bn_train_backward: relu needs the forward's output y")
         y = x  # not read
-    if not _fast(dy, x, y, mu, inv_std, gamma):
-        return bn_train_backward_ref(dy, x, y, mu, inv_std, gamma, relu)
+    if not applies(dy, x, y, mu, inv_std, gamma):
+        raise KernelArgumentError("bn_train_backward: the CPU kernels take C-contiguous NumPy rows of one float "
+                                  "dtype (other arrays: layers/batchnorm.bn_train_backward_xp)")
     M, C = x.shape
     t = x.dtype.type
     dbeta64, dxc64 = _backward_sums(dy, x, y, mu, relu, t(0))  # pass 1: sum du, sum du (x - mu)
@@ -92,45 +94,6 @@ def bn_train_backward(dy, x, y, mu, inv_std, gamma, relu: bool):
     dbeta = dbeta64.astype(x.dtype)
     dx = get_array_module(x).empty_like(x)  # NumPy here
     _backward_dx(dy, x, y, mu, gamma * inv_std, dbeta / t(M), inv_std * dgamma / t(M), relu, t(0), dx)  # pass 2
-    return dx, dgamma, dbeta
-
-
-# --------------------------------------------------------------------------------------------
-# Plain-xp references (the oracles of the tests, and the CuPy path)
-# --------------------------------------------------------------------------------------------
-
-
-def bn_train_forward_ref(x, gamma, beta, eps: float, relu: bool):
-    """Same contract as :func:`bn_train_forward`, in plain xp, sums in x's dtype."""
-    xp = get_array_module(x)
-    M = x.shape[0]
-    mu = x.mean(axis=0)  # (C,)   pass 1
-    y = xp.ascontiguousarray(x - mu)  # (M, C) = x - mu (C order for bias_relu_forward; no copy if x is)
-    var = xp.einsum("mc,mc->c", y, y) / M  # (C,)   pass 2: biased variance, no cancellation
-    inv_std = 1.0 / (var + eps) ** 0.5  # (C,)
-    y *= gamma * inv_std  # gamma * xhat
-    if relu:
-        bias_relu_forward(y, beta)  # y <- max(y + beta, 0), in place
-    else:
-        y += beta
-    return y, mu, var, inv_std
-
-
-def bn_train_backward_ref(dy, x, y, mu, inv_std, gamma, relu: bool):
-    """Same contract as :func:`bn_train_backward`, in plain xp, sums in x's dtype."""
-    xp = get_array_module(x)
-    M = x.shape[0]
-    if relu:
-        du, dbeta = bias_relu_backward(dy, y)  # dy [y > 0] and its column sums, one pass
-    else:
-        du, dbeta = dy, dy.sum(axis=0)
-    xc = x - mu  # (M, C)
-    dgamma = xp.einsum("mc,mc->c", du, xc) * inv_std  # (C,) = sum_m du_m xhat_m
-    # the batch statistics depend on x: remove from du its mean and its projection on xhat
-    dx = xc * (-inv_std * dgamma / M)  # (M, C) = -xhat dgamma / M
-    dx += du
-    dx -= dbeta / M
-    dx *= gamma * inv_std
     return dx, dgamma, dbeta
 
 

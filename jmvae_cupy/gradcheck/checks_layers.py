@@ -318,7 +318,7 @@ def _batchnorm_check(x, train, seed):
 
 
 def _bn_kernel_check(fused: bool, relu: bool, seed: int):
-    """The training-mode kernels on their own: the fused Numba passes, or the plain-xp reference
+    """The training-mode passes on their own: the fused Numba kernels, or the layer's plain-xp passes
     (the CuPy path).  With relu, beta = +-2.5 and |gamma xhat| < 1.7 keep y away from the kink."""
     r = _rng(seed)
     M, C = 9, 4
@@ -326,8 +326,8 @@ def _bn_kernel_check(fused: bool, relu: bool, seed: int):
     gamma = 0.4 + 0.2 * r.random(C)
     beta = 2.5 * np.array([1.0, -1.0, 1.0, -1.0]) if relu else _randn(r, (C,))
     dy = _randn(r, (M, C))
-    fwd_fn = bn_kernels.bn_train_forward if fused else bn_kernels.bn_train_forward_ref
-    bwd_fn = bn_kernels.bn_train_backward if fused else bn_kernels.bn_train_backward_ref
+    fwd_fn = bn_kernels.bn_train_forward if fused else batchnorm.bn_train_forward_xp
+    bwd_fn = bn_kernels.bn_train_backward if fused else batchnorm.bn_train_backward_xp
 
     def loss():
         return core.dot(fwd_fn(x, gamma, beta, 1e-4, relu)[0], dy)
@@ -344,13 +344,13 @@ def _bn_kernel_relu():
     return _bn_kernel_check(True, True, 39)
 
 
-@register("batchnorm_kernel_ref", 1e-6, "plain-xp reference (the CuPy path) + ReLU, x (9, 4)",
-          covers=("jmvae_cupy.kernels.batchnorm.bn_train_backward_ref",))
+@register("batchnorm_kernel_ref", 1e-6, "the layer's plain-xp passes (the CuPy path) + ReLU, x (9, 4)",
+          covers=("jmvae_cupy.layers.batchnorm.bn_train_backward_xp",))
 def _bn_kernel_ref():
     return _bn_kernel_check(False, True, 40)
 
 
-_BN = ("jmvae_cupy.layers.batchnorm.batchnorm_backward",)
+_BN = ("jmvae_cupy.layers.batchnorm.batchnorm_backward", "jmvae_cupy.layers.batchnorm.train_backward")
 
 @register("batchnorm_train_dense", 1e-6, "batch statistics, x (7, 5) off zero mean", covers=_BN)
 def _bn_train_dense():

@@ -48,6 +48,7 @@ DERIVATIONS: dict[str, str] = {
     _L + "conv.conv2d_backward": "conv.md",
     _L + "deconv.deconv2d_backward": "deconv.md",
     _L + "batchnorm.batchnorm_backward": "batchnorm.md",
+    _L + "batchnorm.train_backward": "batchnorm.md",
     "jmvae_cupy.models.base.GaussianHead.backward": "distributions.md",
     _M + "jmvae.JMVAE.loss_and_grads": "objectives.md",
     _M + "jmvae.JMVAEKL.loss_and_grads": "objectives.md",

@@ -33,7 +33,7 @@ Derivation: docs/derivations/batchnorm.md.  Checked by tests/layers/test_batchno
 from __future__ import annotations
 
 from ..backend import get_array_module
-from ..kernels.batchnorm import bn_train_backward, bn_train_forward
+from ..kernels import batchnorm as bn_kernels
 from ..kernels.bias_relu import bias_relu_backward, bias_relu_forward
 
 EPS = 1e-4
@@ -69,8 +69,9 @@ def batchnorm_forward(
 
     x: (N, C) or (N, C, H, W); gamma, beta: (C,); state: {"mean": (C,), "var": (C,)}.
     train=True: batch statistics (mu, biased var); state updated in place (see module docstring).
-    The passes run fused (kernels/batchnorm.py: multi-threaded Numba on NumPy, the plain-xp
-    reference on CuPy), "+ beta" and the ReLU of the paper's ...BR layers included.
+    The passes run fused (:func:`train_forward`: kernels/batchnorm.py's multi-threaded Numba passes
+    on NumPy, the plain-xp :func:`bn_train_forward_xp` on CuPy), "+ beta" and the ReLU of the
+    paper's ...BR layers included.
     train=False: mu, var = state["mean"], state["var"]; state untouched.
     Returns y (shape of x) and the cache (x as (M, C) rows, mu (C,), inv_std (C,), gamma, x.shape,
     train, y as (M, C) rows if relu else None).
@@ -79,7 +80,7 @@ def batchnorm_forward(
     x_rows = xp.ascontiguousarray(_rows(x))  # (M, C); a no-op for a conv output (channels-last in memory)
     M = x_rows.shape[0]
     if train:
-        y_rows, mu, var, inv_std = bn_train_forward(x_rows, gamma, beta, eps, relu)
+        y_rows, mu, var, inv_std = train_forward(x_rows, gamma, beta, eps, relu)
         # running statistics, in place (the arrays are shared with the model's state dict)
         state["mean"] *= 1.0 - momentum
         state["mean"] += momentum * mu
@@ -109,7 +110,7 @@ def batchnorm_backward(dy, cache):
     x_rows, mu, inv_std, gamma, shape, train, y_relu = cache
     dy_rows = xp.ascontiguousarray(_rows(dy))  # (M, C)
     if train:
-        dx_rows, dgamma, dbeta = bn_train_backward(dy_rows, x_rows, y_relu, mu, inv_std, gamma, y_relu is not None)
+        dx_rows, dgamma, dbeta = train_backward(dy_rows, x_rows, y_relu, mu, inv_std, gamma, y_relu is not None)
     else:
         if y_relu is not None:
             dy_rows, dbeta = bias_relu_backward(dy_rows, y_relu)  # dy [y > 0] and its column sums, one pass
@@ -118,3 +119,63 @@ def batchnorm_backward(dy, cache):
         dgamma = xp.einsum("mc,mc->c", dy_rows, x_rows - mu) * inv_std  # (C,) = sum_m dy_m xhat_m
         dx_rows = dy_rows * (gamma * inv_std)  # (M, C)
     return _unrows(dx_rows, shape), {"gamma": dgamma, "beta": dbeta}
+
+
+# --------------------------------------------------------------------------------------------
+# The training-mode passes in plain xp (CuPy's path, the oracle of the fused CPU kernels)
+# --------------------------------------------------------------------------------------------
+
+
+def bn_train_forward_xp(x, gamma, beta, eps: float, relu: bool):
+    """x (M, C); gamma, beta (C,).  Returns y (M, C) new, and mu, var (biased), inv_std (C,); the
+    contract of kernels/batchnorm.bn_train_forward, in plain xp, sums in x's dtype."""
+    xp = get_array_module(x)
+    M = x.shape[0]
+    mu = x.mean(axis=0)  # (C,)   pass 1
+    y = xp.ascontiguousarray(x - mu)  # (M, C) = x - mu (C order for bias_relu_forward; no copy if x is)
+    var = xp.einsum("mc,mc->c", y, y) / M  # (C,)   pass 2: biased variance, no cancellation
+    inv_std = 1.0 / (var + eps) ** 0.5  # (C,)
+    y *= gamma * inv_std  # gamma * xhat
+    if relu:
+        bias_relu_forward(y, beta)  # y <- max(y + beta, 0), in place
+    else:
+        y += beta
+    return y, mu, var, inv_std
+
+
+def bn_train_backward_xp(dy, x, y, mu, inv_std, gamma, relu: bool):
+    """dy, x (M, C), y (M, C) (the ReLU's mask; any array when not relu); mu, inv_std, gamma (C,).
+    Returns dx (M, C), dgamma (C,), dbeta (C,): the closed form of :func:`batchnorm_backward` (train),
+    as kernels/batchnorm.bn_train_backward computes it in fused passes."""
+    xp = get_array_module(x)
+    M = x.shape[0]
+    if relu:
+        du, dbeta = bias_relu_backward(dy, y)  # dy [y > 0] and its column sums, one pass
+    else:
+        du, dbeta = dy, dy.sum(axis=0)
+    xc = x - mu  # (M, C)
+    dgamma = xp.einsum("mc,mc->c", du, xc) * inv_std  # (C,) = sum_m du_m xhat_m
+    # the batch statistics depend on x: remove from du its mean and its projection on xhat
+    dx = xc * (-inv_std * dgamma / M)  # (M, C) = -xhat dgamma / M
+    dx += du
+    dx -= dbeta / M
+    dx *= gamma * inv_std
+    return dx, dgamma, dbeta
+
+
+def train_forward(x_rows, gamma, beta, eps: float, relu: bool):
+    """The training-mode forward of rows x (M, C): the fused CPU kernels where they apply
+    (kernels/batchnorm.py), else the plain-xp passes above (CuPy)."""
+    if bn_kernels.applies(x_rows, gamma, beta):
+        return bn_kernels.bn_train_forward(x_rows, gamma, beta, eps, relu)
+    return bn_train_forward_xp(x_rows, gamma, beta, eps, relu)
+
+
+def train_backward(dy, x, y, mu, inv_std, gamma, relu: bool):
+    """The training-mode backward of rows (y: the ReLU's output, or None without relu), as :func:`train_forward`."""
+    yy = y if y is not None else x  # (not read without relu)
+    if relu and y is None:
+        raise ValueError("batch norm backward: relu needs the forward's output y")
+    if bn_kernels.applies(dy, x, yy, mu, inv_std, gamma):
+        return bn_kernels.bn_train_backward(dy, x, y, mu, inv_std, gamma, relu)
+    return bn_train_backward_xp(dy, x, yy, mu, inv_std, gamma, relu)

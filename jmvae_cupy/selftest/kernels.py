@@ -40,13 +40,7 @@ from jmvae_cupy.backend import asnumpy, get_array_module
 from jmvae_cupy.kernels import _dispatch
 from jmvae_cupy.kernels import winograd as wg
 from jmvae_cupy.kernels.adam import adam_update, adam_update_ref, flush_thresholds
-from jmvae_cupy.kernels.batchnorm import (
-    ROW_BLOCK,
-    bn_train_backward,
-    bn_train_backward_ref,
-    bn_train_forward,
-    bn_train_forward_ref,
-)
+from jmvae_cupy.kernels.batchnorm import ROW_BLOCK
 from jmvae_cupy.kernels.bernoulli import bernoulli_loglik_forward, bernoulli_loglik_forward_ref
 from jmvae_cupy.kernels.bias_relu import (
     bias_relu_backward,
@@ -58,6 +52,7 @@ from jmvae_cupy.kernels.finite import all_finite, all_finite_ref
 from jmvae_cupy.kernels.gauss_kl import gauss_kl_backward, gauss_kl_backward_ref, gauss_kl_forward, gauss_kl_forward_ref
 from jmvae_cupy.kernels.im2col import col2im, im2col
 from jmvae_cupy.kernels.reparam import reparam_backward, reparam_backward_ref, reparam_forward, reparam_forward_ref
+from jmvae_cupy.layers.batchnorm import bn_train_backward_xp, bn_train_forward_xp, train_backward, train_forward
 from jmvae_cupy.layers.im2col import col2im_xp as col2im_ref
 from jmvae_cupy.layers.im2col import im2col_xp as im2col_ref
 
@@ -513,6 +508,11 @@ def _close_to_max(rtol, names, expected):
     return verify
 
 
+def _xp_backward(dy, x, y, mu, inv_std, gamma, relu):
+    """The plain-xp backward with the layer's convention (y None without the ReLU)."""
+    return bn_train_backward_xp(dy, x, x if y is None else y, mu, inv_std, gamma, relu)
+
+
 def _batchnorm(xp, dtype, rng, quick):
     shapes = BATCHNORM_SHAPES[1::2] if quick else BATCHNORM_SHAPES
     rtol = BATCHNORM_RTOL[np.dtype(dtype)]
@@ -522,15 +522,17 @@ def _batchnorm(xp, dtype, rng, quick):
         dy = rng.standard_normal((m, c)).astype(dtype)
         for relu in (False, True):
             where = f"{m}x{c}{' relu' if relu else ''}"
-            expected = bn_train_forward_ref(*f64(x, gamma, beta), 1e-4, relu)
-            out = device_and_twin(xp, partial(_after, bn_train_forward, (1e-4, relu)),
-                                  partial(_after, bn_train_forward_ref, (1e-4, relu)), (x, gamma, beta))
+            expected = bn_train_forward_xp(*f64(x, gamma, beta), 1e-4, relu)
+            # the device side: the layer's choice (the fused CPU passes on NumPy, plain xp on CuPy)
+            out = device_and_twin(xp, partial(_after, train_forward, (1e-4, relu)),
+                                  partial(_after, bn_train_forward_xp, (1e-4, relu)), (x, gamma, beta))
             verify_both(xp, out, f"forward {where}", _close_to_max(rtol, ("y", "mu", "var", "inv_std"), expected))
-            y, mu, _, inv_std = bn_train_forward_ref(x, gamma, beta, 1e-4, relu)
+            y, mu, _, inv_std = bn_train_forward_xp(x, gamma, beta, 1e-4, relu)
             y = y if relu else None
-            expected = bn_train_backward_ref(*f64(dy, x, y, mu, inv_std, gamma), relu)
-            out = device_and_twin(xp, partial(_after, bn_train_backward, (relu,)),
-                                  partial(_after, bn_train_backward_ref, (relu,)), (dy, x, y, mu, inv_std, gamma))
+            expected = _xp_backward(*f64(dy, x), y if y is None else y.astype(np.float64),
+                                    *f64(mu, inv_std, gamma), relu)
+            out = device_and_twin(xp, partial(_after, train_backward, (relu,)),
+                                  partial(_after, _xp_backward, (relu,)), (dy, x, y, mu, inv_std, gamma))
             verify_both(xp, out, f"backward {where}", _close_to_max(rtol, ("dx", "dgamma", "dbeta"), expected))
     return f"{len(shapes)} shapes x (with, without ReLU), forward and backward, within {rtol:g} of float64"
 

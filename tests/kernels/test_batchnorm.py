@@ -1,5 +1,5 @@
 """Fused batch-norm kernels (kernels/batchnorm.py): the multi-threaded Numba passes against the
-plain-xp references (the oracle, and the CuPy path), determinism across thread counts, edge
+layer's plain-xp passes (layers/batchnorm.py: the oracle, and the CuPy path), determinism across thread counts, edge
 cases, argument checks.  Central differences through the layer: tests/layers/test_batchnorm.py
 and the ``batchnorm`` gradcheck entries, which now run these kernels."""
 
@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 
 from jmvae_cupy.kernels import KernelArgumentError
-from jmvae_cupy.kernels.batchnorm import (
-    ROW_BLOCK,
-    bn_train_backward,
-    bn_train_backward_ref,
-    bn_train_forward,
-    bn_train_forward_ref,
-)
+from jmvae_cupy.kernels.batchnorm import ROW_BLOCK, bn_train_backward, bn_train_forward
+from jmvae_cupy.layers.batchnorm import bn_train_backward_xp as bn_train_backward_ref
+from jmvae_cupy.layers.batchnorm import bn_train_forward_xp as bn_train_forward_ref
 
 # rows: one partial block, exactly one block, several blocks with a ragged end
 SHAPES = [(1, 3), (7, 37), (ROW_BLOCK, 5), (3 * ROW_BLOCK + 17, 64)]
@@ -106,20 +102,24 @@ def test_nan_propagates_as_in_the_reference(rng):
         assert np.array_equal(np.isnan(y), np.isnan(y_ref)) and np.isnan(y[:, 1]).all()
 
 
-def test_odd_layouts_take_the_reference_path(rng, monkeypatch):
-    from jmvae_cupy.kernels import batchnorm as K
+def test_odd_layouts_take_the_plain_xp_path(rng, monkeypatch):
+    """The layer chooses: the fused kernels for C-contiguous NumPy rows, else its plain-xp passes
+    (which the kernels refuse, one line)."""
+    from jmvae_cupy.layers import batchnorm as L
 
     x, gamma, beta, dy = _inputs(rng, 40, 6, np.float64)
-    xt = np.asfortranarray(x)  # not C-contiguous: the reference runs
-    b = bn_train_forward(x, gamma, beta, 1e-4, True)
+    xt = np.asfortranarray(x)  # not C-contiguous: the plain-xp passes run
+    b = L.train_forward(x, gamma, beta, 1e-4, True)
     calls = []
-    monkeypatch.setattr(K, "bn_train_forward_ref", lambda *a: calls.append(1) or bn_train_forward_ref(*a))
-    a = bn_train_forward(xt, gamma, beta, 1e-4, True)
+    monkeypatch.setattr(L, "bn_train_forward_xp", lambda *a: calls.append(1) or bn_train_forward_ref(*a))
+    a = L.train_forward(xt, gamma, beta, 1e-4, True)
     assert calls == [1]
     for u, v in zip(a, b):
         assert _close(u, v, np.float64)
-    bn_train_forward(x, gamma, beta, 1e-4, True)
+    L.train_forward(x, gamma, beta, 1e-4, True)
     assert calls == [1]  # C-contiguous: the fused kernels
+    with pytest.raises(KernelArgumentError, match="C-contiguous NumPy rows"):
+        bn_train_forward(xt, gamma, beta, 1e-4, True)
 
 
 def test_argument_errors(rng):
