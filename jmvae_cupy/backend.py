@@ -154,8 +154,8 @@ class _PinnedStaging:
     The pinned buffer must not be reused before its copy has run: a ring of ``SLOTS`` buffers,
     each with the CUDA event recorded after its copy; a slot is reused only after its event (in
     practice long done: the copy was queued ``SLOTS`` draws earlier) and regrown when too small.
-    UNTESTED ON HARDWARE in this project's sessions (no GPU lent): written from CuPy's API
-    (``cuda.alloc_pinned_memory``, ``ndarray.set(arr, stream)``, ``Stream.record``).
+    Built on CuPy's ``cuda.alloc_pinned_memory``, ``ndarray.set(arr, stream)`` and ``Stream.record``;
+    checked on a GPU by ``python -m jmvae_cupy.selftest --device gpu`` (its ``sync`` lines).
     """
 
     SLOTS = 8

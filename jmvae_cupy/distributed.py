@@ -20,7 +20,7 @@ The communicator (:class:`Comm`) hides the transport; everything above it is one
 * :class:`Comm`      one process (no-op; never used by a plain run);
 * :class:`MpiComm`   mpi4py on host buffers (a device buffer is staged through the host);
 * :class:`NcclComm`  NCCL (``cupy.cuda.nccl``) on device buffers, its unique id sent over MPI,
-  MPI kept for objects, barriers and abort.  UNTESTED ON HARDWARE (written from CuPy's API).
+  MPI kept for objects, barriers and abort (checked on a GPU by tests/test_distributed.py's NCCL cases).
 
 NumPy vs CuPy is decided here only, and cupy is reached only through
 ``backend.cupy_module()``.
@@ -206,7 +206,8 @@ class NcclComm(MpiComm):
     """NCCL all-reduce / broadcast on device (CuPy) buffers; MPI for setup, objects, barrier, abort.
 
     One GPU per rank: the device was chosen by :func:`init_distributed` (local rank) before this
-    is built.  UNTESTED ON HARDWARE: written from the CuPy API (cupy.cuda.nccl.NcclCommunicator).
+    is built.  Built on cupy.cuda.nccl.NcclCommunicator; the NCCL cases of tests/test_distributed.py
+    (GPU only, run by bench/gpu_acceptance.sh) check it.
     """
 
     backend = "nccl"
