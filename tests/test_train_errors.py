@@ -196,3 +196,16 @@ def test_resume_of_a_directory_that_does_not_exist_is_an_error(tmp_path, capsys)
     assert _last_err(capsys) == (f"error: --resume: {tmp_path / 'nope'} does not exist, so there is no run to "
                                  "continue (leave out --resume to start a new run there)")
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_resume_removes_the_temporary_files_of_a_killed_writer(tmp_path):
+    """A process killed while writing a checkpoint or config.json / metrics.jsonl leaves its temporary
+    file (.ckpt-*.tmp, fsutil's .tmp-*.tmp): the next run in the directory removes them, and only them."""
+    run = tmp_path / "run"
+    assert main(ONE + ["--out", str(run)]) == 0
+    stale = [run / ".ckpt-000001-000000.h5.tmp", run / ".tmp-abc123.tmp"]
+    keep = run / "notes.tmp"
+    for p in stale + [keep]:
+        p.write_text("half")
+    assert main(ONE + ["--epochs", "2", "--out", str(run), "--resume"]) == 0
+    assert not any(p.exists() for p in stale) and keep.exists()

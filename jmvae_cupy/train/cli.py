@@ -18,11 +18,12 @@ from ..checkpoint import CheckpointError, list_checkpoints
 from ..cli import describe, show_traceback_if_asked
 from ..data import DataError
 from ..distributed import DataParallel, DistributedError, init_distributed
+from ..fsutil import write_text
 from ..models import ModelError
 from ..models.config import builtin_base, infer_config, read_config_file, train_defaults
 from ..nets import NetSpecError
 from .errors import NonFiniteError, TrainError
-from .rundir import LOCK_NAME, atomic_write_text, prepare_run_dir
+from .rundir import LOCK_NAME, prepare_run_dir
 from .trainer import Trainer
 
 
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
         if writer:  # (on resume too: --epochs may have grown; the settings that must agree were checked)
             # (a smaller --epochs: no shrink)
             recorded = {**trainer.config, "epochs": max(config["epochs"], trainer.epoch)}
-            atomic_write_text(os.path.join(out, "config.json"), json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+            write_text(os.path.join(out, "config.json"), json.dumps(recorded, indent=2, sort_keys=True) + "\n")
 
         def request_stop(signum, frame):
             trainer.stop_requested = signal.Signals(signum).name

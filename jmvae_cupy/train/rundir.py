@@ -58,21 +58,12 @@ def prepare_run_dir(out: str, resume: bool):
     try:
         if not resume and (list_checkpoints(out) or os.path.exists(os.path.join(out, "metrics.jsonl"))):
             raise TrainError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-        for stale in glob.glob(os.path.join(out, ".ckpt-*.tmp")) + glob.glob(os.path.join(out, "*.json*.tmp")):
+        for stale in glob.glob(os.path.join(out, ".ckpt-*.tmp")) + glob.glob(os.path.join(out, ".tmp-*.tmp")):
             os.unlink(stale)  # left by a process killed while writing; never a complete file
     except BaseException:
         lock.close()
         raise
     return lock, created
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def append_line(path: str, obj: dict) -> None:

@@ -17,12 +17,13 @@ from ..backend import device_name, get_dtype, select_device, to_device
 from ..checkpoint import load_latest, restore_arrays
 from ..checkpoint import save as save_checkpoint
 from ..distributed import GlobalNoiseRng, StepMean, rows_of
+from ..fsutil import write_text
 from ..models import build_model
 from ..models.config import arch_from_model
 from ..optim import Adam
 from ..rng import Rng
 from .errors import NonFiniteError, TrainError
-from .rundir import append_line, atomic_write_text, metrics_lines_up_to
+from .rundir import append_line, metrics_lines_up_to
 from .sources import make_source, run_model_record
 from .step import beta_at, train_step
 
@@ -147,7 +148,7 @@ class Trainer:
         # keep the metrics of completed epochs only: the lines after the checkpoint are redone
         mpath = os.path.join(self.out, "metrics.jsonl")
         if self.is_writer and os.path.exists(mpath):
-            atomic_write_text(mpath, "".join(metrics_lines_up_to(mpath, self.epoch)))
+            write_text(mpath, "".join(metrics_lines_up_to(mpath, self.epoch)))
         self.log(f"resumed from {os.path.basename(ck['path'])} (epoch {self.epoch}, step {self.step})")
         return ck["path"]
 
