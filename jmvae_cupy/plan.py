@@ -36,6 +36,7 @@ CELEBA_PLAN = [
 # Pairs of your own (train data --data FILE): the runs of Table 1.
 DATA_PLAN = MNIST_PLAN[:3] + MNIST_PLAN[4:8]
 PLANS = {"mnist": MNIST_PLAN, "celeba": CELEBA_PLAN, "data": DATA_PLAN}
+CHAIN_KS = (0, 1, 2, 5, 10, 20)  # Fig. 4's rows (MNIST)
 # warm-up over this fraction of the epochs: the paper's 200 of 2,000 (MNIST), 20 of 50 (CelebA)
 WARMUP = {"mnist": 0.1, "celeba": 0.4, "data": 0.1}
 

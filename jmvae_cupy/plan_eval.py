@@ -37,11 +37,9 @@ from .evaluation import (
 )
 from .fsutil import replacing, write_json
 from .inference import INITS
-from .plan import dataset_of, run_dir, settings_hash
+from .plan import CHAIN_KS, dataset_of, run_dir, settings_hash
 from .rng import Rng
 from .runs import Run, RunError, attribute_columns, average_and_random, base_attributes
-
-CHAIN_KS = (0, 1, 2, 5, 10, 20)  # Fig. 4's rows
 
 
 def classifier_path(out: str) -> str:

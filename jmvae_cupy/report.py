@@ -12,7 +12,7 @@ import numpy as np
 
 from . import plots
 from .fsutil import write_json, write_text
-from .plan import WARMUP
+from .plan import CHAIN_KS, WARMUP
 
 # The paper's Table 1 (full MNIST, 2,000 epochs; CelebA, 50 epochs): x from w, w from x
 PAPER = {"mnist": {"JMVAE": (-977.2, -0.2361), "JMVAE-kl": (-422.4, -0.2628), "JMVAE-h": (-552.2, -3.589),
@@ -112,14 +112,7 @@ def _mnist_figures(out: str, ev: dict, save, trend_k) -> None:
     if panels:
         save(plots.latent_panels, "fig3-latent.png", panels)
     # Fig. 4: chains of iterative sampling, one panel per model and path
-    chains, rows = {}, {}
-    for n, e in ev.items():
-        z = _npz(out, n)
-        for key in (sorted(k for k in z.files if k.startswith("chain_")) if z is not None else []):
-            title = label(e, key[6:] if e["variant"] == "h" else None)
-            c = z[key][:1] if e["variant"] == "kl" else z[key]
-            chains[title] = c
-            rows[title] = ["q(z|w)"] if e["variant"] == "kl" else [f"K={k}" for k in (0, 1, 2, 5, 10, 20)][:len(c)]
+    chains, rows = _chain_panels(out, ev, "chain_", lambda e: CHAIN_KS)
     if chains:
         save(plots.generation_chains, "fig4-chains.png", chains, row_labels=rows)
     # Fig. 5: the paper's estimate and coherence against K (bands: min..max over repeats)
@@ -151,18 +144,26 @@ def _mnist_figures(out: str, ev: dict, save, trend_k) -> None:
         save(plots.metric_vs_epoch, "trend.png", trend_panels)
 
 
+def _chain_panels(out: str, ev: dict, prefix: str, ks) -> tuple:
+    """Figs. 4 and 6: the arrays PREFIX + path (z1, top) of each run's npz, one panel per model and
+    path in model order ({title: (R, C, ...) images}, {title: R row labels}); a JMVAE-kl run has one
+    row (from q(z|w)), the others one per K of ``ks(eval JSON)``."""
+    chains, rows = {}, {}
+    for n, e in sorted(ev.items(), key=lambda kv: ORDER[kv[1]["variant"]]):
+        z = _npz(out, n)
+        keys = [k for k in (z.files if z is not None else []) if k in (prefix + "z1", prefix + "top")]
+        for key in sorted(keys, key=lambda k: k != prefix + "z1"):  # (z1, then top)
+            title = label(e, key[len(prefix):] if e["variant"] == "h" else None)
+            chains[title] = z[key]
+            rows[title] = ["q(z|w)"] if e["variant"] == "kl" else [f"K={k}" for k in ks(e)][:len(z[key])]
+    return chains, rows
+
+
 def _data_figures(out: str, ev: dict, save) -> None:
     """Pairs of your own whose x are images: Fig. 4's chains (images generated from each class of w,
     or from the w of test pairs, after K iterations), one panel per model and path."""
-    chains, rows, cols = {}, {}, {}
-    for n, e in sorted(ev.items(), key=lambda kv: ORDER[kv[1]["variant"]]):
-        z = _npz(out, n)
-        for key in sorted((k for k in (z.files if z is not None else []) if k.startswith("chain_")),
-                          key=lambda k: k != "chain_z1"):
-            title = label(e, key[6:] if e["variant"] == "h" else None)
-            chains[title] = z[key]
-            rows[title] = ["q(z|w)"] if e["variant"] == "kl" else [f"K={k}" for k in e["chain_ks"]]
-            cols[title] = e["chain_columns"]
+    chains, rows = _chain_panels(out, ev, "chain_", lambda e: e["chain_ks"])
+    cols = {label(e, p): e["chain_columns"] for e in ev.values() if "chain_columns" in e for p in ("z1", "top")}
     if chains:
         save(plots.generation_chains, "fig4-chains.png", chains, row_labels=rows, col_labels=cols,
              xlabel="generated from w", ylabel="iterations")
@@ -172,19 +173,11 @@ def _celeba_figures(out: str, ev: dict, save) -> None:
     """Fig. 6 (faces from the attributes of test faces along the iterations, per model), Fig. 7(a)
     (average and random faces per attribute) and 7(b) (PCA of latent samples), from the GAN run
     when there is one, else from JMVAE-kl."""
-    chains, rows, cols = {}, {}, {}
-    for n, e in sorted(ev.items(), key=lambda kv: ORDER[kv[1]["variant"]]):
-        z = _npz(out, n)
-        if z is None or "fig6_real" not in z.files:
-            continue
-        if not chains:
-            real = "(a) test faces"
-            chains[real], rows[real] = z["fig6_real"][None], ["data"]
-        for key in sorted((k for k in z.files if k.startswith("fig6_") and k != "fig6_real"),
-                          key=lambda k: k != "fig6_z1"):  # (z1, then top)
-            title = label(e) + (f" ({PATH[key[5:]]})" if e["variant"] == "h" else "")
-            chains[title] = z[key]
-            rows[title] = ["q(z|w)"] if e["variant"] == "kl" else [f"K={k}" for k in e["fig6_ks"]]
+    panels, panel_rows = _chain_panels(out, ev, "fig6_", lambda e: e["fig6_ks"])
+    real = next((z["fig6_real"] for z in (_npz(out, n) for n in ev) if z is not None and "fig6_real" in z.files), None)
+    chains, rows = {}, {}
+    if panels and real is not None:  # row (a): the test faces whose attributes the panels generate from
+        chains, rows = {"(a) test faces": real[None], **panels}, {"(a) test faces": ["data"], **panel_rows}
     if chains:
         faces = next(iter(chains.values())).shape[1]
         cols = {t: [f"test {i}" for i in range(faces)] for t in chains}
