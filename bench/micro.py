@@ -5,7 +5,9 @@
     python bench/micro.py batchnorm     # fused batch-norm kernels vs the plain-NumPy reference, (65536, 64)
     python bench/micro.py gemm          # the same products in NumPy (OpenBLAS) and torch (MKL), 1 thread
     python bench/micro.py winograd      # conv forward + both gradients, im2col vs Winograd F(2x2, 2x2), per
-                                        # correlation of the CelebA nets (the rule of conv.use_winograd)
+                                        # correlation of the CelebA nets (the rule of conv_fast.use_winograd)
+    python bench/micro.py subpixel      # col2im(dY Wm) of the CelebA deconvs, scatter vs sub-pixel, and the
+                                        # choice of conv_fast.use_subpixel
     python bench/micro.py subnormal     # MNIST JMVAE-kl training on the embedded data, Adam with and without
                                         # its flush of subnormal numbers (kernels/adam.py), epoch by epoch
     python bench/micro.py adam-memory   # the MNIST JMVAE-kl Adam update against a loop with its memory traffic
@@ -157,7 +159,8 @@ WINOGRAD_CASES = [(64, 3, 64), (32, 64, 128), (16, 128, 256), (8, 256, 256)]
 def winograd(args) -> None:
     import numpy as np
 
-    from jmvae_cupy.layers.conv import conv2d_backward, conv2d_forward, use_winograd
+    from jmvae_cupy.layers.conv import conv2d_backward, conv2d_forward
+    from jmvae_cupy.layers.conv_fast import use_winograd
 
     r = np.random.default_rng(0)
     n = 64
@@ -181,6 +184,35 @@ def winograd(args) -> None:
         auto = "winograd" if use_winograd(h, h, 4, 4, (2, 2), (1, 1), b, a) else "im2col"
         print(f"  {h:2d}x{h:<2d} {b:3d} -> {a:3d} channels:  im2col {row[0]:7.1f}   winograd {row[1]:7.1f}   "
               f"winograd/im2col {row[1] / row[0]:5.2f}   auto: {auto}")
+
+
+# ----------------------------------------------------------------------------------------- subpixel
+# (N, OH, A, B): col2im(dY Wm) from an OH x OH grid of A channels to 2*OH x 2*OH of B channels, as
+# in the CelebA decoder's deconvs (4x4, stride 2, pad 1)
+SUBPIXEL_CASES = [(64, 4, 256, 256), (64, 8, 256, 128), (64, 16, 128, 64), (64, 32, 64, 3)]
+
+
+def subpixel(args) -> None:
+    import numpy as np
+
+    from jmvae_cupy.layers.conv import correlate_transpose
+    from jmvae_cupy.layers.conv_fast import use_subpixel
+
+    r = np.random.default_rng(0)
+    print(f"col2im(dY Wm), 4x4 stride 2 pad 1, float32, {args.threads} thread(s): median ms of "
+          f"{args.repeat}, the two methods interleaved")
+    for n, oh, a, b in SUBPIXEL_CASES:
+        y_rows = r.standard_normal((n * oh * oh, a)).astype(np.float32)
+        Wm = (r.standard_normal((a, 16 * b)) * 0.05).astype(np.float32)
+        args_ = (y_rows, Wm, (n, oh, oh), (2 * oh, 2 * oh), 4, 4, (2, 2), (1, 1))
+        steps = {m: (lambda m=m, a_=args_: correlate_transpose(*a_, method=m)) for m in ("scatter", "subpixel")}
+        for step in steps.values():
+            step()  # warm-up
+        times, _ = alternate({m: Local(step) for m, step in steps.items()}, 0, args.repeat, args.repeat)
+        row = [1e3 * statistics.median(times[m]) for m in steps]
+        auto = "subpixel" if use_subpixel((n, oh, oh), (2 * oh, 2 * oh), b, 4, 4, (2, 2), (1, 1)) else "scatter"
+        print(f"  N={n} {oh:2d}x{oh:<2d} {a:3d} -> {2 * oh:2d}x{2 * oh:<2d} {b:3d}:  scatter {row[0]:7.1f}   "
+              f"subpixel {row[1]:7.1f}   subpixel/scatter {row[1] / row[0]:5.2f}   auto: {auto}")
 
 
 # ----------------------------------------------------------------------------------------- subnormal
@@ -365,10 +397,11 @@ def adam_memory(args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("heap", "batchnorm", "gemm", "winograd", "subnormal", "adam-memory"))
+    p.add_argument("what", choices=("heap", "batchnorm", "gemm", "winograd", "subpixel", "subnormal",
+                                     "adam-memory"))
     p.add_argument("--threads", type=int, default=1, help="BLAS / Numba / torch threads (default 1)")
     p.add_argument("--repeat", type=int, default=9,
-                   help="winograd, subnormal, adam-memory: interleaved rounds (default 9)")
+                   help="winograd, subpixel, subnormal, adam-memory: interleaved rounds (default 9)")
     p.add_argument("--epochs", type=int, default=14, help="subnormal: epochs of each training (default 14)")
     p.add_argument("--one", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -385,7 +418,7 @@ def main(argv=None) -> int:
         if os.environ.get("_MICRO_CHILD") != "1":
             return subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
                                   env={**os.environ, "_MICRO_CHILD": "1"}).returncode
-        {"batchnorm": batchnorm, "gemm": gemm, "winograd": winograd, "subnormal": subnormal,
+        {"batchnorm": batchnorm, "gemm": gemm, "winograd": winograd, "subpixel": subpixel, "subnormal": subnormal,
          "adam-memory": adam_memory}[args.what](args)
     return 0
 

@@ -98,14 +98,14 @@ def gemm_list(model, n: int) -> list:
     Dense (N, D_in) -> (N, D_out): x@W, dy@W.T, x.T@dy;  Conv2D with M = N*OH*OW rows and
     K = KH*KW*C_in: col@Wm.T, dY.T@col, dY@Wm;  Deconv2D with M = N*H*W input pixels and
     K = KH*KW*C_out: X@Wm, dcol@Wm.T, X.T@dcol;  GaussianHead: a dense layer D_in -> 2 D_z.
-    A conv or deconv layer that runs as Winograd F(2x2, 2x2) (``conv.use_winograd``, as the
+    A conv or deconv layer that runs as Winograd F(2x2, 2x2) (``conv_fast.use_winograd``, as the
     layers decide) does 9 GEMMs per product instead, batched: with T = N * tiles, B and A the
     channels of its correlation's input and output: V@U (9, T, 4B) x (9, 4B, A), dM.T@V and
     dM@U.T (U stored transposed, (9, A, 4B), as the layers keep it).  The input gradient of a
     component in ``model.data_inputs`` is not computed (its input is data), so its first layer has
     no dx product.
     """
-    from jmvae_cupy.layers.conv import use_winograd
+    from jmvae_cupy.layers.conv_fast import use_winograd
     from jmvae_cupy.layers.im2col import conv_outsize, deconv_outsize
     from jmvae_cupy.models.base import GaussianHead
     from jmvae_cupy.nets import Conv2D, Deconv2D, Dense, Flatten, Reshape
@@ -431,8 +431,8 @@ def blas_threads():
 
 CATEGORIES = [  # (category, predicate on (file, function)) -- first match wins
     ("gemm (+bias add)", lambda f, fn: f.endswith(("layers/dense.py", "layers/conv.py", "layers/deconv.py",
-                                                    "layers/winograd.py"))
-     and fn not in ("to_rows", "weight_matrix", "weight_from_matrix", "_check")),
+                                                    "layers/conv_fast.py", "layers/winograd.py"))
+     and fn not in ("_check", "use_winograd", "use_subpixel", "is_winograd")),
     ("im2col/col2im, Winograd transforms", lambda f, fn: f.endswith(("layers/im2col.py", "kernels/im2col.py",
                                                                       "kernels/winograd.py"))),
     ("kernels reparam/KL", lambda f, fn: "kernels/reparam.py" in f or "kernels/gauss_kl.py" in f

@@ -19,8 +19,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import throughput as T  # noqa: E402
 
-from jmvae_cupy.layers import conv as conv_mod  # noqa: E402
-from jmvae_cupy.layers.conv import WinogradCache  # noqa: E402
+from jmvae_cupy.layers import conv_fast  # noqa: E402
 from jmvae_cupy.nets import Conv2D, Deconv2D  # noqa: E402
 
 
@@ -53,11 +52,11 @@ def test_the_celeba_floor_follows_the_method_each_layer_runs(monkeypatch):
         comp = model.components[cname]
         _, caches = model.run(cname, inp)
         for i, layer in enumerate(comp.layers):
-            if isinstance(layer, (Conv2D, Deconv2D)) and isinstance(caches[i][0], WinogradCache):
+            if isinstance(layer, (Conv2D, Deconv2D)) and conv_fast.is_winograd(caches[i]):
                 ran.add(f"{cname}.{i}")
     assert ran == wino_layers
 
-    monkeypatch.setattr(conv_mod, "use_winograd", lambda *a, **k: False)  # the same model, all im2col
+    monkeypatch.setattr(conv_fast, "use_winograd", lambda *a, **k: False)  # the same model, all im2col
     im2col = T.gemm_list(model, n)
 
     def per_layer(gemms):
@@ -124,6 +123,16 @@ def test_the_subnormal_benchmark_runs_both_trainings():
     rows = [line.split() for line in out.stdout.splitlines() if line.lstrip().startswith("1 ")]
     assert len(rows) == 1 and rows[0][:3] == ["1", "80", "|"], out.stdout  # epoch 1, 8000 digits / 100
     assert "parameters that differ between the two runs after 80 steps: 0 " in out.stdout, out.stdout
+
+
+def test_the_subpixel_benchmark_prints_each_deconv_and_the_rule():
+    """``bench/micro.py subpixel`` (docs/derivations/deconv.md): one round, a row per CelebA deconv,
+    and "auto" naming the method conv_fast.use_subpixel takes (no timing asserted)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "micro.py"), "subpixel", "--repeat", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    autos = re.findall(r"auto: (\w+)$", out.stdout, flags=re.M)
+    assert autos == ["scatter", "scatter", "subpixel", "scatter"], out.stdout
 
 
 def test_the_adam_memory_benchmark_prints_both_rows():

@@ -282,8 +282,24 @@ def _strided_check(module, name, seed, x_shape, W_shape, b_shape, stride, pad, m
 def _conv2d():
     return _strided_check(conv, "conv2d", 30, (2, 3, 7, 6), (4, 3, 3, 2), (4,), (2, 1), (1, 0), "im2col")
 
+@register("conv2d_relu", 1e-7, "y = max(x (2,3,6,5) * W (4,3,3,3) + b, 0), stride 1, pad 1, the fused bias + ReLU",
+          covers=("jmvae_cupy.layers.conv.conv2d_backward", "jmvae_cupy.layers.conv_fast.bias_backward"))
+def _conv2d_relu():
+    r = _rng(34)
+    x, W, b = _randn(r, (2, 3, 6, 5)), _randn(r, (4, 3, 3, 3), 0.5), _randn(r, (4,))
+    u = conv.conv2d_forward(x, W, b, 1, 1, method="im2col")[0]  # the pre-activations
+    assert (np.abs(u) >= 1e-3).all(), "test inputs too close to the ReLU kink"
+    dy = _randn(r, u.shape)
+
+    def loss():
+        return core.dot(conv.conv2d_forward(x, W, b, 1, 1, relu=True)[0], dy)
+
+    dx, g = conv.conv2d_backward(dy, conv.conv2d_forward(x, W, b, 1, 1, relu=True)[1])
+    return compare(loss, {"x": x, "W": W, "b": b}, {"x": dx, "W": g["W"], "b": g["b"]})
+
+
 @register("conv2d_winograd", 1e-7, "x (2,5,8,12) * W (6,5,4,4), stride 2, pad 1, bias, Winograd F(2x2, 2x2)",
-          covers=("jmvae_cupy.layers.conv.conv2d_backward",))
+          covers=("jmvae_cupy.layers.conv.conv2d_backward", "jmvae_cupy.layers.conv_fast.conv2d_backward_winograd"))
 def _conv2d_winograd():
     return _strided_check(conv, "conv2d", 32, (2, 5, 8, 12), (6, 5, 4, 4), (6,), 2, 1, "winograd")
 
@@ -294,7 +310,8 @@ def _deconv2d():
     return _strided_check(deconv, "deconv2d", 31, (2, 3, 4, 5), (3, 2, 3, 4), (2,), 2, (1, 2), "im2col")
 
 @register("deconv2d_winograd", 1e-7, "x (2,6,4,2) transposed-conv W (6,5,4,4), stride 2, pad 1, bias, "
-          "Winograd F(2x2, 2x2)", covers=("jmvae_cupy.layers.deconv.deconv2d_backward",))
+          "Winograd F(2x2, 2x2)", covers=("jmvae_cupy.layers.deconv.deconv2d_backward",
+                                          "jmvae_cupy.layers.conv_fast.deconv2d_backward_winograd"))
 def _deconv2d_winograd():
     return _strided_check(deconv, "deconv2d", 33, (2, 6, 4, 2), (6, 5, 4, 4), (5,), 2, 1, "winograd")
 

@@ -13,7 +13,9 @@ The paper's DCkBR layers use 4x4, stride 2, padding ("crop") 1: 4 -> 8 -> 16 -> 
 
 Shared machinery (conv.py): the forward is ``correlate_transpose`` (GEMM + col2im), exactly
 conv backward-data; the backward-data is ``correlate`` (im2col + GEMM), exactly conv forward.
-Outputs are NCHW-shaped views of channels-last memory, as in conv.py.
+The Winograd route of the paper's 4x4 / stride-2 / pad-1 layers is in conv_fast.py, chosen by
+the rule of the conv with the same kernel.  Outputs are NCHW-shaped views of channels-last
+memory, as in conv.py.
 
 Derivation: docs/derivations/deconv.md.  Checked by tests/layers/test_conv_transpose.py.
 """
@@ -23,28 +25,26 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..backend import get_array_module
-from . import winograd
-from .conv import (
+from . import conv_fast as fast
+from .conv import correlate, correlate_transpose
+from .im2col import deconv_outsize, pair
+from .layout import (
     ConvShapeError,
-    WinogradCache,
-    _pad_nchw,
-    correlate,
-    correlate_transpose,
+    pad_nchw,
     to_nchw,
     to_nhwc,
     to_rows,
-    use_winograd,
     weight_from_matrix,
     weight_matrix,
 )
-from .im2col import deconv_outsize, pair
 
 
 class DeconvCache(NamedTuple):
-    """What :func:`deconv2d_forward` keeps for :func:`deconv2d_backward`."""
+    """What :func:`deconv2d_forward` keeps for :func:`deconv2d_backward` (the im2col route; a
+    Winograd layer keeps a conv_fast.WinogradDeconvCache)."""
 
-    x_rows: object     # the input pixels as rows (N*H*W, C_in), for the weight gradient; or a WinogradCache
-    Wm: object         # the kernel as the GEMM matrix (C_in, KH*KW*C_out); None for Winograd
+    x_rows: object     # the input pixels as rows (N*H*W, C_in), for the weight gradient
+    Wm: object         # the kernel as the GEMM matrix (C_in, KH*KW*C_out)
     x_shape: tuple     # (N, C_in, H, W)
     W_shape: tuple     # (C_in, C_out, KH, KW)
     stride: tuple      # (sy, sx)
@@ -73,51 +73,42 @@ def deconv2d_forward(x, W, b=None, stride=1, pad=0, method: str = "auto"):
     x: (N, C_in, H, W); W: (C_in, C_out, KH, KW); b: (C_out,) or None;
     stride, pad: int or (sy, sx), (ph, pw) (pad = rows / columns cropped from each border).
     method: "auto", "im2col" or "winograd", decided for the correlation y -> x that this layer
-    is the adjoint of (conv.use_winograd: the conv with this kernel decides alike).
+    is the adjoint of (conv_fast.use_winograd: the conv with this kernel decides alike).
     Returns y (N, C_out, OH, OW) -- an NCHW view of channels-last memory (C order below 8
-    channels) -- and the :class:`DeconvCache` that backward needs (a Winograd layer keeps a
-    conv.WinogradCache (dM = A x A^T, Ut) as its ``x_rows`` and None as its ``Wm``).
+    channels) -- and the cache that backward needs: a :class:`DeconvCache`, or a
+    conv_fast.WinogradDeconvCache from the Winograd route.
     """
     stride, pad = pair(stride), pair(pad)
     _check(x, W, b, stride, pad)
     N, C_in, H, Wd = x.shape
     _, C_out, KH, KW = W.shape
     OH, OW = deconv_outsize(H, KH, stride[0], pad[0]), deconv_outsize(Wd, KW, stride[1], pad[1])
-    if use_winograd(OH, OW, KH, KW, stride, pad, C_out, C_in, method):
-        U = winograd.weight_transform(W)  # (9, C_in, 4 C_out)
-        dM = winograd.wino_output_adj(to_nhwc(x))  # (9, T, C_in)
-        y = winograd.correlate_transpose(dM, U, N, OH, OW)  # (N, OH, OW, C_out): B (dM U^T) B^T
-        first, Wm = WinogradCache(dM, U), None
-    else:
-        first = to_rows(x)  # (N*H*W, C_in)
-        Wm = weight_matrix(W)  # (C_in, KH*KW*C_out)
-        y = correlate_transpose(first, Wm, (N, H, Wd), (OH, OW), KH, KW, stride, pad)  # (N, OH, OW, C_out)
+    if fast.use_winograd(OH, OW, KH, KW, stride, pad, C_out, C_in, method):
+        return fast.deconv2d_forward_winograd(x, W, b)
+    x_rows = to_rows(x)  # (N*H*W, C_in)
+    Wm = weight_matrix(W)  # (C_in, KH*KW*C_out)
+    y = correlate_transpose(x_rows, Wm, (N, H, Wd), (OH, OW), KH, KW, stride, pad)  # (N, OH, OW, C_out)
     if b is not None:
         y += b
-    return to_nchw(y), DeconvCache(first, Wm, x.shape, W.shape, stride, pad, b is not None)
+    return to_nchw(y), DeconvCache(x_rows, Wm, x.shape, W.shape, stride, pad, b is not None)
 
 
 def deconv2d_backward(dy, cache):
     """Closed form, with X (N*H*W, C_in) the input pixels as rows and dcol = im2col(dy)
     (N*H*W, KH*KW*C_out):  dx = dcol Wm^T (N, C_in, H, W) -- a convolution of dy with W;
     dW = X^T dcol (C_in, C_out, KH, KW after reshaping); db = sum_{n,h,w} dy (C_out,).
-    Winograd (layers/winograd.py): V = B^T dy B, dx = A^T (V U) A, dW = G^T (V^T dM) G.
 
     Returns (dx, {"W": dW, "b": db}) ("b" only when the forward had a bias).
     """
-    first, Wm, x_shape, W_shape, stride, pad, has_bias = cache  # (a DeconvCache, its fields in order)
-    N, C_in, H, Wd = x_shape
-    _, _, KH, KW = W_shape
-    if isinstance(first, WinogradCache):
-        dx, V = winograd.correlate(to_nhwc(dy), first.Ut)  # (N, H, W, C_in), (9, T, 4 C_out)
-        grads = {"W": winograd.weight_grad(V, first.data, W_shape)}
-    else:
-        dx_rows, dcol, _ = correlate(to_nhwc(dy), Wm, KH, KW, stride, pad)  # (N*H*W, C_in), (N*H*W, K)
-        grads = {"W": weight_from_matrix(first.T @ dcol, W_shape)}  # (C_in, C_out, KH, KW)
-        dx = dx_rows.reshape(N, H, Wd, C_in)
-    if has_bias:
+    if isinstance(cache, fast.WinogradDeconvCache):
+        return fast.deconv2d_backward_winograd(dy, cache)
+    N, C_in, H, Wd = cache.x_shape
+    _, _, KH, KW = cache.W_shape
+    dx_rows, dcol, _ = correlate(to_nhwc(dy), cache.Wm, KH, KW, cache.stride, cache.pad)  # (N*H*W, C_in), (N*H*W, K)
+    grads = {"W": weight_from_matrix(cache.x_rows.T @ dcol, cache.W_shape)}  # (C_in, C_out, KH, KW)
+    if cache.has_bias:
         grads["b"] = dy.sum(axis=(0, 2, 3))  # (C_out,)
-    return to_nchw(dx), grads
+    return to_nchw(dx_rows.reshape(N, H, Wd, C_in)), grads
 
 
 def deconv2d_init(rng, c_in: int, c_out: int, kh: int, kw: int, dtype, xp, bias: bool = True):
@@ -164,7 +155,7 @@ def deconv2d_backward_naive(dy, x, W, stride=1, pad=0):
     _, _, KH, KW = W.shape
     # dy padded back to the uncropped canvas (the crop's adjoint is zero padding)
     full_h, full_w = sy * (H - 1) + KH, sx * (Wd - 1) + KW
-    dypad = _pad_nchw(dy, ph, pw)[:, :, :full_h, :full_w]
+    dypad = pad_nchw(dy, ph, pw)[:, :, :full_h, :full_w]
     dx = xp.zeros_like(x)
     dW = xp.zeros_like(W)
     for h in range(H):

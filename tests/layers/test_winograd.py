@@ -14,14 +14,13 @@ import pytest
 from jmvae_cupy.gradcheck import rel_error
 from jmvae_cupy.layers.conv import (
     ConvShapeError,
-    WinogradCache,
     conv2d_backward,
     conv2d_backward_naive,
     conv2d_forward,
     conv2d_forward_naive,
     conv2d_param_grads,
-    use_winograd,
 )
+from jmvae_cupy.layers.conv_fast import WinogradConvCache, WinogradDeconvCache, use_winograd
 from jmvae_cupy.layers.deconv import (
     deconv2d_backward,
     deconv2d_backward_naive,
@@ -58,14 +57,14 @@ def _deconv_inputs(rng, N, C, H, W, Co):
 def test_conv_winograd_matches_the_loop_oracle(rng, case):
     x, Wt, b = _conv_inputs(rng, *case)
     _, cache = CONV_W[0](x, Wt, b, 2, 1)
-    assert isinstance(cache[0], WinogradCache)  # the path under test did run
+    assert isinstance(cache, WinogradConvCache)  # the path under test did run
     check_against_oracle(rng, *CONV_W, conv2d_forward_naive, conv2d_backward_naive, x, Wt, b, 2, 1)
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_deconv_winograd_matches_the_loop_oracle(rng, case):
     x, Wt, b = _deconv_inputs(rng, *case)
-    assert isinstance(DECONV_W[0](x, Wt, b, 2, 1)[1][0], WinogradCache)
+    assert isinstance(DECONV_W[0](x, Wt, b, 2, 1)[1], WinogradDeconvCache)
     check_against_oracle(rng, *DECONV_W, deconv2d_forward_naive, deconv2d_backward_naive, x, Wt, b, 2, 1)
 
 
@@ -105,7 +104,7 @@ def test_deconv_backward_data_is_still_exactly_conv_forward(rng):
     """Both decide by the same correlation, so the identity of test_conv_transpose holds on Winograd too."""
     x, Wt, b = _deconv_inputs(rng, 2, 20, 16, 16, 24)  # large enough for "auto" to pick Winograd
     y, cache = deconv2d_forward(x, Wt, b, 2, 1)
-    assert isinstance(cache[0], WinogradCache)
+    assert isinstance(cache, WinogradDeconvCache)
     dy = rng.standard_normal(y.shape)
     dx, _ = deconv2d_backward(dy, cache)
     np.testing.assert_array_equal(dx, conv2d_forward(dy, Wt, None, 2, 1)[0])

@@ -94,9 +94,7 @@ def test_a_conv_model_through_winograd_layers_matches_im2col_and_finite_differen
     """The CelebA JMVAE-kl family at a width where "auto" runs the 8x8 convolutions and their
     deconvolutions as Winograd F(2x2, 2x2): the loss and every gradient equal the im2col model's
     (float64, to rounding), and finite differences agree term by term."""
-    from jmvae_cupy.layers import conv as conv_mod
-    from jmvae_cupy.layers import deconv as deconv_mod
-    from jmvae_cupy.layers.conv import WinogradCache
+    from jmvae_cupy.layers import conv_fast
 
     arch = celeba_arch(size=16, width=0.25, latent=3, w_dim=5)  # C16R-C32BR: the 8x8 conv has 16 -> 32 channels
     model = build_model(arch, "kl", seed=3, dtype="float64")
@@ -105,15 +103,13 @@ def test_a_conv_model_through_winograd_layers_matches_im2col_and_finite_differen
 
     def winograd_layers():
         """How many conv layers of the encoder qxw.x and deconv layers of the decoder px run as Winograd."""
-        return [sum(c is not None and isinstance(c[0], WinogradCache) for c in model.run(name, a)[1])
+        return [sum(conv_fast.is_winograd(c) for c in model.run(name, a)[1])
                 for name, a in (("qxw.x", x), ("px", z))]
 
     assert all(winograd_layers()), f"encoder / decoder Winograd layers: {winograd_layers()}"
     loss_w, _, grads_w = model.loss_and_grads(x, w, Rng(NOISE_SEED), beta=0.7)
     with monkeypatch.context() as m:
-        # the same model, all im2col: conv and deconv each hold the rule under its own name
-        for mod in (conv_mod, deconv_mod):
-            m.setattr(mod, "use_winograd", lambda *a, **k: False)
+        m.setattr(conv_fast, "use_winograd", lambda *a, **k: False)  # the same model, all im2col
         assert winograd_layers() == [0, 0]
         loss_i, _, grads_i = model.loss_and_grads(x, w, Rng(NOISE_SEED), beta=0.7)
     assert abs(float(loss_w) - float(loss_i)) <= 1e-12 * abs(float(loss_i))
