@@ -94,7 +94,7 @@ class _Conditional(JMVAE):
     # ------------------------------------------------------------------ the objective
     def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
         """As :meth:`JMVAE.loss_and_grads`: terms ``rec_x`` or ``rec_w``, ``kl``, ``elbo``."""
-        c = self._begin(x, w, beta, coef)                              # the terms' coefficients
+        coefs = self._begin(x, w, beta, coef)                          # c_t, the terms' coefficients
         xp, N = self.xp, x.shape[0]
         grads = {}
         t, cond = self.split(x, w)
@@ -107,20 +107,20 @@ class _Conditional(JMVAE):
         ll, lik_c = self.target_lik.loglik(t.reshape(N, -1), out.reshape(N, -1))  # an image's pixels: flat
         kl, prior_c = self._kl_forward(mu, var, cond, train)          # KL(q || p(z)) or KL(q || p(z|c))
         terms_n = {self.rec_key: ll, "kl": kl}
-        # ---- backward: d loss / d term_t[n] = -c_t / N
-        s = {k: -c[k] / N for k in c}
+        # ---- backward
+        dterm = {k: -coefs[k] / N for k in coefs}                     # d loss / d term_t[n] = -c_t / N
         dz = None
-        if s[self.rec_key] != 0.0:
-            dout = self.target_lik.loglik_backward(xp.full((N,), s[self.rec_key], dtype=self.dtype),
+        if dterm[self.rec_key] != 0.0:
+            dout = self.target_lik.loglik_backward(xp.full((N,), dterm[self.rec_key], dtype=self.dtype),
                                                    lik_c).reshape(out.shape)
             dz = self._decoder_backward(dout, dec_c, grads)
         dmu, dvar = reparam_backward(zeros_like_or(dz, mu), var, eps)
-        if s["kl"] != 0.0:
-            dmu, dvar = self._kl_backward(xp.full((N,), s["kl"], dtype=self.dtype), mu, var, prior_c,
+        if dterm["kl"] != 0.0:
+            dmu, dvar = self._kl_backward(xp.full((N,), dterm["kl"], dtype=self.dtype), mu, var, prior_c,
                                           dmu, dvar, grads)
         dh = self.run_back("qxw.head", (dmu, dvar), head_c, grads)
         self.trunk_backward(dh, trunk_c, grads)
-        return self._finish(terms_n, c, grads)
+        return self._finish(terms_n, coefs, grads)
 
     # ------------------------------------------------------------------ inference
     def target_loglik(self, z, t, cond, train=False):

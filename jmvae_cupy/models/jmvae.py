@@ -17,11 +17,41 @@ minimised (Adam descends); ``terms["elbo"]`` is the proper lower bound of log p(
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..backend import get_dtype
 from ..distributions import LOG_2PI, gaussian_loglik, gaussian_loglik_backward
 from ..kernels.gauss_kl import gauss_kl_backward, gauss_kl_forward
 from ..kernels.reparam import reparam_backward, reparam_forward
 from .base import ModelError, Params, zeros_like_or
+
+
+class TrunkCache(NamedTuple):
+    """What :meth:`JMVAE.trunk_forward` keeps for :meth:`JMVAE.trunk_backward`."""
+
+    x: list            # the caches of the x branch ``qxw.x``
+    w: list            # the caches of the w branch ``qxw.w``
+    joint: list        # the caches of ``qxw.joint``, or None without joint layers
+    x_width: int       # D_x, the x branch's share of the concatenation (N, D_x + D_w)
+
+
+class ReconstructCache(NamedTuple):
+    """What :meth:`JMVAE.reconstruct_forward` keeps for :meth:`JMVAE.reconstruct_backward`."""
+
+    px: list           # the caches of the x decoder
+    x_lik: object      # the x likelihood's cache
+    x_out_shape: tuple  # the x decoder's output shape (N, k*D) or (N, k*C, H, W)
+    pw: list           # the caches of the w decoder
+    w_lik: object      # the w likelihood's cache
+
+
+class UnimodalCache(NamedTuple):
+    """What JMVAE-kl keeps of one unimodal encoder q(z|x) or q(z|w) for its KL's backward."""
+
+    mu: object         # (N, latent)
+    var: object        # (N, latent)
+    net: list          # the caches of ``qx.net`` / ``qw.net``
+    head: object       # the cache of ``qx.head`` / ``qw.head``
 
 
 class JMVAE(Params):
@@ -105,14 +135,15 @@ class JMVAE(Params):
         cj = None
         if "qxw.joint" in self.components:
             h, cj = self.run("qxw.joint", h, train)
-        return h, (cx, cw, cj, hx.shape[1])
+        return h, TrunkCache(cx, cw, cj, hx.shape[1])
 
-    def trunk_backward(self, dh, cache, grads):
-        cx, cw, cj, dx_width = cache
-        if cj is not None:
-            dh = self.run_back("qxw.joint", dh, cj, grads)
-        self.run_back("qxw.x", dh[:, :dx_width], cx, grads, need_dx=False)
-        self.run_back("qxw.w", dh[:, dx_width:], cw, grads, need_dx=False)
+    def trunk_backward(self, dh, cache: TrunkCache, grads):
+        """dh (N, D_h) back through the joint layers, then split between the two branches (whose
+        inputs are data: no input gradient)."""
+        if cache.joint is not None:
+            dh = self.run_back("qxw.joint", dh, cache.joint, grads)
+        self.run_back("qxw.x", dh[:, :cache.x_width], cache.x, grads, need_dx=False)
+        self.run_back("qxw.w", dh[:, cache.x_width:], cache.w, grads, need_dx=False)
 
     def reconstruct_forward(self, z, x, w, train=True):
         """log p(x|z) and log p(w|z), each (N,), with the caches of both decoders."""
@@ -121,26 +152,28 @@ class JMVAE(Params):
         lx, lcx = a.x_lik.loglik(x.reshape(x.shape[0], -1), ox.reshape(ox.shape[0], -1))
         ow, cw = self.run("pw", z, train)
         lw, lcw = a.w_lik.loglik(w, ow)
-        return lx, lw, (cx, lcx, ox.shape, cw, lcw)
+        return lx, lw, ReconstructCache(cx, lcx, ox.shape, cw, lcw)
 
-    def reconstruct_backward(self, s_x, s_w, cache, grads):
-        """Upstream d loss / d log p(x|z)_n = s_x (a scalar for every n), likewise s_w; returns dz."""
-        cx, lcx, ox_shape, cw, lcw = cache
+    def reconstruct_backward(self, dterm_x, dterm_w, cache: ReconstructCache, grads):
+        """Upstream d loss / d log p(x|z)_n = dterm_x (one scalar for every n), likewise dterm_w;
+        returns dz (N, latent), or None when both are 0."""
         xp, a = self.xp, self.arch
-        N = ox_shape[0]
+        N = cache.x_out_shape[0]
         dz = None
-        if s_x != 0.0:
-            dox = a.x_lik.loglik_backward(xp.full((N,), s_x, dtype=self.dtype), lcx).reshape(ox_shape)
-            dz = self.run_back("px", dox, cx, grads)
-        if s_w != 0.0:
-            dzw = self.run_back("pw", a.w_lik.loglik_backward(xp.full((N,), s_w, dtype=self.dtype), lcw), cw, grads)
+        if dterm_x != 0.0:
+            dox = a.x_lik.loglik_backward(xp.full((N,), dterm_x, dtype=self.dtype), cache.x_lik)
+            dz = self.run_back("px", dox.reshape(cache.x_out_shape), cache.px, grads)
+        if dterm_w != 0.0:
+            dow = a.w_lik.loglik_backward(xp.full((N,), dterm_w, dtype=self.dtype), cache.w_lik)
+            dzw = self.run_back("pw", dow, cache.pw, grads)
             dz = dzw if dz is None else dz + dzw
         return dz
 
-    def _finish(self, terms_n: dict, c: dict, grads: dict):
-        """Batch means of the per-sample terms, the loss, and zero gradients for untouched params."""
+    def _finish(self, terms_n: dict, coefs: dict, grads: dict):
+        """Batch means of the per-sample terms, the loss -sum_t c_t terms[t], and zero gradients
+        for the parameters no term reached."""
         terms = {k: v.mean() for k, v in terms_n.items()}
-        loss = -sum(c[k] * terms[k] for k in c)
+        loss = -sum(coefs[k] * terms[k] for k in coefs)
         terms["elbo"] = self.elbo_from_terms(terms)
         for k, p in self.params.items():
             if k not in grads:
@@ -160,7 +193,7 @@ class JMVAE(Params):
         (``{"kl": -1.0}`` alone checks that term's gradient on its own).
         Returns (loss 0-d array, terms {name: 0-d array}, grads {param name: array}).
         """
-        c = self._begin(x, w, beta, coef)                              # the terms' coefficients
+        coefs = self._begin(x, w, beta, coef)                          # c_t, the terms' coefficients
         xp, N = self.xp, x.shape[0]
         grads = {}
         # ---- forward
@@ -172,21 +205,21 @@ class JMVAE(Params):
         terms_n = {"rec_x": lx, "rec_w": lw, "kl": gauss_kl_forward(mu, var)}  # KL(q(z|x,w)||N(0,I))
         extra_c = self._extra_forward(x, w, mu, var, terms_n, train)
         # ---- backward: loss = -sum_t c_t mean_n term_t[n], so d loss / d term_t[n] = -c_t / N
-        s = {k: -c[k] / N for k in c}
-        dz = self.reconstruct_backward(s["rec_x"], s["rec_w"], rec_c, grads)   # terms 1, 2: reconstruction
+        dterm = {k: -coefs[k] / N for k in coefs}
+        dz = self.reconstruct_backward(dterm["rec_x"], dterm["rec_w"], rec_c, grads)   # terms 1, 2: reconstruction
         dmu, dvar = reparam_backward(zeros_like_or(dz, mu), var, eps)         # through z = mu + sqrt(var) eps
-        if s["kl"] != 0.0:                                                     # term 3: KL to the prior
-            dmu_k, dvar_k, _, _ = gauss_kl_backward(xp.full((N,), s["kl"], dtype=self.dtype), mu, var)
+        if dterm["kl"] != 0.0:                                                     # term 3: KL to the prior
+            dmu_k, dvar_k, _, _ = gauss_kl_backward(xp.full((N,), dterm["kl"], dtype=self.dtype), mu, var)
             dmu, dvar = dmu + dmu_k, dvar + dvar_k
-        dmu, dvar = self._extra_backward(s, mu, var, extra_c, dmu, dvar, grads)  # JMVAE-kl terms 4, 5
+        dmu, dvar = self._extra_backward(dterm, mu, var, extra_c, dmu, dvar, grads)  # JMVAE-kl terms 4, 5
         dh = self.run_back("qxw.head", (dmu, dvar), head_c, grads)
         self.trunk_backward(dh, trunk_c, grads)
-        return self._finish(terms_n, c, grads)
+        return self._finish(terms_n, coefs, grads)
 
     def _extra_forward(self, x, w, mu, var, terms_n, train):
         return None
 
-    def _extra_backward(self, s, mu, var, cache, dmu, dvar, grads):
+    def _extra_backward(self, dterm, mu, var, cache, dmu, dvar, grads):
         return dmu, dvar
 
     # ------------------------------------------------------------------ inference
@@ -226,28 +259,29 @@ class JMVAEKL(JMVAE):
         return {"rec_x": 1.0, "rec_w": 1.0, "kl": -beta, "kl_x": -beta * self.alpha, "kl_w": -beta * self.alpha}
 
     def _extra_forward(self, x, w, mu, var, terms_n, train):
-        hx, cx = self.run("qx.net", x, train)
-        (mux, varx), chx = self.run("qx.head", hx, train)            # q(z|x)
-        hw, cw = self.run("qw.net", w, train)
-        (muw, varw), chw = self.run("qw.head", hw, train)            # q(z|w)
-        terms_n["kl_x"] = gauss_kl_forward(mu, var, mux, varx)      # KL(q(z|x,w) || q(z|x))
-        terms_n["kl_w"] = gauss_kl_forward(mu, var, muw, varw)      # KL(q(z|x,w) || q(z|w))
-        return (mux, varx, cx, chx), (muw, varw, cw, chw)
+        """Terms 4 and 5: KL(q(z|x,w) || q(z|x)) and KL(q(z|x,w) || q(z|w)); their caches by encoder."""
+        caches = {}
+        for name, key, data in (("qx", "kl_x", x), ("qw", "kl_w", w)):
+            h, net_c = self.run(f"{name}.net", data, train)
+            (mu_u, var_u), head_c = self.run(f"{name}.head", h, train)     # q(z|x) or q(z|w)
+            terms_n[key] = gauss_kl_forward(mu, var, mu_u, var_u)        # KL(q(z|x,w) || q(z|.))
+            caches[name] = UnimodalCache(mu_u, var_u, net_c, head_c)
+        return caches
 
-    def _extra_backward(self, s, mu, var, cache, dmu, dvar, grads):
+    def _extra_backward(self, dterm, mu, var, caches, dmu, dvar, grads):
+        """Both KLs' gradients: to (mu, var) of q(z|x,w), added to dmu, dvar, and through each
+        unimodal encoder (both sides of each KL are learned)."""
         N = mu.shape[0]
-        for name, key, (m2, v2, cnet, chead) in (("qx", "kl_x", cache[0]), ("qw", "kl_w", cache[1])):
-            if s[key] == 0.0:
+        for name, key in (("qx", "kl_x"), ("qw", "kl_w")):
+            if dterm[key] == 0.0:
                 continue
-            d1m, d1v, d2m, d2v = gauss_kl_backward(self.xp.full((N,), s[key], dtype=self.dtype), mu, var, m2, v2)
-            dmu, dvar = dmu + d1m, dvar + d1v                         # both sides are learned
-            dh = self.run_back(f"{name}.head", (d2m, d2v), chead, grads)
-            self.run_back(f"{name}.net", dh, cnet, grads, need_dx=False)
+            c = caches[name]
+            d1m, d1v, d2m, d2v = gauss_kl_backward(self.xp.full((N,), dterm[key], dtype=self.dtype), mu, var,
+                                                   c.mu, c.var)
+            dmu, dvar = dmu + d1m, dvar + d1v
+            dh = self.run_back(f"{name}.head", (d2m, d2v), c.head, grads)
+            self.run_back(f"{name}.net", dh, c.net, grads, need_dx=False)
         return dmu, dvar
-
-    @staticmethod
-    def elbo_from_terms(terms):
-        return terms["rec_x"] + terms["rec_w"] - terms["kl"]
 
     def encode_x(self, x, train=False):
         """q(z|x): (mu, var)."""
@@ -294,7 +328,7 @@ class JMVAEH(JMVAE):
     def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
         """As :meth:`JMVAE.loss_and_grads`; terms rec_x, rec_w, kl_z2, kl_z1 (one-sample estimate of
         E_q(z2)[KL(q(z1|x,w) || p(z1|z2))])."""
-        c = self._begin(x, w, beta, coef)                              # the terms' coefficients
+        coefs = self._begin(x, w, beta, coef)                          # c_t, the terms' coefficients
         xp, N = self.xp, x.shape[0]
         grads = {}
         # ---- forward
@@ -313,24 +347,24 @@ class JMVAEH(JMVAE):
                    "kl_z2": gauss_kl_forward(mu2, var2),               # KL(q(z2|x,w) || N(0, I))
                    "kl_z1": gauss_kl_forward(mu1, var1, pm, pv)}       # KL(q(z1|x,w) || p(z1|z2))
         # ---- backward
-        s = {k: -c[k] / N for k in c}
-        dz1 = self.reconstruct_backward(s["rec_x"], s["rec_w"], rec_c, grads)     # terms 1, 2
+        dterm = {k: -coefs[k] / N for k in coefs}                     # d loss / d term_t[n] = -c_t / N
+        dz1 = self.reconstruct_backward(dterm["rec_x"], dterm["rec_w"], rec_c, grads)     # terms 1, 2
         dmu1, dvar1 = reparam_backward(zeros_like_or(dz1, mu1), var1, eps1)
         dmu2, dvar2 = xp.zeros_like(mu2), xp.zeros_like(var2)
-        if s["kl_z1"] != 0.0:                                                    # term 4: KL(q(z1)||p(z1|z2))
-            a1m, a1v, dpm, dpv = gauss_kl_backward(xp.full((N,), s["kl_z1"], dtype=self.dtype), mu1, var1, pm, pv)
+        if dterm["kl_z1"] != 0.0:                                                    # term 4: KL(q(z1)||p(z1|z2))
+            a1m, a1v, dpm, dpv = gauss_kl_backward(xp.full((N,), dterm["kl_z1"], dtype=self.dtype), mu1, var1, pm, pv)
             dmu1, dvar1 = dmu1 + a1m, dvar1 + a1v
             dp = self.run_back("pz1.head", (dpm, dpv), phc, grads)
             dz2 = self.run_back("pz1.net", dp, pc, grads)                        # through p(z1|z2) to z2
             dmu2, dvar2 = reparam_backward(dz2, var2, eps2)
-        if s["kl_z2"] != 0.0:                                                    # term 3: KL(q(z2)||N(0,I))
-            a2m, a2v, _, _ = gauss_kl_backward(xp.full((N,), s["kl_z2"], dtype=self.dtype), mu2, var2)
+        if dterm["kl_z2"] != 0.0:                                                    # term 3: KL(q(z2)||N(0,I))
+            a2m, a2v, _, _ = gauss_kl_backward(xp.full((N,), dterm["kl_z2"], dtype=self.dtype), mu2, var2)
             dmu2, dvar2 = dmu2 + a2m, dvar2 + a2v
         dh = self.run_back("qz1.head", (dmu1, dvar1), hc1, grads)
         dg = self.run_back("qz2.head", (dmu2, dvar2), hc2, grads)
         dh = dh + self.run_back("qz2.net", dg, gc, grads)
         self.trunk_backward(dh, trunk_c, grads)
-        return self._finish(terms_n, c, grads)
+        return self._finish(terms_n, coefs, grads)
 
     top = "chain"  # q(z2|x,w) reads the deterministic chain on h (JMVAEHTopZ1: z2 ~ q(z2|z1))
 
@@ -382,7 +416,7 @@ class JMVAEHTopZ1(JMVAEH):
     def loss_and_grads(self, x, w, rng, beta: float = 1.0, coef: dict | None = None, train: bool = True):
         """As :meth:`JMVAE.loss_and_grads`; terms rec_x, rec_w, kl_z2 = KL(q(z2|z1) || N(0, I)),
         kl_z1 = -H[q(z1|x,w)] - log p(z1|z2) (one sample)."""
-        c = self._begin(x, w, beta, coef)                              # the terms' coefficients
+        coefs = self._begin(x, w, beta, coef)                          # c_t, the terms' coefficients
         xp, N = self.xp, x.shape[0]
         grads = {}
         # ---- forward
@@ -403,28 +437,28 @@ class JMVAEHTopZ1(JMVAEH):
                    "kl_z2": gauss_kl_forward(mu2, var2),               # KL(q(z2|z1) || N(0, I))
                    "kl_z1": neg_entropy - lp}                          # log q(z1) - log p(z1|z2)
         # ---- backward
-        s = {k: -c[k] / N for k in c}
-        dz1 = self.reconstruct_backward(s["rec_x"], s["rec_w"], rec_c, grads)     # terms 1, 2
+        dterm = {k: -coefs[k] / N for k in coefs}                     # d loss / d term_t[n] = -c_t / N
+        dz1 = self.reconstruct_backward(dterm["rec_x"], dterm["rec_w"], rec_c, grads)     # terms 1, 2
         dz1 = zeros_like_or(dz1, mu1)
         dvar1 = xp.zeros_like(var1)
         dmu2, dvar2 = xp.zeros_like(mu2), xp.zeros_like(var2)
-        if s["kl_z1"] != 0.0:                            # term 4: -H[q(z1)] - log p(z1|z2)
-            dvar1 = dvar1 + s["kl_z1"] * (-0.5 / var1)                           # d(-H)/d var1 = -1/(2 var1)
-            dz1_p, dpm, dpv = gaussian_loglik_backward(xp.full((N,), -s["kl_z1"], dtype=self.dtype), lpc)
+        if dterm["kl_z1"] != 0.0:                            # term 4: -H[q(z1)] - log p(z1|z2)
+            dvar1 = dvar1 + dterm["kl_z1"] * (-0.5 / var1)                           # d(-H)/d var1 = -1/(2 var1)
+            dz1_p, dpm, dpv = gaussian_loglik_backward(xp.full((N,), -dterm["kl_z1"], dtype=self.dtype), lpc)
             dz1 = dz1 + dz1_p
             dp = self.run_back("pz1.head", (dpm, dpv), phc, grads)
             dz2 = self.run_back("pz1.net", dp, pc, grads)                        # through p(z1|z2) to z2
             dmu2, dvar2 = reparam_backward(dz2, var2, eps2)
-        if s["kl_z2"] != 0.0:                            # term 3: KL(q(z2|z1) || N(0, I))
-            a2m, a2v, _, _ = gauss_kl_backward(xp.full((N,), s["kl_z2"], dtype=self.dtype), mu2, var2)
+        if dterm["kl_z2"] != 0.0:                            # term 3: KL(q(z2|z1) || N(0, I))
+            a2m, a2v, _, _ = gauss_kl_backward(xp.full((N,), dterm["kl_z2"], dtype=self.dtype), mu2, var2)
             dmu2, dvar2 = dmu2 + a2m, dvar2 + a2v
-        if s["kl_z1"] != 0.0 or s["kl_z2"] != 0.0:       # q(z2|z1) reads z1: its gradient joins z1's
+        if dterm["kl_z1"] != 0.0 or dterm["kl_z2"] != 0.0:       # q(z2|z1) reads z1: its gradient joins z1's
             dg = self.run_back("qz2.head", (dmu2, dvar2), hc2, grads)
             dz1 = dz1 + self.run_back("qz2.net", dg, gc, grads)
         dmu1, dvar1_r = reparam_backward(dz1, var1, eps1)                        # z1 = mu1 + sqrt(var1) eps1
         dh = self.run_back("qz1.head", (dmu1, dvar1 + dvar1_r), hc1, grads)
         self.trunk_backward(dh, trunk_c, grads)
-        return self._finish(terms_n, c, grads)
+        return self._finish(terms_n, coefs, grads)
 
     def encode_z2(self, x, w, rng=None, train=False):
         """q(z2|z1) at one draw z1 ~ q(z1|x,w) (``rng``; its mean if rng is None): (mu2, var2)."""
