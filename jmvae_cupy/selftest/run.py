@@ -39,7 +39,8 @@ import numpy as np
 from jmvae_cupy.backend import BackendError, cupy_module, cupyx_module, device_name, select_device
 from jmvae_cupy.cli import guarded, one_line
 
-from .kernels import KERNEL_CHECKS, CheckFailed, big_grids
+from .bounds import DTYPES, CheckFailed
+from .kernels import KERNEL_CHECKS, big_grids, sides
 from .steps import where_raised
 
 
@@ -162,12 +163,10 @@ class Selftest:
 
     # ------------------------------------------------------------------ the checks
     def kernels(self):
-        from . import kernels as K  # noqa: PLC0415
-
         for kc in KERNEL_CHECKS:
-            for dtype in K.DTYPES:
+            for dtype in DTYPES:
                 rng = np.random.default_rng(1234)
-                dev, twin = K.sides(self.xp)
+                dev, twin = sides(self.xp)
                 self.check(f"kernel {kc.name} {np.dtype(dtype).name}",
                            lambda kc=kc, dtype=dtype, rng=rng, dev=dev, twin=twin:
                            f"{dev} and {twin} within bound: {kc.run(self.xp, dtype, rng, self.quick)}")

@@ -52,7 +52,7 @@ from jmvae_cupy.models import build_model
 from jmvae_cupy.optim import Adam
 from jmvae_cupy.rng import Rng
 
-from .kernels import CheckFailed, eps, require
+from .bounds import CheckFailed, eps, require
 
 LR = 1e-3  # Adam's learning rate in the compared steps (the MNIST default)
 BETA = 0.5  # the KL weight (mid warm-up: every term counts, none at full weight)

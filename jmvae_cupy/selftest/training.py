@@ -30,7 +30,7 @@ import numpy as np
 from jmvae_cupy.checkpoint import list_checkpoints
 from jmvae_cupy.checkpoint import load as load_checkpoint
 
-from .kernels import CheckFailed, require
+from .bounds import CheckFailed, require
 
 
 def _quiet(main, argv):

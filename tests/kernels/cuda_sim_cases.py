@@ -27,7 +27,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported", allow_module_level=True)
 
 from jmvae_cupy.kernels import _dispatch, adam, bernoulli, bias_relu, gauss_kl, im2col, reparam, winograd
-from jmvae_cupy.selftest.kernels import (
+from jmvae_cupy.selftest.bounds import (
     DTYPES,
     IM2COL_CASES,
     adam_inputs,

@@ -10,7 +10,7 @@ import pytest
 
 from jmvae_cupy.kernels import KernelArgumentError
 from jmvae_cupy.kernels.adam import adam_update, adam_update_ref, flush_thresholds
-from jmvae_cupy.selftest.kernels import DTYPES, adam_inputs
+from jmvae_cupy.selftest.bounds import DTYPES, adam_inputs
 
 SHAPES = [(), (1,), (513,), (7, 37), (3, 4, 5, 2)]
 HYPER = (0.9, 0.999, 1e-3 * 0.0447 / 0.1, 1e-8 * 0.0447)  # beta1, beta2, step_size, eps_hat at t = 1

@@ -11,7 +11,7 @@ import pytest
 from jmvae_cupy.gradcheck import check_gradients, dot
 from jmvae_cupy.kernels import KernelArgumentError
 from jmvae_cupy.kernels.bernoulli import bernoulli_loglik_forward, bernoulli_loglik_forward_ref
-from jmvae_cupy.selftest.kernels import DTYPES, bernoulli_inputs, check_bernoulli
+from jmvae_cupy.selftest.bounds import DTYPES, bernoulli_inputs, check_bernoulli
 
 SHAPES = [(1, 1), (7, 37), (100, 784), (3, 300)]
 

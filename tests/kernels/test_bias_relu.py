@@ -14,7 +14,7 @@ from jmvae_cupy.kernels.bias_relu import (
     bias_relu_forward,
     bias_relu_forward_ref,
 )
-from jmvae_cupy.selftest.kernels import DTYPES, bias_relu_inputs, check_bias_relu
+from jmvae_cupy.selftest.bounds import DTYPES, bias_relu_inputs, check_bias_relu
 
 SHAPES = [(1, 1), (7, 37), (100, 512), (3, 300)]
 

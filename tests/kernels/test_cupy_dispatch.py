@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jmvae_cupy.backend import asnumpy, gpu_available, select_device
-from jmvae_cupy.selftest.kernels import (
+from jmvae_cupy.selftest.bounds import (
     DTYPES,
     check_kl_backward,
     check_kl_forward,
@@ -113,7 +113,7 @@ def test_bias_relu_on_cupy_arrays_beyond_65535_row_blocks(rng, dtype):
     one more than grid y allows): forward and backward launch and match the oracle; the column
     sums are the same bits on a second run (no atomics)."""
     from jmvae_cupy.kernels.bias_relu import bias_relu_backward, bias_relu_forward
-    from jmvae_cupy.selftest.kernels import bias_relu_inputs, check_bias_relu
+    from jmvae_cupy.selftest.bounds import bias_relu_inputs, check_bias_relu
 
     u, b, dy = bias_relu_inputs(rng, 1024 * 512, 64, dtype)
     ug, bg, dyg = on_gpu(u, b, dy)

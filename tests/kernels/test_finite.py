@@ -9,7 +9,7 @@ import pytest
 
 from jmvae_cupy.kernels import KernelArgumentError
 from jmvae_cupy.kernels.finite import all_finite, all_finite_ref
-from jmvae_cupy.selftest.kernels import DTYPES
+from jmvae_cupy.selftest.bounds import DTYPES
 
 SHAPES = [(), (0,), (1,), (7, 37), (3, 4, 5), (513,)]
 

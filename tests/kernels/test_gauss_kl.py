@@ -16,7 +16,7 @@ from jmvae_cupy.kernels.gauss_kl import (
     gauss_kl_forward,
     gauss_kl_forward_ref,
 )
-from jmvae_cupy.selftest.kernels import DTYPES, check_kl_backward, check_kl_forward, f64, gaussians, kl_args
+from jmvae_cupy.selftest.bounds import DTYPES, check_kl_backward, check_kl_forward, f64, gaussians, kl_args
 
 SHAPES = [(1, 1), (7, 37), (128, 64), (100, 128), (3, 300)]
 

@@ -11,7 +11,7 @@ import pytest
 from jmvae_cupy.kernels import KernelArgumentError
 from jmvae_cupy.kernels import im2col as kernels
 from jmvae_cupy.layers import im2col as layer
-from jmvae_cupy.selftest.kernels import DTYPES, IM2COL_CASES, check_col2im, check_im2col, im2col_inputs
+from jmvae_cupy.selftest.bounds import DTYPES, IM2COL_CASES, check_col2im, check_im2col, im2col_inputs
 
 
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])

@@ -15,7 +15,7 @@ from jmvae_cupy.kernels.reparam import (
     reparam_forward,
     reparam_forward_ref,
 )
-from jmvae_cupy.selftest.kernels import DTYPES, check_reparam_backward, check_reparam_forward, reparam_inputs
+from jmvae_cupy.selftest.bounds import DTYPES, check_reparam_backward, check_reparam_forward, reparam_inputs
 
 SHAPES = [(1, 1), (7, 37), (128, 64), (100, 128)]
 
