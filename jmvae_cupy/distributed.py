@@ -24,6 +24,10 @@ The communicator (:class:`Comm`) hides the transport; everything above it is one
 
 NumPy vs CuPy is decided here only, and cupy is reached only through
 ``backend.cupy_module()``.
+
+Why one file of ~500 lines: its parts share one invariant -- every rank issues the same collectives,
+in the same order, on buffers of the same layout -- which is checked by reading the communicators,
+the fused buffer and :class:`DataParallel` that drives them together.
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ under the simulator).  Inputs of any layout (the conv layers pass NCHW arrays se
 outputs C-contiguous.
 Checked by tests/kernels/test_winograd.py, and the CUDA kernels by tests/kernels/cuda_sim_cases.py
 and cuda_ptx_cases.py.
+
+Why one file of ~600 lines: it holds six transforms, each in the three forms every kernel file
+has (reference, CPU twin, CUDA kernel), and the CPU and CUDA kernels share the inline 3x3 / 2x2
+helpers; kept together, like the other kernel files, so that a transform's three forms are read
+side by side.
 """
 
 from __future__ import annotations
