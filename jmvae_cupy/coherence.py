@@ -25,9 +25,11 @@ import h5py
 import numpy as np
 
 from .backend import asnumpy, get_array_module, to_device
+from .data import binarized_test_set
 from .distributions import Bernoulli, Categorical
 from .fsutil import replacing
 from .inference import w_from_x, x_from_w
+from .models.architectures import celeba_arch
 from .nets import Net
 from .optim import Adam
 from .rng import Rng
@@ -244,7 +246,6 @@ def mnist_classifier(data, cache_dir: str | None = None, log=print, epochs: int 
     """The MNIST digit classifier of ``data`` (a :class:`~jmvae_cupy.data.MnistData`): trained on its
     training digits (grey levels and fresh binarisations), its accuracy measured on the binarised
     test digits that evaluation uses."""
-    from .data import binarized_test_set  # noqa: PLC0415  (data imports nothing from here; kept lazy: heavy)
 
     return cached_classifier("mnist", data.train_x, data.train_y, binarized_test_set(data), data.test_y,
                              MNIST_SPEC, "categorical", cache_dir=cache_dir, log=log, epochs=epochs, binarize=True,
@@ -254,7 +255,6 @@ def mnist_classifier(data, cache_dir: str | None = None, log=print, epochs: int 
 def celeba_spec(image_size: int, width: float = 1.0, n_attrs: int = 40) -> str:
     """The attribute classifier for CelebA faces of ``image_size``: the conv encoder of q(z|x)
     (models.architectures.celeba_arch) and one logit per attribute."""
-    from .models.architectures import celeba_arch  # noqa: PLC0415  (models sit above this module's imports)
 
     return f"{celeba_arch(image_size, width).enc_x_uni}-D{n_attrs}"
 

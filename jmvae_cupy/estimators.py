@@ -58,7 +58,7 @@ import math
 
 import numpy as np
 
-from .backend import asnumpy
+from .backend import asnumpy, get_array_module
 from .distributions import gaussian_loglik, logsumexp, standard_normal_loglik
 from .inference import initial_fill, joint_latent
 
@@ -71,7 +71,6 @@ class EstimatorError(ValueError):
 
 # ---------------------------------------------------------------------------------------- generic
 def _draw(mu, var, rng):
-    from .backend import get_array_module  # noqa: PLC0415
 
     xp = get_array_module(mu)
     return mu + xp.sqrt(var) * rng.normal(mu.shape, mu.dtype, xp)
@@ -99,7 +98,6 @@ def eq6_bound(mu2, var2, prior_z1, loglik, rng, samples: int):
 def _log_weights(mu, var, log_parts, rng, samples: int):
     """S draws z_s ~ q = N(mu, var); per draw the parts returned by ``log_parts(z)`` (a tuple of
     (B,) arrays) with log q(z_s) subtracted from the last one.  Returns a tuple of (S, B) arrays."""
-    from .backend import get_array_module  # noqa: PLC0415
 
     xp = get_array_module(mu)
     rows = []

@@ -17,6 +17,8 @@ from .checkpoint import CheckpointError, load_latest, restore_arrays
 from .checkpoint import load as load_checkpoint
 from .coherence import CoherenceError, celeba_classifier, coherence, mnist_classifier, model_generator
 from .data import DataError, binarized_test_set, load_mnist, one_hot
+from .data.celeba import open_celeba
+from .data.paired import open_paired
 from .estimators import DIRECTIONS, complete, evaluate_model, paper_estimate
 from .inference import H_PATHS, x_from_w
 from .models import ModelError, build_model
@@ -74,8 +76,6 @@ def _test_set(cfg: dict, dtype):
     """The host test pairs (x, w) of an MNIST run (binarised once, one-hot labels) or of a paired-data run
     (the test rows of its file)."""
     if cfg["dataset"] == "data":
-        from .data.paired import open_paired  # noqa: PLC0415
-
         d = open_paired(cfg["data"])
         return d.rows(d.test_idx, dtype)
     data = load_mnist(cfg.get("data_dir"))
@@ -126,8 +126,6 @@ def classifier_for(cfg: dict, cache_dir=None):
             raise EvaluateError("coherence needs a classifier of the data's w, which mnist and celeba runs have; "
                                 f"this run trained on its own data ({cfg['data']})")
         if cfg["dataset"] == "celeba":
-            from .data.celeba import open_celeba  # noqa: PLC0415  (h5py file reader: only for CelebA runs)
-
             return celeba_classifier(open_celeba(cfg["data"]), cfg.get("width_scale", 1.0), cache_dir=cache_dir,
                                      log=log)
         return mnist_classifier(load_mnist(cfg.get("data_dir")), cache_dir, log=log)

@@ -32,6 +32,7 @@ import numpy as np
 from . import plots
 from .backend import asnumpy
 from .cli import guarded, one_line
+from .data.paired import image_view, open_paired
 from .evaluation import (
     NAMES,
     EvaluateError,
@@ -102,7 +103,6 @@ def _columns(cfg: dict, model) -> dict | None:
     if cfg["dataset"] == "mnist":
         return {"w": None, "labels": [str(i) for i in range(10)], "xlabel": "label", "view": (28, 28),
                 "scale": lambda a: a}
-    from .data.paired import image_view, open_paired  # noqa: PLC0415
 
     d = open_paired(cfg["data"])
     view = image_view(d.x_shape)

@@ -45,7 +45,7 @@ from .backend import BackendError, to_device
 from .checkpoint import CheckpointError
 from .cli import guarded, one_line
 from .data import DataError
-from .fsutil import probe_writable
+from .fsutil import probe_writable, replacing
 from .inference import H_PATHS
 from .models import ModelError
 from .rng import Rng
@@ -105,7 +105,6 @@ def check_out(out: str, npz: bool = False) -> None:
 
 def write_arrays(out: str, **arrays) -> None:
     """The generated arrays as one .npz file (written atomically); a failed write named by --out."""
-    from .fsutil import replacing  # noqa: PLC0415
 
     try:
         with replacing(out, suffix=".npz") as f:

@@ -23,6 +23,8 @@ from .backend import asnumpy
 from .cli import guarded
 from .coherence import CoherenceError, celeba_classifier, coherence, mnist_classifier, model_generator
 from .data import load_mnist
+from .data.celeba import open_celeba
+from .data.paired import image_view, open_paired
 from .diagnostics import diagnose
 from .estimators import paper_estimate
 from .evaluation import (
@@ -52,8 +54,6 @@ def ensure_classifier(out: str, s: dict, log=print):
     if dataset_of(s) == "data":
         return None
     if dataset_of(s) == "celeba":
-        from .data.celeba import open_celeba  # noqa: PLC0415  (h5py: only for CelebA)
-
         with open_celeba(s["data"]) as data:
             return celeba_classifier(data, s["width_scale"], epochs=s["classifier_epochs"],
                                      cache_dir=classifier_path(out), log=log)
@@ -177,7 +177,6 @@ def evaluate_plan_run(out: str, name: str, s: dict) -> dict:
 
 def celeba_arrays(rd: str, run: LoadedRun, s: dict, res: dict) -> dict:
     """CelebA's figure arrays of a JMVAE-family run (none for a baseline):
-
     * Fig. 6: ``fig6_real`` (F, 3, H, W), the first F test faces, and ``fig6_PATH`` (len(fig6_ks), F,
       3, H, W), the faces generated from their attributes after each K of iterative sampling from
       zeros (the mean of p(x|z), z the mean of q; JMVAE-kl: one row, from q(z|w));
@@ -204,7 +203,6 @@ def data_arrays(run: LoadedRun, s: dict, res: dict) -> dict:
     """Pairs of your own whose x are images (data/paired.py image_view): Fig. 4's chain of a JMVAE-family
     run, ``chain_PATH`` (len(ks), C, H, W) or (len(ks), C, 3, H, W) scaled to [0, 1], generated from
     each class of a categorical w (else from the w of the first ten test pairs); none otherwise."""
-    from .data.paired import image_view, open_paired  # noqa: PLC0415
 
     model = run.model
     d = open_paired(run.config["data"])
@@ -229,7 +227,6 @@ def fig7_arrays(grun: Run, s: dict, strength: float = 2.0):
     """Fig. 7 of a JMVAE-kl run, for a random Base and (when the data has Male) the same Base with
     Male = -strength ("Not Male"); per base b, columns: the Base and the Base with each attribute of
     ``fig7_attrs`` set to +strength (runs.attribute_columns):
-
     * (a) ``fig7_avg_b`` (C, 3, H, W): the average faces, the mean of p(x|z_mean), z_mean the mean of
       q(z|w); ``fig7_rand_b`` (R, C, 3, H, W): random faces, z = z_mean + sigma * eps, one eps per row;
     * (b) ``pca_points_b`` (C, M, 2): M samples z = z_mean + sigma * eps per column and

@@ -45,6 +45,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .cli import guarded
+from .data.celeba import open_celeba
+from .data.errors import DataError
+from .data.paired import open_paired
 from .distributed import THREAD_VARS
 from .plan import PLANS, WARMUP, dataset_of, run_dir, settings_hash
 from .report import write_figures, write_report
@@ -77,8 +80,6 @@ def data_settings(args) -> dict:
     iterations; no coherence (it needs a classifier of the data's w)."""
     if not args.data:
         raise ReproduceError("data needs --data FILE (an .h5 or .npz file of pairs x, w: docs/data.md)")
-    from .data.errors import DataError  # noqa: PLC0415
-    from .data.paired import open_paired  # noqa: PLC0415
 
     try:
         open_paired(args.data)
@@ -100,8 +101,6 @@ def celeba_settings(args) -> dict:
     if not args.data:
         raise ReproduceError("celeba needs --data FILE.h5 (made by: python -m jmvae_cupy.data prepare celeba SRC "
                              "--out FILE.h5)")
-    from .data.celeba import open_celeba  # noqa: PLC0415  (h5py: only for CelebA)
-    from .data.errors import DataError  # noqa: PLC0415
 
     try:
         with open_celeba(args.data):

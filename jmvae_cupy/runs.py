@@ -16,10 +16,13 @@ import numpy as np
 from .backend import select_device, to_device
 from .checkpoint import load_latest, restore_arrays
 from .cli import one_line
-from .data import DataError
-from .data.paired import image_view
+from .data import DataError, binarized_test_set, load_mnist
+from .data.celeba import ATTR_NAMES, open_celeba
+from .data.paired import image_view, open_paired
 from .inference import w_from_x, x_from_w
 from .models import build_model
+from .models.architectures import celeba_arch
+from .models.config import arch_from_model
 from .rng import Rng
 
 
@@ -138,8 +141,6 @@ class Run:
         return {"path": self.path} if self.variant == "h" else {}
 
     def _celeba_names(self):
-        from .data.celeba import ATTR_NAMES  # noqa: PLC0415
-
         try:
             return list(self.data().attr_names)
         except (DataError, RunError):
@@ -155,18 +156,12 @@ class Run:
     def data(self):
         if self._data is None:
             if self.dataset == "data":
-                from .data.paired import open_paired  # noqa: PLC0415
-
                 self._data = open_paired(self.config["data"])
             elif self.dataset == "celeba":
-                from .data.celeba import open_celeba  # noqa: PLC0415
-
                 if not self.config.get("data"):
                     raise RunError("the run's config names no data file")
                 self._data = open_celeba(self.config["data"])
             else:
-                from .data import binarized_test_set, load_mnist  # noqa: PLC0415
-
                 d = load_mnist(self.config.get("data_dir"))
                 self._data = (binarized_test_set(d, dtype=self.model.dtype), d.test_y)
         return self._data
@@ -222,13 +217,10 @@ def run_arch(cfg: dict, ck: dict):
     """The architecture of a run: its config's "model" (train records it), or for a run made before
     models were recorded, its dataset's built-in one (CelebA: at the image size of the checkpoint's
     conv layers)."""
-    from .models.config import arch_from_model  # noqa: PLC0415
 
     if "model" in cfg:
         return arch_from_model(cfg["model"], cfg["dataset"])
     if cfg["dataset"] == "celeba":
-        from .models.architectures import celeba_arch  # noqa: PLC0415
-
         n_conv = sum(1 for k, v in ck["params"].items() if k.startswith("qxw.x.") and v.ndim == 4)
         size = {4: 64, 3: 32, 2: 16}.get(n_conv)
         if size is None:

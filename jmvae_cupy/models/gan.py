@@ -41,6 +41,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from ..backend import get_array_module, to_device
+from ..checkpoint import CheckpointError, restore_arrays
 from ..distributions import FixedVarGaussian
 from ..layers.activations import sigmoid, softplus
 from ..nets import Net
@@ -68,7 +69,6 @@ def gan_xent(logits, n: int, disc_coef: dict | None = None, gen_coef: dict | Non
     disc_coef / gen_coef: weights of the parts of L_D ({"real", "rec", "prior"}, default 1 each) and
     of L_G ({"rec", "prior"}, default 1 each; gamma is applied by the caller).
     Returns (L_D, L_G, dl_D (3N,), dl_G (3N,)) with dl_* = d L_* / d logits:
-
         L_D = c_real mean softplus(-l_real) + c_rec mean softplus(l_rec) + c_prior mean softplus(l_prior)
         L_G = g_rec mean softplus(-l_rec) + g_prior mean softplus(-l_prior)
         d softplus(-l)/dl = -sigmoid(-l),   d softplus(l)/dl = sigmoid(l)     (each mean: 1/N)
@@ -201,7 +201,6 @@ class VAEGAN:
 
     def load_checkpoint(self, ck: dict, xp) -> None:
         """Restore parameters, running statistics and Adam from a checkpoint made with the GAN."""
-        from ..checkpoint import CheckpointError, restore_arrays  # noqa: PLC0415
 
         extra = ck.get("extra", {})
         if "disc/params" not in extra or "disc_adam" not in ck["meta"]:

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from ..backend import get_dtype
 from ..distributions import LOG_2PI, gaussian_loglik, gaussian_loglik_backward
 from ..kernels.gauss_kl import gauss_kl_backward, gauss_kl_forward
 from ..kernels.reparam import reparam_backward, reparam_forward
+from ..rng import Rng
 from .base import ModelError, Params, zeros_like_or
 
 
@@ -68,10 +71,6 @@ class JMVAE(Params):
     data_inputs = ("qxw.x", "qxw.w", "qx.net", "qw.net")
 
     def __init__(self, arch, seed: int = 0, dtype="float32", xp=None, alpha: float = 1.0):
-        import numpy as np  # noqa: PLC0415  (host default only)
-
-        from ..rng import Rng  # noqa: PLC0415
-
         self.arch = arch
         self.dtype = get_dtype(dtype)
         self.xp = np if xp is None else xp

@@ -17,6 +17,7 @@ from ..backend import BackendError, get_dtype
 from ..checkpoint import CheckpointError, list_checkpoints
 from ..cli import describe, show_traceback_if_asked
 from ..data import DataError
+from ..data.paired import open_paired
 from ..distributed import DataParallel, DistributedError, init_distributed
 from ..fsutil import write_text
 from ..models import ModelError
@@ -103,8 +104,6 @@ def _base_config(args) -> dict:
     """The config that fills what --config leaves out: the built-in one of mnist / celeba, or the one
     inferred from the paired file (data), whose batch size is at most its training rows."""
     if args.dataset == "data":
-        from ..data.paired import open_paired  # noqa: PLC0415
-
         d = open_paired(args.data)
         base = infer_config(d.x_shape, d.w_dim, d.x_stats, d.w_stats)
         base["train"]["batch_size"] = min(base["train"]["batch_size"], len(d.train_idx))

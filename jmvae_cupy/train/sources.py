@@ -10,6 +10,8 @@ import numpy as np
 
 from ..backend import to_device
 from ..data import binarize, binarized_test_set, iterate_batches, load_mnist, one_hot
+from ..data.celeba import open_celeba
+from ..data.paired import image_view, open_paired
 from ..inference import x_from_w
 from ..models.config import builtin_base, infer_config, model_record
 from ..viz import save_grid
@@ -83,8 +85,6 @@ class CelebASource:
     w_stats = {"min": -1.0, "max": 1.0, "binary": False, "one_hot": False}  # attributes -1 / 1
 
     def __init__(self, config: dict, dtype):
-        from ..data.celeba import open_celeba  # noqa: PLC0415
-
         self.dtype = dtype
         self.data = open_celeba(config["data"])
         n = training_rows(len(self.data.train_idx), config, "images")
@@ -127,8 +127,6 @@ class PairedSource:
     fresh order every epoch, its test rows for the test terms and the sample PNG."""
 
     def __init__(self, config: dict, dtype):
-        from ..data.paired import open_paired  # noqa: PLC0415
-
         self.dtype = dtype
         self.data = d = open_paired(config["data"])
         n = training_rows(len(d.train_idx), config, "pairs")
@@ -150,7 +148,6 @@ class PairedSource:
     def write_samples(self, model, path, rng, cols=8, rows=3):
         """Images only (x of shape (C, H, W) with C = 1 or 3, or (H, W)): row 0 the first ``cols`` test
         x, rows 1..: x generated from their w, scaled like the data to [0, 1] (inference.x_from_w)."""
-        from ..data.paired import image_view  # noqa: PLC0415
 
         view = image_view(self.x_shape)
         if view is None:

@@ -20,6 +20,7 @@ from ..distributed import GlobalNoiseRng, StepMean, rows_of
 from ..fsutil import write_text
 from ..models import build_model
 from ..models.config import arch_from_model
+from ..models.gan import VAEGAN
 from ..optim import Adam
 from ..rng import Rng
 from .errors import NonFiniteError, TrainError
@@ -64,8 +65,6 @@ class Trainer:
         self.opt = Adam(lr=config["lr"])
         self.gan = None  # --gan: the discriminator, its Adam and the GAN terms (models/gan.py)
         if config.get("gan"):
-            from ..models.gan import VAEGAN  # noqa: PLC0415
-
             self.gan = VAEGAN(self.model, weight=config["gan_weight"], lr=config["lr"], seed=config["seed"])
         self.data_rng = Rng([config["seed"], 1])   # data order and binarisation
         self.noise_rng = Rng([config["seed"], 2])  # reparameterisation noise
