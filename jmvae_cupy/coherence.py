@@ -22,7 +22,9 @@ import json
 import os
 
 import h5py
+import numba
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .backend import asnumpy, get_array_module, to_device
 from .data import binarized_test_set
@@ -110,8 +112,6 @@ def train_classifier(images, labels, spec: str, likelihood: str, epochs: int = 2
     Numba run one thread while it trains: the same classifier, bit for bit, whatever the machine's
     thread count (summation orders change with it, and the rounding differences grow over the
     epochs into a different net, 94-96 % accurate)."""
-    import numba  # noqa: PLC0415
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
     before = numba.get_num_threads()
     numba.set_num_threads(1)

@@ -23,6 +23,8 @@ import json
 import os
 import sys
 
+from tqdm import tqdm
+
 from .cli import guarded
 from .evaluation import (
     NAMES,
@@ -36,6 +38,7 @@ from .evaluation import (
     load_run,
     run_config,
 )
+from .figures import main as figures_main
 from .inference import INITS
 
 
@@ -126,7 +129,6 @@ def _evaluate(args) -> int:
         if args.test_size:
             x, w = x[: args.test_size], w[: args.test_size]
         loaded.append((rd, model, cfg, x, w, epoch, ckpt))
-    from tqdm import tqdm  # noqa: PLC0415
 
     classifiers = {}  # one per data set: a run's data file / directory -> its classifier
     for _, _, cfg, *_ in loaded if args.coherence else ():
@@ -185,8 +187,6 @@ def _parse_ks(text: str) -> list:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["figures"]:
-        from .figures import main as figures_main  # noqa: PLC0415
-
         return figures_main(argv[1:])
     args = build_parser().parse_args(argv)
     return guarded(lambda: _evaluate(args), (EvaluateError,))

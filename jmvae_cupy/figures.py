@@ -28,6 +28,7 @@ import os
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from . import plots
 from .backend import asnumpy
@@ -131,7 +132,6 @@ def _figures(args, made: list) -> int:
     if all(getattr(model, "direction", "label2image") != "label2image" for _, model, *_ in loaded):
         raise EvaluateError("nothing to draw: every run is an image->label baseline (the figures are label->image)")
     make_out_dir(args.out, made)
-    from tqdm import tqdm  # noqa: PLC0415
 
     curves, written, latents = {}, [], []
     out = lambda f: os.path.join(args.out, f)  # noqa: E731

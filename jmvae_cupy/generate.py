@@ -40,6 +40,7 @@ import os
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from .backend import BackendError, to_device
 from .checkpoint import CheckpointError
@@ -132,7 +133,6 @@ def write_grid(grid, out: str, col_labels=None) -> None:
 
 def progress_bar(total: int, desc: str, enabled: bool):
     """A tqdm bar on stderr, shown once the work has taken PROGRESS_DELAY seconds (disabled: a no-op)."""
-    from tqdm import tqdm  # noqa: PLC0415
 
     return tqdm(total=total, desc=desc, unit="row", file=sys.stderr, leave=False, dynamic_ncols=True,
                 delay=PROGRESS_DELAY, disable=not enabled)

@@ -44,6 +44,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from tqdm import tqdm
+
 from .cli import guarded
 from .data.celeba import open_celeba
 from .data.errors import DataError
@@ -243,8 +245,6 @@ def _reproduce(args) -> int:
 
     def status(running: list) -> str:
         return ", ".join(f"{n} epoch {epochs_done(run_dir(out, n, ds)) + 1}/{s['epochs']}" for n in running)
-
-    from tqdm import tqdm  # noqa: PLC0415
 
     with tqdm(total=epochs + eval_units * len(names), desc=f"reproduce {ds}", unit="ep", file=sys.stderr,
               dynamic_ncols=True, disable=not args.progress,

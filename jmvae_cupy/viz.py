@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .fsutil import replacing
 
@@ -52,7 +52,6 @@ def with_column_labels(pic: Image.Image, labels: list, width: int, pad: int, sca
     """``pic`` under a white strip of HEADER_PX * scale pixels holding ``labels[c]`` centred over column c
     (columns ``width`` pixels wide, ``pad`` apart, before the enlargement by ``scale``); a label wider
     than its column is cut to fit."""
-    from PIL import ImageDraw, ImageFont  # noqa: PLC0415
 
     font = ImageFont.load_default(size=11 * scale)
     h = HEADER_PX * scale

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from ..cli import one_line
@@ -38,12 +39,6 @@ MAX_PIXELS = 4096 * 4096       # larger source images are rejected before decodi
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def _h5():
-    import h5py  # noqa: PLC0415
-
-    return h5py
-
-
 # ----------------------------------------------------------------------------------------------
 # the reader
 
@@ -66,7 +61,6 @@ class CelebAData:
     """
 
     def __init__(self, path, block: int = 2048):
-        h5py = _h5()
         self.path = Path(path)
         self.block = int(block)
         p = self.path

@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from ..cli import one_line
@@ -29,7 +30,6 @@ from .celeba import (
     SPLIT_SEED,
     TEST_FRACTION,
     VERSION,
-    _h5,
 )
 from .errors import DataError
 
@@ -237,7 +237,6 @@ class _Partial:
     def open(self, ident: dict, names, size: int, chunk: int, n_rows: int, source_dir: Path):
         """Continue the ``.partial`` if it was made from the same sources and options and its
         counted rows read back intact, else start it over."""
-        h5py = _h5()
         self.pf = _PartialFile(self.path)
         if os.fstat(self.pf.fd).st_size:
             try:

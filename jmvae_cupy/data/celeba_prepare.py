@@ -64,6 +64,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from ..cli import one_line
 from ..fsutil import try_lock
@@ -207,7 +209,6 @@ def read_partition_file(path, on_row_error) -> dict:
 
 def crop_resize(img, size: int):
     """A PIL image -> uint8 (3, size, size): the centred square, resized with LANCZOS."""
-    from PIL import Image  # noqa: PLC0415
 
     img = img.convert("RGB")
     w, h = img.size
@@ -219,7 +220,6 @@ def crop_resize(img, size: int):
 
 def _load_image(path: Path, size: int) -> np.ndarray:
     """Read, crop and resize one JPEG; DataError (one line) if it is missing or unreadable."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
     try:
         with Image.open(path) as img:
@@ -329,8 +329,6 @@ def _prepare_locked(src: Path, out: Path, img_dir: Path, split: str, on_error: s
             log(f"resuming {partial}: {w.done} of {len(rows)} rows done, {w.stored} images stored")
         buf_x, buf_w, buf_n, buf_p = [], [], [], []
         if progress:
-            from tqdm import tqdm  # noqa: PLC0415
-
             bar = tqdm(total=len(rows), initial=w.done, desc="celeba", unit="img", dynamic_ncols=True)
 
         def commit(upto):

@@ -20,6 +20,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from .errors import DataError
@@ -120,7 +121,6 @@ def _format(path: str) -> str:
 
 
 def _read_hdf5(path: str) -> tuple[dict, tuple]:
-    import h5py  # noqa: PLC0415  (only for HDF5 files)
 
     try:
         f = h5py.File(path, "r")
@@ -285,8 +285,6 @@ def write_paired(path, x, w, split=None, w_names=None) -> None:
     if w_names is not None:
         arrays["w_names"] = np.asarray(w_names)
     if os.path.splitext(path)[1].lower() in HDF5_EXTS:
-        import h5py  # noqa: PLC0415
-
         with h5py.File(path, "w") as f:
             for k, v in arrays.items():
                 f.create_dataset(k, data=np.char.encode(v, "utf-8") if v.dtype.kind == "U" else v)

@@ -9,6 +9,7 @@
 The package itself holds the checker's functions, for the tests.
 """
 
+from ..cli import guarded
 from .core import (
     check_gradients,
     check_gradients_sampled,
@@ -26,7 +27,6 @@ __all__ = ["check_gradients", "check_gradients_sampled", "dot", "main", "numeric
 def main(argv=None) -> int:
     """``python -m jmvae_cupy.gradcheck`` (jmvae_cupy/gradcheck/cli.py).  Ctrl-C, also while the checks
     import the library: one line, exit 130."""
-    from ..cli import guarded  # noqa: PLC0415
 
     def run() -> int:
         from .cli import main as cli_main  # noqa: PLC0415  (the checks import the whole library)

@@ -32,16 +32,24 @@ import platform
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from jmvae_cupy.backend import BackendError, cupy_module, cupyx_module, device_name, select_device
 from jmvae_cupy.cli import guarded, one_line
+from jmvae_cupy.models import build_model
+from jmvae_cupy.models.architectures import celeba_arch
+from jmvae_cupy.optim import Adam
+from jmvae_cupy.rng import Rng
 
 from .bounds import DTYPES, CheckFailed
+from .hostsync import trap_steps
 from .kernels import KERNEL_CHECKS, big_grids, sides
-from .steps import where_raised
+from .steps import assert_budget, compare_steps, gpu_step_waits, random_batch, step_memory, where_raised
+from .training import TrainingRun
 
 
 class Skip(Exception):
@@ -65,7 +73,6 @@ MEMORY_BUDGET_MIB = {"mnist-kl": 128, "celeba-kl": 1536, "celeba32-kl": 128}
 
 def versions(xp) -> dict:
     """The versions that matter to the checks (the JSON's "versions")."""
-    import numba  # noqa: PLC0415
 
     out = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
     cp = cupy_module()
@@ -73,8 +80,6 @@ def versions(xp) -> dict:
         out["cupy"] = cp.__version__
     if xp is not np:
         try:
-            from importlib.metadata import version  # noqa: PLC0415
-
             out["numba-cuda"] = version("numba-cuda")
         except Exception:  # (not installed as a distribution: numba's bundled CUDA target)
             pass
@@ -88,7 +93,6 @@ def model_cases(quick: bool):
     """(label, arch, variant, direction, batch) of the step checks: every MNIST model at batch 100 (32
     with --quick: the same step, a third of the products) and the JMVAE family on the 32-pixel CelebA
     nets at width 1/4 (16, 32, 64 channels) at batch 16."""
-    from jmvae_cupy.models.architectures import celeba_arch  # noqa: PLC0415
 
     celeba32 = celeba_arch(size=32, width=0.25)
     n = 32 if quick else 100
@@ -179,8 +183,6 @@ class Selftest:
             self.check(name, big_grids, self.xp, np.float32, np.random.default_rng(1234))
 
     def steps(self):
-        from .steps import compare_steps  # noqa: PLC0415
-
         for label, arch, variant, direction, batch in model_cases(self.quick):
             self.check(f"step {label} float32", compare_steps, arch, variant, direction, batch, self.xp, "float32")
         if not self.gpu:
@@ -196,11 +198,6 @@ class Selftest:
                 if label in ("mnist-kl", "celeba32-kl")]
 
     def sync(self):
-        from jmvae_cupy.models import build_model  # noqa: PLC0415
-
-        from .hostsync import trap_steps  # noqa: PLC0415
-        from .steps import random_batch  # noqa: PLC0415
-
         def trap(arch, batch):
             model = build_model(arch, "kl", seed=0, dtype="float32", xp=np)
             trap_steps(model, *random_batch(model, batch, np), steps=2)
@@ -217,12 +214,6 @@ class Selftest:
             self.check(f"sync {label} gpu", self.gpu_sync, arch, batch)
 
     def gpu_sync(self, arch, batch):
-        from jmvae_cupy.models import build_model  # noqa: PLC0415
-        from jmvae_cupy.optim import Adam  # noqa: PLC0415
-        from jmvae_cupy.rng import Rng  # noqa: PLC0415
-
-        from .steps import gpu_step_waits, random_batch  # noqa: PLC0415
-
         cp = self.xp
         model = build_model(arch, "kl", seed=0, dtype="float32", xp=cp)
         x, w = random_batch(model, batch, cp)
@@ -246,10 +237,6 @@ class Selftest:
                 "GPU work queued ahead of it still ran; CuPy's synchronisation detection saw none")
 
     def memory(self):
-        from jmvae_cupy.models.architectures import celeba_arch  # noqa: PLC0415
-
-        from .steps import assert_budget, step_memory  # noqa: PLC0415
-
         where = "CuPy's pool" if self.gpu else "NumPy's allocations (tracemalloc)"
         cases = [("mnist-kl", "mnist", 100)]
         if self.quick and not self.gpu:  # (the 64-pixel step takes seconds on a CPU)
@@ -263,8 +250,6 @@ class Selftest:
                        f"{where}: " + assert_budget(step_memory(self.xp, arch, "kl", batch), budget, label))
 
     def training(self, workdir: str):
-        from .training import TrainingRun  # noqa: PLC0415
-
         subset, test_size = ((300, 200) if self.quick else (1000, 500)) if not self.gpu else \
             ((2000, 500) if self.quick else (0, 0))
         tr = TrainingRun(self.device, workdir, subset, test_size, compare=not self.quick)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import gc
 import time
 import tracemalloc
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -182,7 +183,6 @@ extern "C" __global__ void spin(unsigned long long ns) {
 
 def gpu_step_waits(cp, cupyx, step, spin_s: float):
     """Whether ``step()`` makes the host wait for the GPU, by two detectors at once:
-
     * CuPy's synchronisation detection (``cupyx.allow_synchronize(False)``): a device-to-host copy
       or a device synchronisation through CuPy raises DeviceSynchronized;
     * a spin kernel queued on the current stream ahead of the step keeps the GPU busy for
@@ -192,7 +192,6 @@ def gpu_step_waits(cp, cupyx, step, spin_s: float):
 
     Returns (None, host seconds) when the host did not wait, else (what waited, host seconds).
     """
-    import warnings  # noqa: PLC0415
 
     spin = cp.RawKernel(SPIN_SOURCE, "spin")
     stream = cp.cuda.get_current_stream()

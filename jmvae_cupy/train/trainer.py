@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from ..backend import device_name, get_dtype, select_device, to_device
 from ..checkpoint import load_latest, restore_arrays
@@ -358,8 +359,6 @@ class Progress:
     def __init__(self, enabled: bool, steps: int, initial: int, desc: str):
         self.bar = None
         if enabled:
-            from tqdm import tqdm  # noqa: PLC0415
-
             self.bar = tqdm(total=steps, initial=initial, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, sums: dict, beta: float) -> None:
