@@ -69,7 +69,7 @@ def _add_download(commands) -> None:
 
 
 def _run_prepare_celeba(args: argparse.Namespace) -> int:
-    from .celeba_prepare import prepare_celeba  # noqa: PLC0415  (h5py and Pillow only when needed)
+    from .celeba_prepare import prepare_celeba  # noqa: PLC0415  (the CelebA preparer only for this command)
 
     prepare_celeba(args.src, args.out, split=args.split, on_error=args.on_error, size=args.size,
                    progress=not args.no_progress, chunk=args.chunk)
