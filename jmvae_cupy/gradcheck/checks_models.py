@@ -149,7 +149,7 @@ GAN_ENTRIES = 8  # entries checked per tensor (a random subset: the conv nets ha
 
 
 def _compare_subset(loss: Callable[[], float], arrays: dict, grads: dict, r, h: float = 1e-5) -> dict:
-    """As :func:`_compare`, on ``GAN_ENTRIES`` random entries of each array."""
+    """As :func:`registry.compare` (core.check_gradients), on ``GAN_ENTRIES`` random entries of each array."""
     return core.check_gradients_sampled(loss, arrays, grads, GAN_ENTRIES, r, h)
 
 
