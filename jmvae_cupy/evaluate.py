@@ -38,7 +38,6 @@ from .evaluation import (
     load_run,
     run_config,
 )
-from .figures import main as figures_main
 from .inference import INITS
 
 
@@ -187,6 +186,8 @@ def _parse_ks(text: str) -> list:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["figures"]:
+        from .figures import main as figures_main  # noqa: PLC0415  (matplotlib only for the figures alias)
+
         return figures_main(argv[1:])
     args = build_parser().parse_args(argv)
     return guarded(lambda: _evaluate(args), (EvaluateError,))
