@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jmvae_cupy.gradcheck import check_gradients, dot, rel_error
+from jmvae_cupy.layers import conv_fast
 from jmvae_cupy.layers.conv import (
     ConvShapeError,
     conv2d_backward,
@@ -137,13 +138,18 @@ def test_subpixel_and_scatter_agree(rng, case):
     assert rel_error(correlate_transpose(*args, method="subpixel"), scatter) < TOL_ORACLE
 
 
-def test_large_grids_take_the_subpixel_path(rng):
-    """At 16x16 and 8+ channels "auto" picks the sub-pixel method: still equal to the oracle."""
+def test_large_grids_take_the_subpixel_path(rng, monkeypatch):
+    """At 16x16 and 8+ channels "auto" takes the sub-pixel method (the backward does call it): still
+    equal to the oracle."""
     x, Wt, b = _inputs(rng, 1, 8, 32, 34, 3, 4)
     y, cache = conv2d_forward(x, Wt, b, 2, 1)
     dy = rng.standard_normal(y.shape)
     assert use_subpixel((1, 16, 17), (32, 34), 8, 4, 4, (2, 2), (1, 1))
+    calls = []
+    real = conv_fast.correlate_transpose_subpixel
+    monkeypatch.setattr(conv_fast, "correlate_transpose_subpixel", lambda *a: calls.append(1) or real(*a))
     dx, _ = conv2d_backward(dy, cache)
+    assert calls == [1]
     assert rel_error(dx, conv2d_backward_naive(dy, x, Wt, 2, 1)[0]) < TOL_ORACLE
 
 
